@@ -1,0 +1,30 @@
+"""Names shared by the writer (trainer, evals) and the readers (reports, status, UI).
+
+MLflow layout (shared/DESIGN.md): experiment = sweep name; one parent run per sweep
+(tag sweep4d.role=sweep); one child run per rung (tag sweep4d.role=rung,
+sweep4d.rung_key=<rung>-<hash6>). Eval metrics are logged at the checkpoint's step.
+"""
+
+from __future__ import annotations
+
+ROLE_TAG = "sweep4d.role"  # "sweep" | "rung"
+SPEC_HASH_TAG = "sweep4d.spec_hash"
+RUNG_KEY_TAG = "sweep4d.rung_key"
+RUNG_TAG = "sweep4d.rung"
+STATUS_TAG = "sweep4d.status"
+FAILURE_TAG = "sweep4d.failure"
+GIT_TAG = "sweep4d.git_commit"
+
+
+def eval_metric_key(task: str, mode: str, metric: str) -> str:
+    """`eval/<task>/<metric>` for frozen features, `finetune/<task>/<metric>` for finetuned."""
+    prefix = "eval" if mode == "frozen" else "finetune"
+    return f"{prefix}/{task}/{metric}"
+
+
+def parse_eval_metric_key(key: str) -> tuple[str, str, str] | None:
+    """Inverse of eval_metric_key -> (task, mode, metric), or None for other metrics."""
+    parts = key.split("/")
+    if len(parts) != 3 or parts[0] not in ("eval", "finetune"):
+        return None
+    return parts[1], ("frozen" if parts[0] == "eval" else "finetune"), parts[2]

@@ -1,0 +1,114 @@
+"""The sweep spec: valid specs resolve per rung; malformed ones are one clear error, exit 2, nothing written."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+GOOD = """\
+name: t
+data: {frames: 8, resolution: 32, tubelet: [2, 8, 8]}
+pretraining:
+  batch_size: 8
+  steps: 10
+  decoder: {width: 32, depth: 1, mlp: 64, heads: 2}
+ladder:
+  - {name: a, width: 32, depth: 2, mlp: 64, heads: 2}
+  - {name: b, width: 64, depth: 2, mlp: 128, heads: 4, steps: 20, gpus: 0}
+"""
+
+
+def write(tmp_path, text, name="spec.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_good_spec_resolves_defaults_and_overrides(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    a, b = spec.rungs()
+    assert (a.steps, b.steps) == (10, 20)
+    assert a.model.encoder.width == 32 and a.model.frames == 8 and a.model.tubelet == (2, 8, 8)
+    assert a.precision == "fp32" and a.workers == 2 and a.micro_batch_size == 4
+    assert a.key.startswith("a-") and len(a.key) == len("a-") + 6
+
+
+def test_shipped_sweeps_are_valid():
+    assert len(load_spec(REPO / "sweeps/size_ladder.yaml").ladder) == 7
+    local = load_spec(REPO / "sweeps/local_ladder.yaml")
+    params = [r.encoder_params for r in local.rungs()]
+    assert len(params) >= 4 and max(params) / min(params) >= 30
+
+
+def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
+    base = load_spec(write(tmp_path, GOOD)).rungs()[0]
+    more_workers = load_spec(write(tmp_path, GOOD.replace("batch_size: 8", "batch_size: 8\n  cpu_workers: 4\n  checkpoint_interval: 3"), "w.yaml")).rungs()[0]
+    other_uri = load_spec(write(tmp_path, "tracking: {uri: 'sqlite:///x.db'}\n" + GOOD, "u.yaml")).rungs()[0]
+    other_lr = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  optimizer: {lr: 0.01}"), "lr.yaml")).rungs()[0]
+    other_seed = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  seed: 1"), "s.yaml")).rungs()[0]
+    assert more_workers.workers == 4
+    assert base.key == more_workers.key == other_uri.key
+    assert len({base.key, other_lr.key, other_seed.key}) == 3
+
+
+BAD = {
+    "yaml_syntax": (GOOD.replace("ladder:", "ladder: [unclosed"), "YAML syntax error", None),
+    "unknown_key": (GOOD.replace("steps: 10", "steps: 10\n  mask_ratoi: 0.9"), "pretraining.mask_ratoi", 6),
+    "wrong_type": (GOOD.replace("batch_size: 8", "batch_size: eight"), "pretraining.batch_size", 4),
+    "heads_not_dividing": (GOOD.replace("width: 64, depth: 2, mlp: 128, heads: 4", "width: 64, depth: 2, mlp: 128, heads: 5"),
+                           "ladder[1].heads", 9),
+    "tubelet_not_dividing": (GOOD.replace("frames: 8", "frames: 7"), "data.tubelet", 2),
+    "zero_size": (GOOD.replace("width: 32, depth: 2", "width: 0, depth: 2"), "ladder[0].width", 8),
+    "negative_size": (GOOD.replace("depth: 2, mlp: 64, heads: 2}\n  - {name: b", "depth: -1, mlp: 64, heads: 2}\n  - {name: b"),
+                      "ladder[0].depth", 8),
+    "duplicate_rung": (GOOD.replace("name: b", "name: a"), "ladder[1].name", 9),
+    "unknown_size": (GOOD.replace("name: a, width: 32, depth: 2, mlp: 64, heads: 2", "name: a, size: XXL"), "ladder[0].size", 8),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_malformed_spec_exits_2_naming_field_and_line_and_writes_nothing(tmp_path, monkeypatch, case, command):
+    text, field, line = BAD[case]
+    spec = write(tmp_path, text)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [command, str(spec)])
+    assert result.exit_code == 2, result.output
+    msg = result.output
+    assert field in msg
+    assert str(spec) in msg
+    if line is not None:
+        assert f"{spec}:{line}:" in msg
+    assert "Traceback" not in msg
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_spec_file_is_exit_2(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["plan", "nope.yaml"])
+    assert result.exit_code == 2 and "nope.yaml" in result.output
+
+
+def test_real_console_script_gives_one_message_no_traceback(tmp_path):
+    spec = write(tmp_path, BAD["unknown_key"][0])
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(spec)], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "mask_ratoi" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_spec_error_lists_every_problem(tmp_path):
+    text = GOOD.replace("frames: 8", "frames: 7").replace("name: b", "name: a")
+    with pytest.raises(SpecError) as e:
+        load_spec(write(tmp_path, text))
+    assert "data.tubelet" in e.value.message and "ladder[1].name" in e.value.message
