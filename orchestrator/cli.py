@@ -111,5 +111,104 @@ def plan(
             )
 
 
+RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="where run state lives")]
+
+
+@app.command()
+@user_errors_exit_2
+def run(
+    spec: SpecArg,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: the spec's, else a local cluster)")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="at most this many rungs training at once")] = None,
+    only: Annotated[str | None, typer.Option(help="comma-separated rung names to run")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would run, start nothing")] = False,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
+    runs_dir: RunsOpt = Path("runs"),
+):
+    """Train every rung, evaluate every checkpoint, log it all to MLflow. Re-running resumes."""
+    _run(spec, address=address, max_concurrent=max_concurrent, only=only, dry_run=dry_run, num_cpus=num_cpus,
+         runs_dir=runs_dir, train_only=False)
+
+
+@app.command()
+@user_errors_exit_2
+def train(
+    spec: SpecArg,
+    rung: Annotated[str, typer.Option(help="the rung to train")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster")] = None,
+    runs_dir: RunsOpt = Path("runs"),
+):
+    """Pretrain one rung outside a sweep (no evals), with the same outputs as `sweep run`."""
+    _run(spec, address=address, max_concurrent=1, only=rung, dry_run=False, num_cpus=num_cpus, runs_dir=runs_dir,
+         train_only=True)
+
+
+def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_dir, train_only) -> None:
+    from orchestrator.progress import SweepDisplay, _dur
+    from orchestrator.scheduler import open_sweep
+
+    sweep = open_sweep(spec, runs_dir, only=only.split(",") if only else None, train_only=train_only,
+                       max_concurrent=max_concurrent)
+    sweep.preflight()
+    if dry_run:
+        t = Table(title=f"dry run of sweep '{sweep.spec.name}' (nothing started)")
+        for col in ("rung", "action", "steps", "checkpoints", "evals done"):
+            t.add_column(col)
+        for r in sweep.describe():
+            t.add_row(r["rung"], r["action"], str(r["steps"]), str(r["checkpoints"]), str(r["evals_done"]))
+        out.print(t)
+        return
+    with SweepDisplay(f"sweep '{sweep.spec.name}'", out) as display:
+        sweep.say = display.say
+        code = sweep.run(address, num_cpus=num_cpus, display=display)
+    if code == 130:
+        raise typer.Exit(130)
+    s = sweep.summary()
+    t = Table(title=f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} in {_dur(s['wall_s'])}")
+    for col in ("rung", "state", "waited", "trained in", "evals", "failure"):
+        t.add_column(col)
+    for r in s["rungs"]:
+        evals = f"{r['evals_done']}/{r['evals_total']}" + (f" ({r['evals_failed']} failed)" if r["evals_failed"] else "")
+        t.add_row(r["rung"], r["state"], _dur(r["wait_s"]), _dur(r["train_s"]), evals,
+                  "; ".join(filter(None, [r["reason"], *r["failures"]]))[:100])
+    out.print(t)
+    out.print(f"GPU-hours used: {s['gpu_hours']:.2f}. Next: sweep report --fit powerlaw")
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+@user_errors_exit_2
+def status(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
+    """Where a sweep stands: rung x (state, step / total, last checkpoint, evals, failures, ETA)."""
+    from orchestrator.status import status_rows
+
+    s = load_spec(spec)
+    rows = status_rows(s, runs_dir)
+    t = Table(title=f"sweep '{s.name}'")
+    for col in ("rung", "state", "step", "last checkpoint", "evals", "failures", "ETA"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["rung"], r["state"], f"{r['step']}/{r['total']}", str(r["last_checkpoint"] or "-"),
+                  f"{r['evals_done']}/{r['evals_total']}", r["failures"] or "", r["eta"])
+    out.print(t)
+
+
+@app.command()
+@user_errors_exit_2
+def ui(
+    spec: Annotated[Path | None, typer.Argument(help="spec whose store to open (default: the most recent sweep)")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,
+    host: Annotated[str, typer.Option(help="interface to bind; 127.0.0.1 keeps it on this machine")] = "127.0.0.1",
+    runs_dir: RunsOpt = Path("runs"),
+):
+    """The MLflow dashboard on the sweep's tracking store."""
+    from orchestrator.ui import serve
+
+    code = serve(spec, host, port, runs_dir, say=lambda line: out.print(line, highlight=False))
+    raise typer.Exit(code)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

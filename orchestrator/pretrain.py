@@ -1,0 +1,345 @@
+"""Pretraining one rung: DeepSpeed ZeRO-3 inside a Ray Train TorchTrainer.
+
+Ray Train's experiment directory *is* the rung's run directory
+(`storage_path=runs/<sweep>`, `name=<rung>-<hash6>`): checkpoints are sealed there
+by rank 0 and registered with Ray without a copy (NO_UPLOAD). A worker failure is
+restarted by Ray Train's FailureConfig from `ray.train.get_checkpoint()`; starting
+the rung again later resumes the same way. Batches and masks are pure functions
+of (seed, step, rank), so a resumed run logs the same losses as one never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.spec import RungConfig
+
+DS_TAG = "deepspeed"  # the tag engine.save_checkpoint uses inside a checkpoint dir
+# Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+# ------------------------------------------------------------------ pure pieces
+
+
+def deepspeed_config(rung: RungConfig, workers: int) -> dict:
+    accum = rung.batch_size // (rung.micro_batch_size * workers)
+    gpu = rung.gpus > 0
+    return {
+        "train_batch_size": rung.batch_size,
+        "train_micro_batch_size_per_gpu": rung.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": rung.optimizer.grad_clip,
+        "bf16": {"enabled": rung.precision == "bf16"},
+        "zero_optimization": {
+            "stage": rung.zero_stage,
+            "overlap_comm": gpu,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 5e7,
+            "stage3_prefetch_bucket_size": 5e7,
+            "stage3_param_persistence_threshold": 1e5 if gpu else 0,  # on CPU keep everything partitioned
+        },
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW (fused on GPU)
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_factor(step: int, rung: RungConfig) -> float:
+    """Multiplier of the base LR at optimiser step `step` (0-based): linear warmup, then cosine or constant."""
+    s = rung.schedule
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - s.warmup_steps) / max(1, rung.steps - s.warmup_steps))
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def mask_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 10_007 + rank
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, position embeddings and the mask token."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        shape = getattr(p, "ds_shape", p.shape)  # partitioned params report their full shape here
+        (no_decay if len(shape) < 2 or "pos_embed" in name or "mask_token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the worker
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import deepspeed
+    import ray.train as train
+    import torch.distributed as dist
+    from data4d.stream import PretrainStream
+
+    from models.cost import flops_per_clip
+    from models.mae import VideoMAE, normalize_video, random_masking
+
+    rung = RungConfig.from_dict(config["rung"])
+    run_dir = Path(config["run_dir"])
+    tracker, run_id = config.get("tracker"), config.get("run_id")
+    ctx = train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    gpu = rung.gpus > 0
+    device = torch.device("cuda", ctx.get_local_rank()) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(rung.cpus_per_worker)
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")  # reuses the group Ray Train set up
+
+    # Build: model on every rank, partitioned as it is created; optimiser; LR schedule.
+    ds_config = deepspeed_config(rung, world)
+    torch.manual_seed(rung.seed)
+    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config):
+        model = VideoMAE(rung.model)
+    model.encoder.activation_checkpointing = rung.activation_checkpointing
+    o = rung.optimizer
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, fused=gpu)
+    schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, rung=rung))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+
+    # Resume from Ray's latest registered checkpoint, or an older one if it is corrupt.
+    start, note = 0, None
+    registered = train.get_checkpoint()
+    found, warnings = ckpt.latest_valid(run_dir, start_from=Path(registered.path) if registered else None)
+    if registered is None and found is not None:
+        note = f"resuming from {found.path} found in the run directory"
+    if found is not None:
+        engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
+        start = found.step
+        note = note or f"resuming from {found.path}"
+    if rank == 0:
+        for w in warnings:
+            print(f"WARNING [{rung.key}] {w}", flush=True)
+        if note:
+            print(f"[{rung.key}] {note}", flush=True)
+        _write_json(run_dir / "resume.json", {"step": start, "warnings": warnings, "time": time.time()})
+
+    # Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning).
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
+    (run_dir / "workers").mkdir(exist_ok=True)
+    _write_json(run_dir / "workers" / f"rank{rank}.json", {
+        "rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id() if hasattr(ctx, "get_node_id") else None,
+        "hostname": os.uname().nodename, "local_param_elements": local, "total_param_elements": rung.total_params,
+        "start_step": start, "time": time.time(),
+    })
+
+    per_rank = rung.batch_size // world
+    micro = rung.micro_batch_size
+    stream = PretrainStream(rung.data, rung.seed, per_rank, rank, world)
+    flops_step = flops_per_clip(rung.model).train * rung.batch_size
+    peak = peak_flops(device)
+    failure = None
+    last_metrics: dict = {}
+    engine.train()
+    for step in range(start, rung.steps):
+        t0 = time.perf_counter()
+        clips = stream.batch(step)  # (per_rank, T, S, S, 3) uint8, a pure function of (seed, step, rank)
+        visible, masked = random_masking(per_rank, rung.model, torch.Generator().manual_seed(mask_seed(rung.seed, step, rank)))
+        lr = scheduler.get_last_lr()[0]
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, per_rank, micro):
+            video = normalize_video(clips[i : i + micro]).to(device, non_blocking=True)
+            loss = engine(video, visible[i : i + micro].to(device), masked[i : i + micro].to(device))
+            engine.backward(loss)
+            engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
+            loss_sum += loss.detach().float()
+        dist.all_reduce(loss_sum)
+        loss_value = loss_sum.item() / (world * (per_rank // micro))
+        dt = time.perf_counter() - t0
+        grad_norm = engine.get_global_grad_norm()
+        done = step + 1
+        metrics = {
+            "train/loss": loss_value, "train/lr": lr,
+            "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "train/clips_per_s": rung.batch_size / dt, "train/tokens_per_s": rung.batch_size * rung.model.num_tokens / dt,
+            "train/tflops": flops_step / dt / 1e12,
+        }
+        if peak:
+            metrics["train/mfu"] = flops_step / dt / (peak * world)
+        if not math.isfinite(loss_value):
+            failure = f"loss is {loss_value} at step {done}: training diverged (lower the learning rate or add warmup)"
+            metrics.pop("train/loss")
+        if rank == 0:
+            if tracker is not None:
+                tracker.log_metrics.remote(run_id, metrics, done)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
+            _write_json(run_dir / "progress.json", {"step": done, "total": rung.steps, "loss": loss_value,
+                                                     "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
+        last_metrics = {"step": done, "loss": loss_value}
+        if failure:
+            break
+        if done % rung.checkpoint_interval == 0 or done == rung.steps:
+            _save(engine, run_dir, done, rung, rank, world, last_metrics, final=done == rung.steps)
+
+    if failure:
+        if rank == 0:
+            print(f"ERROR [{rung.key}] {failure}", flush=True)
+            _write_json(run_dir / "failure.json", {"reason": failure, "step": last_metrics["step"]})
+        # Ends the run without an exception: a divergence would only repeat if Ray retried it.
+        train.report(last_metrics)
+
+
+def _save(engine, run_dir: Path, step: int, rung: RungConfig, rank: int, world: int, metrics: dict, final: bool) -> None:
+    """Every rank writes its ZeRO shards into a staging dir; rank 0 exports the encoder, seals, registers."""
+    import ray.train as train
+    import torch.distributed as dist
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
+    from safetensors.torch import save_file
+
+    from models.export import save_encoder
+    from models.mae import normalize_video
+
+    staging, final_dir = ckpt.staging_dir(run_dir, step), ckpt.step_dir(run_dir, step)
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(staging), tag=DS_TAG)
+    probe = None
+    if final:
+        # The engine's own features for one fixed clip, kept to check the export against.
+        gen = torch.Generator().manual_seed(rung.seed)
+        video = torch.randint(0, 256, (1, rung.model.frames, rung.model.size, rung.model.size, 3), generator=gen,
+                              dtype=torch.uint8)
+        every = torch.arange(rung.model.num_tokens)[None]
+        engine.eval()
+        with torch.no_grad():
+            x = normalize_video(video).to(engine.device)
+            feats = engine.module.encoder(x.to(next(iter(engine.module.parameters())).dtype), every.to(engine.device))
+        engine.train()
+        probe = {"video": video, "features": feats.float().cpu()}
+    dist.barrier()
+    if rank == 0:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(staging), tag=DS_TAG)
+        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        save_encoder(encoder, rung.to_dict(), staging / "export")
+        if probe is not None:
+            save_file(probe, str(staging / "export" / "probe.safetensors"))
+        ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": world, "time": time.time()})
+    dist.barrier()
+    train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
+                 checkpoint_dir_name=f"checkpoints/step_{step:08d}", checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+
+# ------------------------------------------------------------------ the driver side
+
+
+@dataclass
+class RungOutcome:
+    key: str
+    ok: bool
+    step: int
+    reason: str | None = None
+
+
+def run_dir_of(rung: RungConfig, runs_root: Path) -> Path:
+    return runs_root / rung.sweep / rung.key
+
+
+def is_trained(rung: RungConfig, runs_root: Path) -> bool:
+    steps = ckpt.list_steps(run_dir_of(rung, runs_root))
+    return bool(steps) and steps[-1].step >= rung.steps and ckpt.verify(steps[-1].path, checksums=False) is None
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def reconcile_ray_snapshot(run_dir: Path) -> str | None:
+    """Ray Train refuses to start when its snapshot names a checkpoint that is gone (deleted,
+    or lost with a disk). Our manifests are the record that matters: set the snapshot
+    aside and let the worker resume from the newest valid checkpoint on disk."""
+    path = run_dir / RAY_SNAPSHOT
+    try:
+        snap = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        snap = {"checkpoint_results": [{"checkpoint_dir_name": "(unreadable snapshot)"}]}
+    missing = [c["checkpoint_dir_name"] for c in snap.get("checkpoint_results", [])
+               if not (run_dir / c["checkpoint_dir_name"]).is_dir()]
+    if not missing:
+        return None
+    path.rename(path.with_name(f"{RAY_SNAPSHOT}.stale-{int(time.time())}"))
+    return f"Ray's run snapshot names missing checkpoints ({', '.join(missing)}); resuming from the run directory instead"
+
+
+def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, max_failures: int = 2) -> RungOutcome:
+    """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = run_dir_of(rung, runs_root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "failure.json").unlink(missing_ok=True)
+    warning = reconcile_ray_snapshot(run_dir)
+    if warning:
+        print(f"WARNING [{rung.key}] {warning}", flush=True)
+    gpu = rung.gpus > 0
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"rung": rung.to_dict(), "run_dir": str(run_dir.resolve()), "tracker": tracker, "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=rung.workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": rung.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
+        run_config=RunConfig(name=rung.key, storage_path=str(run_dir.parent.resolve()),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray Train gave up after max_failures
+        cause = getattr(e, "__cause__", None) or e
+        return RungOutcome(rung.key, False, _last_step(run_dir), f"training failed: {type(cause).__name__}: {cause}")
+    del result  # outcomes are read from the run dir, where rank 0 records a divergence
+    failure = (read_failure(run_dir) or {}).get("reason")
+    if failure:
+        return RungOutcome(rung.key, False, _last_step(run_dir), failure)
+    return RungOutcome(rung.key, True, _last_step(run_dir))
+
+
+def read_failure(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "failure.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _last_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())["step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0

@@ -1,0 +1,69 @@
+"""Showing a sweep while it runs: a live rich table in a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def rung_table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("rung", "state", "step", "loss", "clips/s", "ETA", "evals", "note"):
+        t.add_column(col, justify="right" if col not in ("rung", "state", "note") else "left")
+    for r in rows:
+        color = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}.get(r["state"], "white")
+        evals = f"{r['evals_done']}/{r['evals_total']}" + (f" ({r['evals_failed']} failed)" if r.get("evals_failed") else "")
+        t.add_row(r["rung"], f"[{color}]{r['state']}[/]", f"{r['step']}/{r['total']}",
+                  f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
+                  f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-", _dur(r.get("eta_s")), evals,
+                  (r.get("reason") or "")[:60])
+    return t
+
+
+class SweepDisplay:
+    """Call with snapshot rows each tick. Plain mode prints a line per rung when it changes, at most every 10 s."""
+
+    def __init__(self, title: str, console: Console | None = None):
+        self.console = console or Console()
+        self.title = title
+        self.live = Live(console=self.console, refresh_per_second=2) if self.console.is_terminal else None
+        self._last: dict[str, tuple] = {}
+        self._last_print: dict[str, float] = {}
+
+    def __enter__(self):
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def say(self, line: str) -> None:
+        self.console.print(line, highlight=False, markup=False)
+
+    def __call__(self, rows: list[dict]) -> None:
+        if self.live:
+            self.live.update(rung_table(rows, self.title))
+            return
+        now = time.time()
+        for r in rows:
+            sig = (r["state"], r["evals_done"], r["step"])
+            changed_state = self._last.get(r["rung"], (None,))[:2] != sig[:2]
+            if sig != self._last.get(r["rung"]) and (changed_state or now - self._last_print.get(r["rung"], 0) >= 10):
+                loss = f" loss {r['loss']:.4f}" if r.get("loss") is not None else ""
+                rate = f" {r['clips_per_s']:.1f} clips/s" if r.get("clips_per_s") else ""
+                print(f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {_dur(r.get('eta_s'))} "
+                      f"evals {r['evals_done']}/{r['evals_total']}", flush=True, file=sys.stdout)
+                self._last[r["rung"]], self._last_print[r["rung"]] = sig, now

@@ -1,0 +1,455 @@
+"""`sweep run`: the driver. One loop owns the sweep's state and, in this order:
+
+1. resolves the spec into rungs and reads what has already run from disk;
+2. connects to Ray (a local cluster, or `--address`) and checks every rung and eval
+   can ever be placed, before launching anything;
+3. opens the sweep's MLflow runs through one tracker actor on the driver's node;
+4. trains rungs (each a Ray Train run, see orchestrator.pretrain) as resources allow;
+5. whenever a rung seals a checkpoint, submits one eval task per (task, mode);
+6. records every outcome on disk and in MLflow, and prints a summary.
+
+Re-running skips finished rungs and evals, resumes partial rungs, and reuses runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import checkpoint as ckpt
+from orchestrator.naming import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric_key
+from orchestrator.pretrain import RungOutcome, fit_rung, is_trained, run_dir_of
+from orchestrator.spec import RungConfig, SpecError, SweepSpec, load_spec
+from orchestrator.state import SweepLock, eval_record, git_commit, read_json, sweep_dir, write_json
+from orchestrator.tracking import Tracker, absolute_tracking_uri
+
+EVAL_ATTEMPTS = 2
+TICK_S = 1.0
+
+
+# ------------------------------------------------------------------ what to run
+
+
+def select_rungs(spec: SweepSpec, only: list[str] | None) -> list[RungConfig]:
+    rungs = spec.rungs()
+    if not only:
+        return rungs
+    names = {r.name for r in rungs}
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise SpecError(f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}")
+    return [r for r in rungs if r.name in only]
+
+
+def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int]:
+    """Which of a rung's sealed checkpoint steps get evaluated."""
+    which = spec.evals.checkpoints
+    if which == "all":
+        return sealed
+    if which == "final":
+        return [s for s in sealed if s == rung.steps]
+    return [s for s in sealed if s in set(which)]
+
+
+def rung_params(rung: RungConfig) -> dict:
+    m, e = rung.model, rung.model.encoder
+    return {
+        "width": e.width, "depth": e.depth, "mlp": e.mlp, "heads": e.heads, "encoder_params": rung.encoder_params,
+        "total_params": rung.total_params, "flops_per_clip": rung.flops_per_clip, "train_flops": rung.train_flops,
+        "num_tokens": m.num_tokens, "frames": m.frames, "resolution": m.size, "tubelet": "x".join(map(str, m.tubelet)),
+        "mask_ratio": m.mask_ratio, "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
+        "steps": rung.steps, "batch_size": rung.batch_size, "lr": rung.optimizer.lr, "precision": rung.precision,
+        "seed": rung.seed, "gpus": rung.gpus, "workers": rung.workers, "zero_stage": rung.zero_stage, "rung_key": rung.key,
+    }
+
+
+# ------------------------------------------------------------------ cluster checks
+
+
+def _bundle(rung: RungConfig) -> dict[str, float]:
+    return {"CPU": rung.cpus_per_worker, **({"GPU": 1} if rung.gpus else {})}
+
+
+def _fits(nodes: list[dict], bundle: dict[str, float], count: int) -> bool:
+    """Can `count` copies of `bundle` be placed on these nodes (their total resources)?"""
+    placed = 0
+    for res in nodes:
+        placed += int(min((res.get(k, 0) // v) if v else float("inf") for k, v in bundle.items()))
+    return placed >= count
+
+
+def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict]) -> list[str]:
+    """Problems that no amount of waiting will solve, unless the cluster autoscales."""
+    if spec.cluster.autoscaling:
+        return []
+    total = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
+    have = f"the cluster has {total['CPU']:g} CPUs and {total['GPU']:g} GPUs on {len(nodes)} node(s)"
+    problems = []
+    for r in rungs:
+        if not _fits(nodes, _bundle(r), r.workers):
+            need = f"{r.workers} workers x {_bundle(r)}"
+            problems.append(f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true")
+    ev = spec.evals
+    if ev.tasks and not _fits(nodes, {"CPU": ev.cpus, **({"GPU": ev.gpus} if ev.gpus else {})}, 1):
+        problems.append(f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus")
+    return problems
+
+
+def alive_node_resources() -> list[dict]:
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+# ------------------------------------------------------------------ eval task
+
+
+def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict, threads: int) -> dict:
+    """Runs as a Ray task wherever resources allow."""
+    import ray
+    import torch
+    from evals.run import evaluate
+
+    from orchestrator.spec import Data, Readout
+
+    torch.set_num_threads(max(1, threads))
+    t0 = time.time()
+    metrics = evaluate(export_path, task, mode=mode, readout=Readout(**readout), data=Data(**data))
+    return {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.time() - t0,
+            "node_id": ray.get_runtime_context().get_node_id()}
+
+
+@dataclass
+class EvalJob:
+    rung: RungConfig
+    step: int
+    task: str
+    mode: str
+    attempts: int = 0
+    ref: object = None
+    started: float = 0.0
+
+
+@dataclass
+class RungRun:
+    rung: RungConfig
+    run_id: str
+    state: str = "pending"  # pending | running | done | failed
+    thread: threading.Thread | None = None
+    outcome: RungOutcome | None = None
+    submitted: float = 0.0
+    reason: str | None = None
+    evals_total: int = 0
+    evals_done: int = 0
+    evals_failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ the driver
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, spec_path: Path, rungs: list[RungConfig], runs_root: Path, *,
+                 train_only: bool = False, max_concurrent: int | None = None, report: Callable[[str], None] = print):
+        self.spec, self.spec_path, self.rungs = spec, spec_path, rungs
+        self.root = runs_root.resolve()
+        self.dir = sweep_dir(self.root, spec.name)
+        self.train_only = train_only or not spec.evals.tasks
+        self.max_concurrent = max_concurrent or len(rungs)
+        self.say = report
+        self.lock = SweepLock(self.dir / ".lock")
+        self.runs: dict[str, RungRun] = {}
+        self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
+        self.started = time.time()
+
+    # -------------------------------------------------------- before Ray
+    def preflight(self) -> None:
+        holder = self.lock.holder()
+        if holder:
+            raise SpecError(f"sweep '{self.spec.name}' is already running (pid {holder['pid']} on {holder['host']}); "
+                            f"wait for it or stop it first")
+
+    def describe(self) -> list[dict]:
+        """What a run would do, from disk alone (used by --dry-run and status)."""
+        rows = []
+        for r in self.rungs:
+            run_dir = run_dir_of(r, self.root)
+            sealed = [f.step for f in ckpt.list_steps(run_dir)]
+            done_evals = sum(1 for s in eval_steps(self.spec, r, sealed) for t in self.spec.evals.tasks
+                             for m in self.spec.evals.modes if (read_json(eval_record(run_dir, s, t, m)) or {}).get("state") == "done")
+            if is_trained(r, self.root):
+                action = "skip (trained)"
+            elif sealed:
+                action = f"resume from step {sealed[-1]}"
+            else:
+                action = "train"
+            rows.append({"rung": r.key, "action": action, "steps": r.steps, "checkpoints": len(sealed), "evals_done": done_evals})
+        return rows
+
+    # -------------------------------------------------------- the run
+    def run(self, address: str | None, num_cpus: int | None = None, display=None) -> int:
+        import ray
+
+        started_ray = not ray.is_initialized()
+        if started_ray:
+            self._init_ray(address, num_cpus)
+        try:
+            problems = check_schedulable(self.spec, self.rungs, alive_node_resources())
+            if problems:
+                raise SpecError("this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems))
+            self.lock.acquire()
+            try:
+                self._open_tracking()
+                return self._loop(display)
+            finally:
+                self.lock.release()
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _init_ray(self, address: str | None, num_cpus: int | None) -> None:
+        import ray
+
+        address = address or self.spec.cluster.address
+        quiet = os.environ.get("SWEEP4D_WORKER_LOGS", "0") != "1"
+        env = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        if address:
+            self.say(f"connecting to the Ray cluster at {address}")
+            ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+                     logging_level=logging.WARNING, runtime_env=env)
+        res = ray.cluster_resources()
+        self.say(f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+
+    def _open_tracking(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        spec = self.spec
+        uri = absolute_tracking_uri(spec.tracking.uri)
+        artifacts = (self.root / "mlartifacts").resolve().as_uri()
+        here = ray.get_runtime_context().get_node_id()
+        # The one MLflow writer, on this node because the SQLite file is here.
+        self.tracker = ray.remote(num_cpus=0)(Tracker).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(uri, artifacts)
+        commit = git_commit()
+        self.parent = ray.get(self.tracker.sweep_run.remote(
+            spec.name, {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit}, {"spec": str(self.spec_path), "rungs": len(spec.ladder)}))
+        write_json(self.dir / "sweep.json", {"spec": str(Path(self.spec_path).resolve()), "spec_hash": spec.spec_hash(),
+                                             "tracking_uri": uri, "parent_run_id": self.parent, "started": time.time(),
+                                             "resolved": spec.model_dump(mode="json")})
+        ray.get(self.tracker.log_artifact.remote(self.parent, str(self.dir / "sweep.json"), "spec"))
+        for r in self.rungs:
+            run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)))
+            run_dir = run_dir_of(r, self.root)
+            write_json(run_dir / "info.json", {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
+                                               "git_commit": commit, "mlflow_run_id": run_id})
+            self.runs[r.key] = RungRun(r, run_id)
+
+    # -------------------------------------------------------- the loop
+    def _loop(self, display) -> int:
+        import ray
+
+        queue = [rr for rr in self.runs.values()]
+        for rr in queue:
+            if is_trained(rr.rung, self.root):
+                rr.state = "done"
+                self._status(rr)
+        try:
+            while True:
+                self.lock.beat()
+                running = [rr for rr in self.runs.values() if rr.state == "running"]
+                for rr in [q for q in queue if q.state == "pending"][: max(0, self.max_concurrent - len(running))]:
+                    self._start_rung(rr)
+                for rr in running:
+                    if not rr.thread.is_alive():
+                        self._finish_rung(rr)
+                if not self.train_only:
+                    self._submit_evals()
+                    self._collect_evals(ray)
+                if display:
+                    display(self.snapshot())
+                if all(rr.state in ("done", "failed") for rr in self.runs.values()) and not self._pending_evals():
+                    break
+                time.sleep(TICK_S)
+        except KeyboardInterrupt:
+            self.say("interrupted: stopping launches, cancelling evals; rungs resume from their last checkpoint next time")
+            for job in self.jobs.values():
+                if job.ref is not None:
+                    ray.cancel(job.ref, force=True)
+                    eval_record(run_dir_of(job.rung, self.root), job.step, job.task, job.mode).unlink(missing_ok=True)
+            for rr in self.runs.values():
+                if rr.state == "running":
+                    rr.state, rr.reason = "interrupted", "interrupted by the user"
+                    self._status(rr)
+            ray.get(self.tracker.flush.remote())
+            return 130
+        return self._close()
+
+    def _start_rung(self, rr: RungRun) -> None:
+        rr.state, rr.submitted = "running", time.time()
+        self._status(rr)
+
+        def target():
+            try:
+                rr.outcome = fit_rung(rr.rung, self.root, self.tracker, rr.run_id)
+            except Exception as e:  # never let one rung take the driver down
+                rr.outcome = RungOutcome(rr.rung.key, False, 0, f"{type(e).__name__}: {e}")
+
+        rr.thread = threading.Thread(target=target, name=f"rung-{rr.rung.key}", daemon=True)
+        rr.thread.start()
+        self.say(f"[{rr.rung.key}] submitted ({rr.rung.workers} workers, {rr.rung.steps} steps)")
+
+    def _finish_rung(self, rr: RungRun) -> None:
+        o = rr.outcome
+        run_dir = run_dir_of(rr.rung, self.root)
+        resume = read_json(run_dir / "resume.json") or {}
+        for w in resume.get("warnings", []):
+            self.say(f"[{rr.rung.key}] WARNING {w}")
+        if o and o.ok:
+            rr.state = "done"
+            self.say(f"[{rr.rung.key}] trained to step {o.step}")
+        else:
+            rr.state, rr.reason = "failed", (o.reason if o else "unknown")
+            self.say(f"[{rr.rung.key}] FAILED: {rr.reason}")
+        self._status(rr)
+
+    def _status(self, rr: RungRun) -> None:
+        run_dir = run_dir_of(rr.rung, self.root)
+        old = read_json(run_dir / "status.json") or {}
+        rank0 = read_json(run_dir / "workers" / "rank0.json") or {}
+        rec = {**old, "state": rr.state, "reason": rr.reason, "updated": time.time(), "steps": rr.rung.steps}
+        if rr.submitted:
+            rec["submitted"] = rr.submitted
+            if rank0.get("time", 0) >= rr.submitted:
+                rec["wait_s"] = rank0["time"] - rr.submitted
+        if rr.state in ("done", "failed") and rr.submitted:
+            rec["train_s"] = time.time() - rr.submitted
+        write_json(run_dir / "status.json", rec)
+
+    # -------------------------------------------------------- evals
+    def _wanted(self, rr: RungRun) -> list[tuple[int, str, str]]:
+        sealed = [f.step for f in ckpt.list_steps(run_dir_of(rr.rung, self.root))]
+        ev = self.spec.evals
+        return [(s, t, m) for s in eval_steps(self.spec, rr.rung, sealed) for t in ev.tasks for m in ev.modes]
+
+    def _submit_evals(self) -> None:
+        import ray
+
+        ev = self.spec.evals
+        remote = ray.remote(_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=1)
+        for rr in self.runs.values():
+            wanted = self._wanted(rr)
+            rr.evals_total = len(wanted)
+            for step, task, mode in wanted:
+                key = (rr.rung.key, step, task, mode)
+                path = eval_record(run_dir_of(rr.rung, self.root), step, task, mode)
+                rec = read_json(path) or {}
+                if rec.get("state") == "done":
+                    if not rec.get("logged"):  # the driver died between recording and logging
+                        self._log_eval(rr, step, task, mode, rec, path)
+                    continue
+                if rec.get("state") == "failed" or key in self.jobs and self.jobs[key].ref is not None:
+                    continue
+                job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
+                export = ckpt.step_dir(run_dir_of(rr.rung, self.root), step)
+                job.ref = remote.remote(str(export), task, mode, ev.readout.model_dump(), self.spec.data.model_dump(), ev.cpus)
+                job.attempts += 1
+                job.started = time.time()
+                write_json(path, {"state": "running", "attempts": job.attempts, "started": job.started})
+        for rr in self.runs.values():
+            recs = [read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {} for s, t, m in self._wanted(rr)]
+            rr.evals_done = sum(r.get("state") == "done" for r in recs)
+            rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
+
+    def _collect_evals(self, ray) -> None:
+        live = {job.ref: job for job in self.jobs.values() if job.ref is not None}
+        if not live:
+            return
+        ready, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
+        for ref in ready:
+            job = live[ref]
+            job.ref = None
+            rr = self.runs[job.rung.key]
+            path = eval_record(run_dir_of(job.rung, self.root), job.step, job.task, job.mode)
+            try:
+                result = ray.get(ref)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                if job.attempts < EVAL_ATTEMPTS:
+                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying")
+                    path.unlink(missing_ok=True)
+                else:
+                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}")
+                    write_json(path, {"state": "failed", "attempts": job.attempts, "reason": reason})
+                    rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
+                continue
+            rec = {"state": "done", "attempts": job.attempts, "logged": False, **result}
+            write_json(path, rec)
+            self._log_eval(rr, job.step, job.task, job.mode, rec, path)
+
+    def _log_eval(self, rr: RungRun, step: int, task: str, mode: str, rec: dict, path: Path) -> None:
+        metrics = {eval_metric_key(task, mode, k): v for k, v in rec["metrics"].items()}
+        self.tracker.log_metrics.remote(rr.run_id, metrics, step)
+        write_json(path, {**rec, "logged": True})
+
+    def _pending_evals(self) -> bool:
+        if self.train_only:
+            return False
+        if any(job.ref is not None for job in self.jobs.values()):
+            return True
+        # A checkpoint sealed after the last submit pass still needs its evals.
+        for rr in self.runs.values():
+            for s, t, m in self._wanted(rr):
+                if (read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {}).get("state") not in ("done", "failed"):
+                    return True
+        return False
+
+    # -------------------------------------------------------- the end
+    def _close(self) -> int:
+        import ray
+
+        for rr in self.runs.values():
+            failed = rr.state == "failed"
+            tags = {FAILURE_TAG: rr.reason} if failed else {}
+            ray.get(self.tracker.finish.remote(rr.run_id, "FAILED" if failed else "FINISHED", tags))
+        ok = all(rr.state == "done" and rr.evals_failed == 0 for rr in self.runs.values())
+        ray.get(self.tracker.finish.remote(self.parent, "FINISHED" if ok else "FAILED"))
+        return 0 if ok else 1
+
+    def snapshot(self) -> list[dict]:
+        rows = []
+        for rr in self.runs.values():
+            prog = read_json(run_dir_of(rr.rung, self.root) / "progress.json") or {}
+            step = prog.get("step", 0)
+            rate = prog.get("clips_per_s")
+            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
+            rows.append({"rung": rr.rung.key, "state": rr.state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
+                         "clips_per_s": rate, "eta_s": eta, "evals_done": rr.evals_done, "evals_total": rr.evals_total,
+                         "evals_failed": rr.evals_failed, "reason": rr.reason})
+        return rows
+
+    def summary(self) -> dict:
+        rows = []
+        gpu_hours = 0.0
+        for rr in self.runs.values():
+            st = read_json(run_dir_of(rr.rung, self.root) / "status.json") or {}
+            gpu_hours += st.get("train_s", 0) * rr.rung.gpus / 3600
+            rows.append({"rung": rr.rung.key, "state": rr.state, "reason": rr.reason, "wait_s": st.get("wait_s"),
+                         "train_s": st.get("train_s"), "evals_done": rr.evals_done, "evals_total": rr.evals_total,
+                         "evals_failed": rr.evals_failed, "failures": rr.failures})
+        for job_dir in self.dir.glob("*/evals/*/*.json"):
+            rec = read_json(job_dir) or {}
+            gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
+        return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
+
+
+def open_sweep(spec_path: Path, runs_root: Path, only: list[str] | None = None, **kw) -> Sweep:
+    spec = load_spec(spec_path)
+    return Sweep(spec, spec_path, select_rungs(spec, only), runs_root, **kw)

@@ -1,0 +1,91 @@
+"""`sweep ui`: MLflow's own UI, served on the sweep's tracking store, bound to 127.0.0.1 by default."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from orchestrator.spec import load_spec
+from orchestrator.state import most_recent_sweep, read_json
+from orchestrator.tracking import absolute_tracking_uri, sqlite_path
+
+
+class UIError(Exception):
+    """The store is missing or the port is taken: exit 2."""
+
+
+def resolve_store(spec: Path | None, runs_root: Path) -> tuple[str, str | None]:
+    """(tracking URI, sweep name or None) from a spec, else from the most recent sweep, else the default store."""
+    if spec is not None:
+        s = load_spec(spec)
+        return absolute_tracking_uri(s.tracking.uri), s.name
+    recent = most_recent_sweep(runs_root)
+    if recent is not None and (info := read_json(recent / "sweep.json")):
+        return info["tracking_uri"], recent.name
+    return absolute_tracking_uri("sqlite:///runs/mlflow.db"), None
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UIError(f"port {port} on {host} is already in use ({e.strerror}); pick another with --port") from None
+
+
+def server_command(uri: str, host: str, port: int, artifact_root: Path) -> list[str]:
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
+            artifact_root.resolve().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise UIError(f"the MLflow server exited with code {proc.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise UIError(f"the MLflow server did not answer at {url} within {timeout:.0f} s")
+
+
+def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -> int:
+    uri, sweep = resolve_store(spec, runs_root)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UIError(f"no tracking store at {db}: run `sweep run SPEC` first (or pass the spec whose store you want)")
+    check_port_free(host, port)
+    cmd = server_command(uri, host, port, runs_root / "mlartifacts")
+    # Its own process group, so Ctrl-C here stops the server and its workers together.
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    try:
+        wait_healthy(url, proc)
+        say(f"MLflow UI for {db or uri}: {url}")
+        if sweep:
+            from mlflow.tracking import MlflowClient
+
+            exp = MlflowClient(uri).get_experiment_by_name(sweep)
+            if exp is not None:
+                say(f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}")
+        say("Ctrl-C stops the server.")
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            import os
+
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

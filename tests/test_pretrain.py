@@ -1,0 +1,175 @@
+"""Pretraining a rung for real: Ray Train + DeepSpeed ZeRO-3 over gloo on 2 CPU workers, MLflow on SQLite."""
+
+import json
+import os
+import shutil
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from models.export import load_encoder
+from orchestrator import checkpoint as ckpt
+from orchestrator.naming import RUNG_KEY_TAG, STATUS_TAG
+from orchestrator.scheduler import open_sweep
+
+pytestmark = pytest.mark.slow
+
+SPEC = """\
+name: pt
+data: {frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {objects: 2, points: 8}}
+pretraining:
+  mask_ratio: 0.5
+  decoder: {width: 16, depth: 1, mlp: 32, heads: 2}
+  optimizer: {lr: 3.0e-3}
+  schedule: {warmup_steps: 2}
+  batch_size: 8
+  micro_batch_size: 2
+  steps: 12
+  checkpoint_interval: 4
+  cpu_workers: 2
+ladder:
+  - {name: tiny, width: 32, depth: 2, mlp: 64, heads: 2}
+evals: {tasks: []}
+"""
+
+
+def train(root: Path, spec_text: str = SPEC, on_start=None) -> tuple[int, Path]:
+    """Run `sweep train`'s code path in-process with `root` as the working directory."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.yaml").write_text(textwrap.dedent(spec_text))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        sweep = open_sweep(Path("spec.yaml"), Path("runs"), train_only=True)
+        if on_start:
+            on_start(sweep)
+        code = sweep.run(None)
+    finally:
+        os.chdir(cwd)
+    return code, root / "runs" / "pt" / sweep.rungs[0].key
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Loss per step; after a resume the re-run steps overwrite the earlier ones."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    code, run_dir = train(root)
+    assert code == 0
+    return root, run_dir
+
+
+def test_zero3_partitions_parameters_and_loss_goes_down(reference):
+    _, run_dir = reference
+    ranks = [json.loads((run_dir / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    total = ranks[0]["total_param_elements"]
+    for rec in ranks:  # each rank holds about half of the elements, not all of them
+        assert 0.4 * total <= rec["local_param_elements"] <= 0.6 * total, rec
+    assert sum(rec["local_param_elements"] for rec in ranks) >= total
+    assert ranks[0]["pid"] != ranks[1]["pid"]
+    loss = losses(run_dir)
+    assert sorted(loss) == list(range(1, 13))
+    assert sum(loss[s] for s in (10, 11, 12)) / 3 < 0.9 * loss[1]
+    assert [f.step for f in ckpt.list_steps(run_dir)] == [4, 8, 12]
+    assert all(ckpt.verify(f.path) is None for f in ckpt.list_steps(run_dir))
+
+
+def test_export_loads_into_plain_encoder_with_the_engines_features(reference):
+    _, run_dir = reference
+    final = ckpt.step_dir(run_dir, 12)
+    encoder, rung = load_encoder(final)
+    assert type(encoder).__name__ == "Encoder" and rung["name"] == "tiny"
+    probe = load_file(str(final / "export" / "probe.safetensors"))
+    from models.mae import normalize_video
+
+    every = torch.arange(encoder.cfg.num_tokens)[None]
+    with torch.no_grad():
+        mine = encoder(normalize_video(probe["video"]), every)
+    assert torch.allclose(mine, probe["features"], atol=1e-5), (mine - probe["features"]).abs().max()
+
+
+def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
+    root, run_dir = reference
+    client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("pt")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUNG_KEY_TAG}` = '{run_dir.name}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name.startswith("tiny-") and run.data.tags[STATUS_TAG] == "finished"
+    p = run.data.params
+    assert (p["width"], p["depth"], p["heads"], p["mlp"]) == ("32", "2", "2", "64")
+    assert int(p["encoder_params"]) > 0 and int(p["flops_per_clip"]) > 0
+    for key in ("train/loss", "train/lr", "train/grad_norm", "train/clips_per_s", "train/tokens_per_s", "train/tflops"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        assert steps == list(range(1, 13)), key
+    lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
+    assert lrs[1] < lrs[2] and lrs[12] < lrs[3]  # warmup, then cosine decay
+
+
+def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(reference, tmp_path):
+    _, ref_dir = reference
+    killed = {}
+
+    def killer(sweep):
+        run_dir = sweep.root / "pt" / sweep.rungs[0].key
+
+        def watch():
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                rank1 = run_dir / "workers" / "rank1.json"
+                if ckpt.list_steps(run_dir) and rank1.exists():
+                    pid = json.loads(rank1.read_text())["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"], killed["after"] = pid, ckpt.list_steps(run_dir)[-1].step
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    code, run_dir = train(tmp_path, on_start=killer)
+    assert code == 0
+    assert killed and killed["after"] < 12, killed
+    rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
+    assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4  # a new worker resumed from a checkpoint
+    assert losses(run_dir) == losses(ref_dir)  # bitwise: same loss at every step
+
+
+def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(reference, tmp_path):
+    _, ref_dir = reference
+    root = tmp_path
+    run_dir = root / "runs" / "pt" / ref_dir.name
+    shutil.copytree(ref_dir, run_dir)
+    shutil.rmtree(ckpt.step_dir(run_dir, 12))
+    victim = next(p for p in (ckpt.step_dir(run_dir, 8) / "deepspeed").rglob("*") if p.is_file())
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    (run_dir / "metrics.jsonl").unlink()
+    code, run_dir = train(root)
+    assert code == 0
+    resume = json.loads((run_dir / "resume.json").read_text())
+    assert resume["step"] == 4
+    assert any("step_00000008" in w and "corrupt" in w for w in resume["warnings"])
+    assert losses(run_dir) == {s: v for s, v in losses(ref_dir).items() if s > 4}
+
+
+def test_diverging_learning_rate_ends_failed_with_nan_reason(ray_cluster, tmp_path):
+    code, run_dir = train(tmp_path, SPEC.replace("lr: 3.0e-3", "lr: 1.0e+30"))
+    assert code == 1
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert "nan" in status["reason"].lower() or "inf" in status["reason"].lower()
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["step"] < 12  # it stopped instead of training on
