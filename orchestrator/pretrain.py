@@ -100,8 +100,8 @@ def train_loop(config: dict) -> None:
     import deepspeed
     import ray.train as train
     import torch.distributed as dist
-    from data4d.stream import PretrainStream
 
+    from data4d.stream import PretrainStream
     from models.cost import flops_per_clip
     from models.mae import VideoMAE, normalize_video, random_masking
 

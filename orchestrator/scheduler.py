@@ -113,8 +113,8 @@ def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict
     """Runs as a Ray task wherever resources allow."""
     import ray
     import torch
-    from evals.run import evaluate
 
+    from evals.run import evaluate
     from orchestrator.spec import Data, Readout
 
     torch.set_num_threads(max(1, threads))
