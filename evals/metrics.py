@@ -1,0 +1,217 @@
+"""Eval metrics, re-implemented in numpy from the standard definitions
+(shared/REFERENCE-4DS.md, "Metric definitions").
+
+Shapes in comments: B clips (videos), N points / tracks, T frames, M samples.
+Every function returns plain floats keyed by the names the sweep logs as
+`eval/<task>/<name>`; `higher_is_better(name)` says which way each one points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+DELTAS = (1, 2, 4, 8, 16)  # TAP-Vid thresholds, in pixels of a 256x256 frame
+TAPVID_SIZE = 256
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b with nan where b == 0 (a video with nothing to evaluate drops out of the mean)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.maximum(b, 1e-12), np.nan)
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+# ------------------------------------------------------------------ point tracking
+
+
+def eval_frames(query_frame: np.ndarray, T: int, query_mode: str = "first") -> np.ndarray:
+    """query_frame (B, N) int -> which frames are scored (B, N, T) bool.
+
+    "first": frames after the query frame; "strided": every frame but the query frame.
+    """
+    t = np.arange(T)
+    q = np.asarray(query_frame)[..., None]
+    if query_mode == "first":
+        return t > q
+    if query_mode == "strided":
+        return t != q
+    raise ValueError(f"query_mode must be 'first' or 'strided', not {query_mode!r}")
+
+
+def tapvid_metrics(
+    query_points: np.ndarray,
+    gt_occluded: np.ndarray,
+    gt_tracks: np.ndarray,
+    pred_occluded: np.ndarray,
+    pred_tracks: np.ndarray,
+    query_mode: str = "first",
+    size: float = TAPVID_SIZE,
+) -> dict[str, float]:
+    """TAP-Vid point-tracking metrics, computed per video and then averaged over videos.
+
+    query_points (B, N, 3) as (t, y, x); gt/pred_occluded (B, N, T) bool;
+    gt/pred_tracks (B, N, T, 2) as (x, y) in pixels of a `size` x `size` frame,
+    rescaled here to the 256x256 frame the thresholds are defined for.
+
+    Returns oa, delta_avg (<delta_avg), aj, and per threshold pts_within_<d>, jaccard_<d>.
+    """
+    scale = TAPVID_SIZE / size
+    gt_tracks, pred_tracks = np.asarray(gt_tracks) * scale, np.asarray(pred_tracks) * scale
+    visible, pred_visible = ~np.asarray(gt_occluded, bool), ~np.asarray(pred_occluded, bool)
+    evaluated = eval_frames(np.asarray(query_points)[..., 0].round().astype(int), visible.shape[-1], query_mode)
+
+    def per_video(x: np.ndarray) -> np.ndarray:  # (B, N, T) bool -> (B,) counts over evaluated frames
+        return (x & evaluated).sum(axis=(1, 2))
+
+    out = {"oa": _nanmean(_div(per_video(visible == pred_visible), per_video(np.ones_like(visible))))}
+    sq_dist = ((pred_tracks - gt_tracks) ** 2).sum(-1)  # (B, N, T)
+    within_avg, jaccard_avg = [], []
+    for d in DELTAS:
+        within = sq_dist < d**2
+        frac_within = _div(per_video(within & visible), per_video(visible))  # (B,)
+        tp = within & visible & pred_visible
+        fp = pred_visible & (~visible | ~within)
+        jaccard = _div(per_video(tp), per_video(visible) + per_video(fp))  # (B,)
+        out[f"pts_within_{d}"], out[f"jaccard_{d}"] = _nanmean(frac_within), _nanmean(jaccard)
+        within_avg.append(frac_within)
+        jaccard_avg.append(jaccard)
+    out["delta_avg"] = _nanmean(np.mean(within_avg, axis=0))
+    out["aj"] = _nanmean(np.mean(jaccard_avg, axis=0))
+    return out
+
+
+# ------------------------------------------------------------------ depth
+
+
+def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+    """Standard monocular-depth errors pooled over all valid pixels of all frames.
+
+    gt, pred (...) metric depths of the same shape; valid defaults to finite gt > 0.
+    Predictions are clamped to a tiny positive value so the log and ratios stay defined.
+    """
+    gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
+    if valid is None:
+        valid = np.isfinite(gt) & (gt > 0)
+    g, p = gt[valid], np.maximum(pred[valid], 1e-6)  # (M,)
+    if g.size == 0:
+        return {k: float("nan") for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")}
+    ratio = np.maximum(g / p, p / g)
+    return {
+        "abs_rel": float(np.mean(np.abs(g - p) / g)),
+        "sq_rel": float(np.mean((g - p) ** 2 / g)),
+        "rmse": float(np.sqrt(np.mean((g - p) ** 2))),
+        "rmse_log": float(np.sqrt(np.mean((np.log(g) - np.log(p)) ** 2))),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+# ------------------------------------------------------------------ camera pose
+
+
+def relative_pose(extrinsics: np.ndarray, ref: int = 0) -> np.ndarray:
+    """World->camera extrinsics (..., T, 4, 4) -> camera_ref->camera_t transforms (..., T, 4, 4).
+
+    A point X in frame `ref`'s camera coordinates lands at rel[t] @ X in frame t's.
+    """
+    E = np.asarray(extrinsics, np.float64)
+    return E @ np.linalg.inv(E[..., ref : ref + 1, :, :])
+
+
+def pose_vector(rel: np.ndarray) -> np.ndarray:
+    """Relative pose (..., 4, 4) -> the 6-D vector (..., 6) the readout regresses and EPE compares:
+    the rotation as an axis-angle vector in radians (3) followed by the translation (3)."""
+    rel = np.asarray(rel, np.float64)
+    lead = rel.shape[:-2]
+    rotvec = Rotation.from_matrix(rel[..., :3, :3].reshape(-1, 3, 3)).as_rotvec().reshape(*lead, 3)
+    return np.concatenate([rotvec, rel[..., :3, 3]], axis=-1)
+
+
+def pose_matrix(vec: np.ndarray) -> np.ndarray:
+    """Inverse of `pose_vector`: (..., 6) -> (..., 4, 4)."""
+    vec = np.asarray(vec, np.float64)
+    lead = vec.shape[:-1]
+    out = np.zeros((*lead, 4, 4))
+    out[..., :3, :3] = Rotation.from_rotvec(vec[..., :3].reshape(-1, 3)).as_matrix().reshape(*lead, 3, 3)
+    out[..., :3, 3] = vec[..., 3:]
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray) -> dict[str, float]:
+    """Errors of predicted vs true relative poses (M, 4, 4), averaged over the M pairs.
+
+    epe: mean Euclidean distance between the 6-D `pose_vector`s (axis-angle ⊕ translation);
+    rot_err_deg: angle of the rotation taking the prediction to the truth;
+    trans_err_deg: angle between the translation directions (0 when both are zero,
+    90 when only one is: a zero vector says nothing about direction).
+    """
+    pred_rel, gt_rel = np.asarray(pred_rel, np.float64), np.asarray(gt_rel, np.float64)
+    epe = np.linalg.norm(pose_vector(pred_rel) - pose_vector(gt_rel), axis=-1)  # (M,)
+    R = np.swapaxes(pred_rel[..., :3, :3], -1, -2) @ gt_rel[..., :3, :3]
+    cos_r = np.clip((np.trace(R, axis1=-2, axis2=-1) - 1) / 2, -1, 1)
+    tp, tg = pred_rel[..., :3, 3], gt_rel[..., :3, 3]
+    np_, ng = np.linalg.norm(tp, axis=-1), np.linalg.norm(tg, axis=-1)
+    zero_p, zero_g = np_ < 1e-9, ng < 1e-9
+    cos_t = (tp * tg).sum(-1) / np.maximum(np_ * ng, 1e-18)
+    cos_t = np.where(zero_p & zero_g, 1.0, np.where(zero_p | zero_g, 0.0, np.clip(cos_t, -1, 1)))
+    return {
+        "epe": float(epe.mean()),
+        "rot_err_deg": float(np.degrees(np.arccos(cos_r)).mean()),
+        "trans_err_deg": float(np.degrees(np.arccos(cos_t)).mean()),
+    }
+
+
+# ------------------------------------------------------------------ boxes and classes
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (..., 4) given as x0, y0, x1, y1 -> (...)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+
+    def area(x):
+        return np.clip(x[..., 2] - x[..., 0], 0, None) * np.clip(x[..., 3] - x[..., 1], 0, None)
+
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def box_metrics(pred: np.ndarray, gt: np.ndarray, present: np.ndarray) -> dict[str, float]:
+    """Mean IoU over the (track, frame) pairs where the object is present.
+
+    pred, gt (..., 4) x0y0x1y1; present (...) bool.
+    """
+    present = np.asarray(present, bool)
+    iou = box_iou(pred, gt)
+    return {"iou": float(iou[present].mean()) if present.any() else float("nan")}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """logits (B, C), labels (B,) -> top1, and top5 when there are more than 5 classes."""
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    order = np.argsort(-logits, axis=-1)
+    out = {"top1": float(np.mean(order[:, 0] == labels))}
+    if logits.shape[-1] > 5:
+        out["top5"] = float(np.mean((order[:, :5] == labels[:, None]).any(-1)))
+    return out
+
+
+# ------------------------------------------------------------------ direction
+
+# Metric name prefixes where smaller is better; everything else (accuracies, Jaccard, IoU, deltas) is higher.
+_LOWER_IS_BETTER = ("epe", "rot_err", "trans_err", "abs_rel", "sq_rel", "rmse", "loss")
+
+
+def higher_is_better(metric_name: str) -> bool:
+    """Direction of a metric name as returned by evals (`baseline_` prefixes and `_strided`/`_all` suffixes allowed)."""
+    name = metric_name.removeprefix("baseline_")
+    return not name.startswith(_LOWER_IS_BETTER)

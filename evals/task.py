@@ -1,0 +1,53 @@
+"""What every eval task defines; `evals.run` trains and scores any of them the same way.
+
+A task is built from the encoder config and the train split (where it takes its
+statistics: target scales, mean depth, class frequencies). It says how many queries
+the readout has, what conditions them and how wide its output is; it turns clips
+into readout inputs and targets, scores readout outputs with `evals.metrics`, and
+scores the trivial baseline on the same clips.
+
+`Clips` is one split stacked from SyntheticWorld items: `video` (M, T, S, S, 3) uint8
+plus every ground-truth field with a leading clip axis M.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.mae import MAEConfig
+
+Clips = dict[str, np.ndarray]
+
+
+class Task:
+    name: str
+    headline: str  # the metric that picks the best epoch on val
+    num_queries: int = 1
+    cond_dim: int = 0  # 0: learned queries
+    out_dim: int
+
+    def __init__(self, cfg: MAEConfig, train: Clips):
+        self.cfg = cfg
+
+    def inputs(self, clips: Clips) -> dict[str, torch.Tensor]:
+        """Per-clip tensors with leading dim M: `cond` (M, Q, C) when cond_dim > 0, plus what `loss` reads."""
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """out (B, Q, O) from the readout -> scalar loss."""
+        raise NotImplementedError
+
+    def metrics(self, out: torch.Tensor, clips: Clips) -> dict[str, float]:
+        """Readout outputs for every clip of a split (M, Q, O) -> metrics against its ground truth."""
+        raise NotImplementedError
+
+    def baseline(self, clips: Clips) -> dict[str, float]:
+        """The trivial baseline's metrics on `clips` (names without the `baseline_` prefix)."""
+        raise NotImplementedError
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over mask (broadcast to x); 0 when the mask is empty, so a batch without targets adds no loss."""
+    mask = mask.expand_as(x).to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,133 @@
+"""Readouts, tasks, the eval runner and its feature cache, on tiny encoder exports."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evals.cache import ArrayCache
+from evals.metrics import higher_is_better
+from evals.readout import AttentionReadout, fourier_features
+from evals.run import TASKS, evaluate, evaluate_many
+from models.export import ExportError, save_encoder
+from models.mae import Encoder, MAEConfig, ViTShape
+
+# The headline names each task must report (the lead logs them as eval/<task>/<name>).
+NAMES = {
+    "point_tracking": {"aj", "delta_avg", "oa", "aj_strided", "delta_avg_strided", "oa_strided"},
+    "camera_pose": {"epe", "rot_err_deg", "trans_err_deg"},
+    "depth": {"abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3"},
+    "box_tracking": {"iou"},
+    "action": {"top1", "top5"},
+}
+TINY = dict(width=32, heads=2, epochs=2, batch_size=8, train_clips=16, val_clips=8, test_clips=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core box, OpenMP spin-waits make 2 threads far slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_export(path, width=32, depth=2, seed=0):
+    cfg = MAEConfig(encoder=ViTShape(width, depth, 4 * width, 2), decoder=ViTShape(32, 1, 64, 2),
+                    frames=8, size=32, tubelet=(2, 8, 8), mask_ratio=0.75)
+    torch.manual_seed(seed)
+    save_encoder(Encoder(cfg).state_dict(), {"model": cfg.to_dict(), "name": "tiny"}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("export"))
+
+
+def readout(**kw):
+    from orchestrator.spec import Readout
+
+    return Readout(**(TINY | kw))
+
+
+def test_readout_shapes_and_zero_start():
+    feats = torch.randn(2, 4 * 16, 24)  # (B, N, D) on a 4x4x4 grid
+    learned = AttentionReadout(24, (4, 4, 4), out_dim=5, num_queries=7, width=16, heads=2)
+    assert learned(feats).shape == (2, 7, 5)
+    cond = fourier_features(torch.rand(2, 3, 3))  # 3 query points (t, y, x)
+    assert cond.shape == (2, 3, 3 * 17)
+    conditioned = AttentionReadout(24, (4, 4, 4), out_dim=5, cond_dim=cond.shape[-1], width=16, heads=2)
+    out = conditioned(feats, cond)
+    assert out.shape == (2, 3, 5) and torch.all(out == 0)  # zero output layer: untrained = the prior
+    out.sum().backward()
+    assert conditioned.out.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_trains_and_reports_its_metrics_and_baselines(export, task):
+    seen = []
+    m = evaluate(export, task, readout=readout(), progress=seen.append)
+    assert NAMES[task] <= set(m)
+    assert {f"baseline_{k}" for k in NAMES[task]} <= set(m)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in m.values()), m
+    assert [p["epoch"] for p in seen] == [1, 2] and all(math.isfinite(p["loss"]) for p in seen)
+    for k in NAMES[task]:
+        higher_is_better(k)  # every name has a direction
+
+
+def test_finetune_trains_the_encoder_too(export):
+    frozen = evaluate(export, "depth", readout=readout())
+    tuned = evaluate(export, "depth", mode="finetune", readout=readout(finetune_lr_scale=1.0))
+    assert math.isfinite(tuned["abs_rel"]) and tuned["abs_rel"] != frozen["abs_rel"]
+    assert tuned["baseline_abs_rel"] == frozen["baseline_abs_rel"]
+
+
+def test_cached_features_match_recomputed_ones_and_are_computed_once(tmp_path, monkeypatch):
+    import evals.run as run
+
+    cache = ArrayCache()
+    monkeypatch.setattr(run, "CACHE", cache)
+    path = make_export(tmp_path / "e")
+    calls = []
+    real = run.encoder_features
+    monkeypatch.setattr(run, "encoder_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    both = evaluate_many(path, ["depth", "camera_pose"], readout=readout())
+    assert len(calls) == 3  # one pass per split, shared by both tasks and every epoch
+    again = evaluate(path, "depth", readout=readout())
+    assert len(calls) == 3 and again == both["depth"]
+    recomputed = evaluate(path, "depth", readout=readout(), cache_features=False)
+    assert len(calls) > 3
+    for k, v in both["depth"].items():
+        assert recomputed[k] == pytest.approx(v, rel=1e-4), k
+
+
+def test_cache_is_bounded_and_spills_to_npy(tmp_path):
+    cache = ArrayCache(max_bytes=1000, spill_dir=tmp_path)
+    a, b = np.arange(100, dtype=np.float32), np.ones(200, dtype=np.float32)  # 400 and 800 bytes
+    cache.get("a", lambda: {"x": a})
+    cache.get("b", lambda: {"x": b})  # over budget: "a" (least recent) spills
+    assert list(cache.memory) == ["b"] and cache.bytes <= 1000
+    files = list(tmp_path.rglob("*.npy"))
+    assert len(files) == 1 and np.array_equal(np.load(files[0], allow_pickle=False), a)
+    got = cache.get("a", lambda: pytest.fail("recomputed a spilled entry"))
+    assert np.array_equal(got["x"], a) and cache.hits == 1
+    big = cache.get("big", lambda: {"x": np.zeros(1000, np.float32)})  # larger than the budget: straight to disk
+    assert "big" not in cache.memory and big["x"].shape == (1000,)
+
+
+def test_clear_errors(export, tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        evaluate(export, "segmentation")
+    with pytest.raises(ValueError, match="mode"):
+        evaluate(export, "depth", mode="linear")
+    with pytest.raises(ExportError):
+        evaluate(tmp_path / "nothing", "depth")
+
+
+def test_depth_readout_beats_the_mean_depth_baseline(export):
+    """Even a random-init encoder's features carry appearance, which predicts depth (sky vs ground vs objects)."""
+    m = evaluate(export, "depth", readout=readout(width=64, epochs=20, lr=3e-3, batch_size=16, train_clips=128,
+                                                  val_clips=32, test_clips=64))
+    assert m["abs_rel"] < 0.9 * m["baseline_abs_rel"], m
