@@ -1,0 +1,186 @@
+"""`sweep report` internals: tables in (MLflow, CSV/Parquet), report files out."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_fit import check_replication, chinchilla_points
+
+from reports.collect import ReportError, collect_mlflow, higher_is_better, read_table
+from reports.report import log_report_to_mlflow, make_report, predict_from_fits
+from reports.units import format_size, parse_size
+
+RUNGS = {"S": 22e6, "B": 88e6, "L": 300e6, "H": 630e6}
+
+
+def synthetic_table(rungs=RUNGS, steps=(100, 200), tasks=(("depth", "absrel"), ("tracking", "aj"))) -> pd.DataFrame:
+    """Noiseless laws: absrel = 5 N^-0.25 (powerlaw), aj = 1 − (0.2 + 2 N^-0.2)."""
+    rows = []
+    for rung, N in rungs.items():
+        for step in steps:
+            late = step / max(steps)
+            for task, metric in tasks:
+                v = 5 * N**-0.25 if metric == "absrel" else 1 - (0.2 + 2 * N**-0.2)
+                v = v / late if metric == "absrel" else v * late
+                for mode in ("frozen", "finetune"):
+                    rows.append({"sweep": "demo", "rung": rung, "rung_key": f"{rung}-abc123", "params": N, "step": step,
+                                 "task": task, "mode": mode, "metric": metric, "value": v,
+                                 "train_flops": 1e9 * N * step, "clips_seen": 32.0 * step})
+    return pd.DataFrame(rows)
+
+
+def run_report(source, out, **kw) -> dict:
+    """The function layer of `sweep report`; a CLI variant can replace this one helper."""
+    res = make_report(source, out, log=lambda line: None, **kw)
+    return {"fits": json.loads((out / "fits.json").read_text()), "result": res}
+
+
+def fitted(result: dict, task: str, metric: str, mode: str = "frozen", form: str = "powerlaw") -> dict:
+    s = next(s for s in result["series"] if (s["task"], s["metric"], s["mode"]) == (task, metric, mode))
+    return next(e for e in s["fits"] if e["form"] == form)
+
+
+def test_report_files_and_self_contained_html(tmp_path):
+    res = run_report(synthetic_table(), tmp_path, fits=["powerlaw", "saturating"], bootstrap=200)["result"]
+    for name in ("report.html", "report.md", "fits.json", "results.parquet", "scaling.png", "scaling.svg", "compute.png", "compute.svg"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    html = (tmp_path / "report.html").read_text()
+    srcs = re.findall(r'src="([^"]*)"', html)
+    assert len(srcs) == 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "http://" not in html and "https://" not in html and "<link" not in html
+    # Fits use the final checkpoint: the noiseless laws come back exactly.
+    f = fitted(res, "depth", "absrel")["fit"]
+    assert f["params"]["b"] == pytest.approx(-0.25, rel=1e-6)
+    assert abs(f["extrapolation"]["rel_error"]) < 1e-6
+    assert fitted(res, "tracking", "aj", form="saturating")["fit"]["params"]["b"] == pytest.approx(0.2, rel=1e-3)
+    assert "leave-largest-out" in html and "−" not in f["target"]
+    assert pd.read_parquet(tmp_path / "results.parquet").shape[0] == len(synthetic_table())
+
+
+def test_not_fitted_missing_failed_and_non_positive_are_named(tmp_path):
+    t = synthetic_table()
+    t = t[~((t["rung"] == "H") & (t["task"] == "depth"))]  # H never evaluated depth
+    t = pd.concat([t, synthetic_table({"G": 1.8e9})[lambda d: d["task"] == "tracking"].assign(status="failed", failure="OOM")])
+    t.loc[(t["rung"] == "S") & (t["metric"] == "aj"), "value"] = 0.0  # a log fit cannot take it
+    two = synthetic_table({"S": 22e6, "B": 88e6}, tasks=(("pose", "epe"),))
+    res = run_report(pd.concat([t, two]), tmp_path, fits=["powerlaw"], bootstrap=0)["result"]
+    notes = "\n".join(res["notes"])
+    assert "rung G failed (OOM)" in notes
+    assert "depth/absrel (frozen): no value for rung(s) H" in notes
+    assert re.search(r"tracking/aj \(frozen\) powerlaw: value is not positive .* S \(step 200: 0\)", notes)
+    pose = fitted(res, "pose", "epe")
+    assert pose["status"] == "not fitted" and "at least 3 rungs, got 2" in pose["reason"] and "S, B" in pose["reason"]
+    assert fitted(res, "tracking", "aj")["fit"]["n_rungs"] == 3  # B, L, H; not S (zero) nor G (failed)
+    md = (tmp_path / "report.md").read_text()
+    for text in ("not fitted: needs at least 3 rungs", "rung G failed", "no value for rung(s) H", "is not positive"):
+        assert text in md and text in (tmp_path / "report.html").read_text()
+
+
+def test_chinchilla_from_file_matches_direct_fit(tmp_path):
+    """The Chinchilla data in the `--from` format gives the replication's numbers."""
+    pts = chinchilla_points()
+    path = tmp_path / "chinchilla.csv"
+    pd.DataFrame({"model": [f"{n:.6g}" for n in pts["N"]], "params": pts["N"], "tokens": pts["D"],
+                  "metric": "loss", "value": pts["loss"]}).to_csv(path, index=False)
+    out = run_report(path, tmp_path / "report", fits=["chinchilla"], bootstrap=200)["fits"]
+    e = fitted(out, "", "loss", form="chinchilla")
+    assert e["D"] == "tokens" and e["fit"]["n_points"] == 240 and e["fit"]["target"] == "value"
+    check_replication(e["fit"]["params"], e["fit"]["loss"])
+    lo, hi = e["fit"]["ci"]["E"]
+    assert lo < e["fit"]["params"]["E"] < hi
+    assert (tmp_path / "report" / "chinchilla.png").exists()
+    rows = predict_from_fits(tmp_path / "report" / "fits.json", "70B")
+    assert rows[0]["form"] == "chinchilla" and rows[0]["lo"] <= rows[0]["value"] <= rows[0]["hi"]
+
+
+def test_predict_from_fits_sizes(tmp_path):
+    run_report(synthetic_table(), tmp_path, fits=["powerlaw"], bootstrap=200)
+    rows = predict_from_fits(tmp_path / "fits.json", "22B")
+    assert len(rows) == 4 and {r["size"] for r in rows} == {"22B"}
+    depth = next(r for r in rows if r["series"] == "depth/absrel (frozen)")
+    assert depth["value"] == pytest.approx(5 * 22e9**-0.25, rel=1e-5)
+    assert depth["lo"] <= depth["value"] <= depth["hi"]
+    assert predict_from_fits(tmp_path / "fits.json", 630e6)[0]["size"] == "630M"
+    with pytest.raises(ReportError, match="write it like 22B"):
+        predict_from_fits(tmp_path / "fits.json", "huge")
+
+
+def test_read_table_errors_name_file_and_column(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("model,metric,value\nS,aj,0.5\n")
+    with pytest.raises(ReportError, match=r"bad\.csv: missing column 'params'"):
+        read_table(bad)
+    bad.write_text("model,params,metric,value\nS,22M,aj,0.5\n")
+    with pytest.raises(ReportError, match=r"bad\.csv, line 2: column 'params' has a non-numeric value '22M'"):
+        read_table(bad)
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ReportError, match=r"corrupt\.parquet: cannot read"):
+        read_table(corrupt)
+    with pytest.raises(ReportError, match="no such file"):
+        read_table(tmp_path / "absent.csv")
+
+
+def test_read_table_defaults(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("model,params,metric,value\nS,2e7,top1,0.5\nS,2e7,baseline_top1,0.4\nB,8e7,abs_rel,0.2\n")
+    t = read_table(path)
+    assert list(t["mode"].unique()) == ["frozen"] and t["rung_key"].tolist() == t["rung"].tolist()
+    assert dict(zip(t["metric"], t["higher_is_better"], strict=True)) == {"top1": True, "baseline_top1": True, "abs_rel": False}
+
+
+def test_direction_and_sizes():
+    for m in ("absrel", "epe", "loss", "rmse_log", "rotation_err_deg"):
+        assert not higher_is_better(m)
+    for m in ("aj", "top1", "iou", "delta1", "occlusion_accuracy"):
+        assert higher_is_better(m)
+    assert [format_size(v) for v in (22e6, 88e6, 1.848e9, 3.811e9, 21.495e9)] == ["22M", "88M", "1.8B", "3.8B", "21B"]
+    assert parse_size("22B") == 22e9 and parse_size("300M") == 3e8 and parse_size(" 1.5e9 ") == 1.5e9
+
+
+def test_collect_from_mlflow_and_log_report(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.naming import FAILURE_TAG, ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG, eval_metric_key
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, run_name="demo", tags={ROLE_TAG: "sweep"}).info.run_id
+    for name, N, status in (("S", 22e6, "done"), ("B", 88e6, "done"), ("L", 300e6, "done"), ("H", 630e6, "failed")):
+        tags = {ROLE_TAG: "rung", RUNG_TAG: name, RUNG_KEY_TAG: f"{name}-abc123", STATUS_TAG: status, "mlflow.parentRunId": parent}
+        if status == "failed":
+            tags[FAILURE_TAG] = "CUDA OOM"
+        run = client.create_run(exp, run_name=name, tags=tags).info.run_id
+        for k, v in {"encoder_params": N, "flops_per_clip": 1e3 * N, "batch_size": 8, "steps": 20, "num_tokens": 1568}.items():
+            client.log_param(run, k, v)
+        client.log_metric(run, "train/loss", 1.0, step=5)
+        if status == "failed":
+            continue
+        for step in (10, 20):
+            client.log_metric(run, eval_metric_key("depth", "frozen", "absrel"), 5 * N**-0.25 * 20 / step, step=step)
+            client.log_metric(run, eval_metric_key("depth", "finetune", "absrel"), 4 * N**-0.25, step=step)
+
+    t = collect_mlflow(uri, "demo")
+    evals = t[t["metric"].notna()]
+    assert len(evals) == 3 * 2 * 2 and set(evals["mode"]) == {"frozen", "finetune"}
+    row = evals[(evals["rung"] == "B") & (evals["step"] == 10) & (evals["mode"] == "frozen")].iloc[0]
+    assert row["train_flops"] == 1e3 * 88e6 * 8 * 10 and row["clips_seen"] == 80 and row["tokens"] == 80 * 1568
+    assert row["rung_key"] == "B-abc123" and not row["higher_is_better"] and row["task"] == "depth"
+    failed = t[t["rung"] == "H"]
+    assert len(failed) == 1 and failed["metric"].isna().all() and failed["failure"].iloc[0] == "CUDA OOM"
+    with pytest.raises(ReportError, match="no MLflow experiment named 'nope'"):
+        collect_mlflow(uri, "nope")
+
+    out = tmp_path / "report"
+    res = run_report(t, out, bootstrap=100)["result"]
+    assert "rung H failed (CUDA OOM)" in "\n".join(res["notes"])
+    assert fitted(res, "depth", "absrel")["fit"]["params"]["b"] == pytest.approx(-0.25, rel=1e-6)
+    assert log_report_to_mlflow(uri, "demo", out) == parent
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/fits.json", "report/scaling.png"} <= logged
+    assert np.isclose(float(t["params"].max()), 630e6)
