@@ -197,6 +197,124 @@ def status(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
 
 @app.command()
 @user_errors_exit_2
+def report(
+    spec: Annotated[Path | None, typer.Argument(help="the sweep's spec (default: the most recent sweep under runs/)")] = None,
+    fit: Annotated[list[str] | None, typer.Option(help="powerlaw | saturating | chinchilla (repeat or comma-separate)")] = None,
+    from_file: Annotated[Path | None, typer.Option("--from", help="fit results from a CSV/Parquet table instead")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="where to write the report files")] = None,
+    predict: Annotated[str | None, typer.Option(help="print predictions at a size (22B, 300M) or a rung name")] = None,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 1000,
+    huber_delta: Annotated[float, typer.Option(help="Huber loss delta (log space)")] = 1e-3,
+    checkpoint: Annotated[str, typer.Option(help="final | best: which checkpoint of a rung the size laws use")] = "final",
+    seed: int = 0,
+    runs_dir: RunsOpt = Path("runs"),
+):
+    """Fit scaling laws (with bootstrap intervals), draw the scaling figure, write the report."""
+    from orchestrator.state import most_recent_sweep, read_json
+    from orchestrator.tracking import absolute_tracking_uri
+    from reports.collect import ReportError, collect_mlflow
+    from reports.fit import FORMS
+    from reports.report import log_report_to_mlflow, make_report, predict_from_fits
+
+    s = load_spec(spec) if spec is not None else None
+    forms = [f for item in (fit or (s.report.fits if s else ["powerlaw"])) for f in item.split(",") if f]
+    bad = [f for f in forms if f not in FORMS]
+    if bad:
+        raise ReportError(f"unknown fit form(s) {', '.join(bad)}; choose from {', '.join(FORMS)}")
+    sweep = uri = None
+    if from_file is not None:
+        table, report_dir = from_file, out_dir or runs_dir / f"from-{from_file.stem}" / "report"
+    else:
+        if s is not None:
+            sweep, uri = s.name, absolute_tracking_uri(s.tracking.uri)
+        else:
+            recent = most_recent_sweep(runs_dir)
+            info = read_json(recent / "sweep.json") if recent else None
+            if not info:
+                raise ReportError(f"no sweep found under {runs_dir}/: run `sweep run SPEC` first, or pass a spec or --from FILE")
+            sweep, uri = recent.name, info["tracking_uri"]
+        report_dir = out_dir or runs_dir / sweep / "report"
+        err.print(f"collecting sweep '{sweep}' from {uri}", highlight=False)
+        table = collect_mlflow(uri, sweep)
+    result = make_report(table, report_dir, fits=forms, x=s.report.x if s else "params", huber_delta=huber_delta,
+                         bootstrap=bootstrap, seed=seed, checkpoint=checkpoint, log=lambda line: err.print(line, highlight=False))
+    if sweep:
+        log_report_to_mlflow(uri, sweep, report_dir)
+    fitted = sum(e.get("status") == "fitted" for ser in result.get("series", []) for e in ser.get("fits", []))
+    out.print(f"report: {report_dir / 'report.html'} ({fitted} fitted laws; figures scaling.png, compute.png; fits.json)")
+    if predict:
+        size: str | int = predict
+        if s is not None and predict in {r.name for r in s.rungs()}:
+            size = s.rung(predict).encoder_params
+        rows = predict_from_fits(report_dir / "fits.json", size)
+        t = Table(title=f"predictions at {predict}")
+        for col in ("metric", "form", "predicted", "95% interval"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["series"], r["form"], f"{r['value']:.4g}", f"[{r['lo']:.4g}, {r['hi']:.4g}]")
+        out.print(t)
+
+
+@app.command("eval")
+@user_errors_exit_2
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint dir (runs/<sweep>/<rung>/checkpoints/step_N) or its export/")],
+    task: Annotated[list[str], typer.Option(help="task(s): point_tracking camera_pose depth box_tracking action")],
+    mode: Annotated[str, typer.Option(help="frozen | finetune")] = "frozen",
+    spec: Annotated[Path | None, typer.Option(help="take readout and data settings from this spec")] = None,
+):
+    """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
+    from models.export import ExportError, export_dir
+    from orchestrator.spec import TASKS, Data, Readout
+
+    bad = [t for t in task if t not in TASKS]
+    if bad or mode not in ("frozen", "finetune"):
+        raise SpecError(f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASKS)}; modes: frozen, finetune")
+    rung_json = export_dir(checkpoint) / "rung.json"
+    if not rung_json.is_file():
+        raise ExportError(f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)")
+    if spec is not None:
+        s = load_spec(spec)
+        readout, data = s.evals.readout, s.data
+    else:
+        readout, data = Readout(), Data(**json.loads(rung_json.read_text())["data"])
+    from evals.run import evaluate_many
+
+    with out.status(f"evaluating {checkpoint} on {', '.join(task)} ({mode})"):
+        results = evaluate_many(str(checkpoint), task, mode=mode, readout=readout, data=data)
+    t = Table(title=f"{checkpoint} ({mode})")
+    for col in ("task", "metric", "value", "trivial baseline"):
+        t.add_column(col)
+    for name, metrics in results.items():
+        for k, v in metrics.items():
+            if not k.startswith("baseline_"):
+                base = metrics.get(f"baseline_{k}")
+                t.add_row(name, k, f"{v:.4f}", "-" if base is None else f"{base:.4f}")
+    out.print(t)
+
+
+@world_app.command("preview")
+@user_errors_exit_2
+def world_preview(
+    out_path: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("runs/world_preview.png"),
+    clips: Annotated[int, typer.Option(min=1, max=16)] = 3,
+    frames: Annotated[int, typer.Option(min=2)] = 8,
+    size: Annotated[int, typer.Option(min=16)] = 64,
+    seed: int = 0,
+    split: str = "train",
+):
+    """Write a contact sheet of synthetic clips: RGB, depth, and tracks + boxes drawn."""
+    from data4d.preview import write_contact_sheet
+    from data4d.world import SyntheticWorld
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    world = SyntheticWorld(frames=frames, size=size, seed=seed, split=split)
+    write_contact_sheet(world, list(range(clips)), out_path)
+    out.print(f"wrote {out_path} ({clips} clips of {frames}x{size}x{size}; classes: {', '.join(world.CLASSES)})")
+
+
+@app.command()
+@user_errors_exit_2
 def ui(
     spec: Annotated[Path | None, typer.Argument(help="spec whose store to open (default: the most recent sweep)")] = None,
     port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,

@@ -28,3 +28,12 @@ def parse_eval_metric_key(key: str) -> tuple[str, str, str] | None:
     if len(parts) != 3 or parts[0] not in ("eval", "finetune"):
         return None
     return parts[1], ("frozen" if parts[0] == "eval" else "finetune"), parts[2]
+
+
+# The metric each task is judged by (the 4DS figure's five panels); the rest stay in tables.
+HEADLINE = {"point_tracking": "aj", "camera_pose": "epe", "depth": "abs_rel", "box_tracking": "iou", "action": "top1"}
+
+
+def is_headline(task: str, metric: str) -> bool:
+    """True for a task's headline metric, and for every metric of a task we do not know (a --from table)."""
+    return HEADLINE.get(task, metric) == metric

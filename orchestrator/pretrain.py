@@ -86,6 +86,26 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
+SYSTEM_EVERY_S = 10.0
+
+
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """This worker's node, under the names MLflow's UI shows in its System metrics tab."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    out = {
+        "system/cpu_utilization_percentage": psutil.cpu_percent(),
+        "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
+        "system/system_memory_usage_percentage": mem.percent,
+    }
+    if device.type == "cuda":
+        i = device.index or 0
+        out[f"system/gpu_{i}_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
+        out[f"system/gpu_{i}_peak_memory_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj))
@@ -130,20 +150,17 @@ def train_loop(config: dict) -> None:
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
 
     # Resume from Ray's latest registered checkpoint, or an older one if it is corrupt.
-    start, note = 0, None
     registered = train.get_checkpoint()
     found, warnings = ckpt.latest_valid(run_dir, start_from=Path(registered.path) if registered else None)
-    if registered is None and found is not None:
-        note = f"resuming from {found.path} found in the run directory"
+    start = 0
     if found is not None:
         engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
         start = found.step
-        note = note or f"resuming from {found.path}"
     if rank == 0:
         for w in warnings:
             print(f"WARNING [{rung.key}] {w}", flush=True)
-        if note:
-            print(f"[{rung.key}] {note}", flush=True)
+        if found is not None:
+            print(f"[{rung.key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
         _write_json(run_dir / "resume.json", {"step": start, "warnings": warnings, "time": time.time()})
 
     # Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning).
@@ -162,22 +179,29 @@ def train_loop(config: dict) -> None:
     peak = peak_flops(device)
     failure = None
     last_metrics: dict = {}
+    last_system = 0.0
+    system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
+    dtype = torch.bfloat16 if rung.precision == "bf16" else torch.float32  # what the engine's params hold
+    # On GPU, render the next batches in a background thread while this one trains; on CPU
+    # workers that thread would only compete with compute for the same cores.
+    batches = stream.iter_from(start) if gpu else ((s, stream.batch(s)) for s in range(start, rung.steps))
     engine.train()
-    for step in range(start, rung.steps):
-        t0 = time.perf_counter()
-        clips = stream.batch(step)  # (per_rank, T, S, S, 3) uint8, a pure function of (seed, step, rank)
+    t0 = time.perf_counter()
+    for step, clips in batches:  # clips: (per_rank, T, S, S, 3) uint8, a pure function of (seed, step, rank)
+        if step >= rung.steps:
+            break
         visible, masked = random_masking(per_rank, rung.model, torch.Generator().manual_seed(mask_seed(rung.seed, step, rank)))
         lr = scheduler.get_last_lr()[0]
         loss_sum = torch.zeros((), device=device)
         for i in range(0, per_rank, micro):
-            video = normalize_video(clips[i : i + micro]).to(device, non_blocking=True)
+            video = normalize_video(clips[i : i + micro].to(device, non_blocking=True)).to(dtype)
             loss = engine(video, visible[i : i + micro].to(device), masked[i : i + micro].to(device))
             engine.backward(loss)
             engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
             loss_sum += loss.detach().float()
         dist.all_reduce(loss_sum)
         loss_value = loss_sum.item() / (world * (per_rank // micro))
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0  # this step's data + compute; checkpoint time is not counted
         grad_norm = engine.get_global_grad_norm()
         done = step + 1
         metrics = {
@@ -193,6 +217,9 @@ def train_loop(config: dict) -> None:
             metrics.pop("train/loss")
         if rank == 0:
             if tracker is not None:
+                if time.monotonic() - last_system >= SYSTEM_EVERY_S or done == rung.steps:
+                    tracker.log_metrics.remote(run_id, system_metrics(device), done)
+                    last_system = time.monotonic()
                 tracker.log_metrics.remote(run_id, metrics, done)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
@@ -203,6 +230,7 @@ def train_loop(config: dict) -> None:
             break
         if done % rung.checkpoint_interval == 0 or done == rung.steps:
             _save(engine, run_dir, done, rung, rank, world, last_metrics, final=done == rung.steps)
+        t0 = time.perf_counter()
 
     if failure:
         if rank == 0:

@@ -273,6 +273,7 @@ class Sweep:
                 if not self.train_only:
                     self._submit_evals()
                     self._collect_evals(ray)
+                    self._recount()
                 if display:
                     display(self.snapshot())
                 if all(rr.state in ("done", "failed") for rr in self.runs.values()) and not self._pending_evals():
@@ -345,9 +346,7 @@ class Sweep:
         ev = self.spec.evals
         remote = ray.remote(_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=1)
         for rr in self.runs.values():
-            wanted = self._wanted(rr)
-            rr.evals_total = len(wanted)
-            for step, task, mode in wanted:
+            for step, task, mode in self._wanted(rr):
                 key = (rr.rung.key, step, task, mode)
                 path = eval_record(run_dir_of(rr.rung, self.root), step, task, mode)
                 rec = read_json(path) or {}
@@ -363,8 +362,13 @@ class Sweep:
                 job.attempts += 1
                 job.started = time.time()
                 write_json(path, {"state": "running", "attempts": job.attempts, "started": job.started})
+
+    def _recount(self) -> None:
+        """Eval counts per rung, from the records on disk (the source of truth)."""
         for rr in self.runs.values():
-            recs = [read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {} for s, t, m in self._wanted(rr)]
+            wanted = self._wanted(rr)
+            recs = [read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {} for s, t, m in wanted]
+            rr.evals_total = len(wanted)
             rr.evals_done = sum(r.get("state") == "done" for r in recs)
             rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
 
@@ -430,12 +434,18 @@ class Sweep:
             step = prog.get("step", 0)
             rate = prog.get("clips_per_s")
             eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
-            rows.append({"rung": rr.rung.key, "state": rr.state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
+            state = rr.state
+            rank0 = read_json(run_dir_of(rr.rung, self.root) / "workers" / "rank0.json") or {}
+            if state == "running" and rank0.get("time", 0) < rr.submitted:
+                state = "queued"  # submitted, waiting for its placement group
+            rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
                          "clips_per_s": rate, "eta_s": eta, "evals_done": rr.evals_done, "evals_total": rr.evals_total,
                          "evals_failed": rr.evals_failed, "reason": rr.reason})
         return rows
 
     def summary(self) -> dict:
+        if not self.train_only:
+            self._recount()
         rows = []
         gpu_hours = 0.0
         for rr in self.runs.values():

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from orchestrator.naming import is_headline  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
 from reports.units import format_size  # noqa: E402
@@ -73,7 +74,8 @@ def _title(task: str, metric: str, hib: bool) -> str:
 def scaling_figure(result: dict, table: pd.DataFrame):
     x = result["x"]
     sizes = sorted(r["params"] for r in result["rungs"])
-    keys = sorted({(s["task"], s["metric"]) for s in result["series"]})
+    # One panel per task's headline metric, as in the 4DS figure; fits.json and the report keep all.
+    keys = sorted({(s["task"], s["metric"]) for s in result["series"] if is_headline(s["task"], s["metric"])})
     fig, axes = _panels(len(keys))
     for ax, (task, metric) in zip(axes, keys, strict=True):
         ticks: list[float] = []
