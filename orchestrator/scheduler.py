@@ -222,7 +222,9 @@ class Sweep:
             self.say(f"connecting to the Ray cluster at {address}")
             ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
+            # "local" starts a fresh cluster even when a `ray start` cluster runs on this machine,
+            # which a bare ray.init() would silently join.
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
                      logging_level=logging.WARNING, runtime_env=env)
         res = ray.cluster_resources()
         self.say(f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")

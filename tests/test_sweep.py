@@ -1,0 +1,184 @@
+"""`sweep run` end to end on real Ray, DeepSpeed and MLflow: scheduling checks, driver SIGKILL and
+resume, a two-node cluster, and `sweep status` along the way."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.naming import ROLE_TAG
+from orchestrator.spec import load_spec
+from orchestrator.status import status_rows
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+SWEEP = [sys.executable, "-m", "orchestrator"]
+
+SPEC = """\
+name: sw
+data: {frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {objects: 2, points: 8}}
+pretraining:
+  mask_ratio: 0.5
+  decoder: {width: 16, depth: 1, mlp: 32, heads: 2}
+  optimizer: {lr: 3.0e-3}
+  batch_size: 8
+  steps: 16
+  checkpoint_interval: 8
+  cpu_workers: 2
+ladder:
+  - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
+  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48}
+evals:
+  tasks: [depth, action]
+  checkpoints: all
+  readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}
+"""
+
+
+def write_spec(tmp_path: Path, text: str = SPEC) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def rung_dirs(tmp_path: Path, spec: Path) -> dict[str, Path]:
+    s = load_spec(spec)
+    return {r.name: tmp_path / "runs" / s.name / r.key for r in s.rungs()}
+
+
+def eval_records(run_dir: Path) -> dict[str, dict]:
+    return {str(p.relative_to(run_dir)): json.loads(p.read_text()) for p in sorted(run_dir.glob("evals/*/*.json"))}
+
+
+def wait_for(cond, timeout: float, what: str, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_unschedulable_rung_exits_2_before_starting_anything(ray_cluster, tmp_path, monkeypatch):
+    big_batch = SPEC.replace("batch_size: 8", "batch_size: 128")
+    spec = write_spec(tmp_path, big_batch.replace("{name: a, width: 16", "{name: a, gpus: 64, width: 16"))
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert "rung a needs 64 workers" in result.output and "autoscaling" in result.output
+    assert not (tmp_path / "runs" / "sw").exists() and not (tmp_path / "runs" / "mlflow.db").exists()
+    too_many_cpus = write_spec(tmp_path, big_batch.replace("cpu_workers: 2", "cpu_workers: 64"))
+    result = runner.invoke(app, ["run", str(too_many_cpus)])
+    assert result.exit_code == 2 and "rung a needs 64 workers" in result.output
+
+
+def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
+    spec = write_spec(tmp_path)
+    dirs = rung_dirs(tmp_path, spec)
+    s = load_spec(spec)
+    cmd = [*SWEEP, "run", str(spec), "--max-concurrent", "1", "--num-cpus", "3"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        # Kill the driver once rung a is trained and evaluated and rung b has sealed a checkpoint.
+        def a_done_b_started():
+            recs = eval_records(dirs["a"])
+            return (len(recs) == 4 and all(r["state"] == "done" and r.get("logged") for r in recs.values())
+                    and (dirs["b"] / "checkpoints" / "step_00000008" / "manifest.json").exists())
+
+        wait_for(a_done_b_started, 400, "rung a done and rung b checkpointed", proc)
+        during = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
+        assert during[dirs["a"].name]["state"] == "done" and during[dirs["a"].name]["evals_done"] == 4
+        assert during[dirs["b"].name]["state"] == "running"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    after_kill = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
+    assert after_kill[dirs["b"].name]["state"] == "interrupted"
+    a_rank0 = (dirs["a"] / "workers" / "rank0.json").read_text()
+    a_evals = eval_records(dirs["a"])
+    killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
+    assert killed_at < 48
+
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
+    assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
+    resume = json.loads((dirs["b"] / "resume.json").read_text())
+    assert 8 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
+    b_evals = eval_records(dirs["b"])
+    assert len(b_evals) == 2 * (48 // 8) and all(r["state"] == "done" for r in b_evals.values())
+    assert all(r["attempts"] == 1 for r in b_evals.values())
+    after = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
+    assert all(r["state"] == "done" and r["evals_done"] == r["evals_total"] for r in after.values())
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sw")
+    runs = client.search_runs([exp.experiment_id])
+    roles = sorted(r.data.tags[ROLE_TAG] for r in runs)
+    assert roles == ["rung", "rung", "sweep"]  # exactly one MLflow run per rung, ever
+    b_run = next(r for r in runs if r.info.run_name.startswith("b-"))
+    depth = client.get_metric_history(b_run.info.run_id, "eval/depth/abs_rel")
+    assert sorted({m.step for m in depth}) == list(range(8, 49, 8))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_both_nodes_do_work(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    common = ["--block", "--disable-usage-stats"]
+    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard=false", "--ray-client-server-port", str(_free_port()), *common],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = [head]
+    try:
+        address = f"127.0.0.1:{port}"
+        worker = subprocess.Popen([ray_bin, "start", "--address", address, "--num-cpus", "2", "--resources",
+                                   '{"second_node": 1}', *common],
+                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nodes.append(worker)
+        count = [sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))"]
+        wait_for(lambda: subprocess.run(count, env=env, capture_output=True, text=True).stdout.strip().endswith("2"),
+                 120, "the worker node to join")
+        spec = write_spec(tmp_path, SPEC.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"))
+        run = subprocess.run([*SWEEP, "run", str(spec), "--address", address], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "2 node(s)" in run.stdout
+        dirs = rung_dirs(tmp_path, spec)
+        train_nodes = {json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")}
+        eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
+        assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
+        client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
+        assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
+    finally:
+        for p in reversed(nodes):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in nodes:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
