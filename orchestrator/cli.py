@@ -315,6 +315,29 @@ def world_preview(
 
 @app.command()
 @user_errors_exit_2
+def bench(
+    tiny: Annotated[bool, typer.Option("--tiny", help="a CPU-sized clip (8x32x32) and encoder: seconds on a laptop")] = False,
+    rungs: Annotated[str | None, typer.Option(help="comma-separated rungs (default S,B,L; 'tiny' with --tiny)")] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="micro-batch (default 64 on GPU, 2 on CPU, 8 with --tiny)")] = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile both models (minutes of warm-up)")] = False,
+    no_peer: Annotated[bool, typer.Option("--no-peer", help="skip transformers' VideoMAEForPreTraining")] = False,
+    steps: Annotated[int | None, typer.Option(min=1, help="timed steps per repeat (default 20 on GPU, 5 on CPU)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+):
+    """Time the pretraining step, ours against transformers' VideoMAE: clips/s, TFLOP/s, MFU, memory."""
+    from orchestrator.bench import print_table, run_bench
+
+    names = [r.strip() for r in rungs.split(",") if r.strip()] if rungs else None
+    rows = run_bench(rungs=names, tiny=tiny, batch=batch, steps=steps, compile=compile, peer=not no_peer,
+                     log=lambda line: err.print(line, markup=False, highlight=False))
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, out)
+
+
+@app.command()
+@user_errors_exit_2
 def ui(
     spec: Annotated[Path | None, typer.Argument(help="spec whose store to open (default: the most recent sweep)")] = None,
     port: Annotated[int, typer.Option(min=1, max=65535)] = 5000,

@@ -195,7 +195,8 @@ def train_loop(config: dict) -> None:
         loss_sum = torch.zeros((), device=device)
         for i in range(0, per_rank, micro):
             video = normalize_video(clips[i : i + micro].to(device, non_blocking=True)).to(dtype)
-            loss = engine(video, visible[i : i + micro].to(device), masked[i : i + micro].to(device))
+            loss = engine(video, visible[i : i + micro].to(device, non_blocking=True),
+                          masked[i : i + micro].to(device, non_blocking=True))
             engine.backward(loss)
             engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
             loss_sum += loss.detach().float()

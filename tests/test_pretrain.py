@@ -173,3 +173,21 @@ def test_diverging_learning_rate_ends_failed_with_nan_reason(ray_cluster, tmp_pa
     assert "nan" in status["reason"].lower() or "inf" in status["reason"].lower()
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["step"] < 12  # it stopped instead of training on
+
+
+def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    _, run_dir = reference
+    spec = tmp_path / "eval.yaml"
+    spec.write_text(textwrap.dedent(SPEC).replace(
+        "evals: {tasks: []}",
+        "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, "
+        "val_clips: 8, test_clips: 8}}"))
+    result = CliRunner().invoke(app, ["eval", str(ckpt.step_dir(run_dir, 12)), "--task", "depth", "--spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert "abs_rel" in result.output and "trivial baseline" in result.output
+    missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "--task", "depth"])
+    assert missing.exit_code == 2 and "no encoder export" in missing.output

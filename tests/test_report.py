@@ -184,3 +184,24 @@ def test_collect_from_mlflow_and_log_report(tmp_path):
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert {"report/report.html", "report/fits.json", "report/scaling.png"} <= logged
     assert np.isclose(float(t["params"].max()), 630e6)
+
+
+def test_cli_report_from_file_gives_the_same_numbers(tmp_path, monkeypatch):
+    """`sweep report --from FILE --fit chinchilla` through the real CLI: same law, files in --out, exit 0."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    pts = chinchilla_points()
+    path = tmp_path / "chinchilla.csv"
+    pd.DataFrame({"model": [f"{n:.6g}" for n in pts["N"]], "params": pts["N"], "tokens": pts["D"],
+                  "metric": "loss", "value": pts["loss"]}).to_csv(path, index=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["report", "--from", str(path), "--fit", "chinchilla", "--bootstrap", "200",
+                                      "--out", "out", "--predict", "70B"])
+    assert result.exit_code == 0, result.output
+    e = fitted(json.loads((tmp_path / "out" / "fits.json").read_text()), "", "loss", form="chinchilla")
+    check_replication(e["fit"]["params"], e["fit"]["loss"])
+    assert "predictions at 70B" in result.output and (tmp_path / "out" / "report.html").exists()
+    bad = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "missing.csv")])
+    assert bad.exit_code == 2 and "missing.csv" in bad.output
