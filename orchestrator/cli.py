@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.spec import SpecError, human_count, load_spec
@@ -25,16 +26,13 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean 'fix your input', from every layer that raises them."""
+    """Exceptions that mean 'fix your input', from every layer that raises them (imported when needed)."""
+    from data4d.readers import DataError
     from models.export import ExportError
+    from orchestrator.ui import UIError
+    from reports.collect import ReportError
 
-    errors: list[type[Exception]] = [SpecError, ExportError]
-    for module, name in (("data4d.readers", "DataError"), ("reports.collect", "ReportError"), ("orchestrator.ui", "UIError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return SpecError, ExportError, DataError, ReportError, UIError
 
 
 def user_errors_exit_2(fn):
@@ -45,7 +43,7 @@ def user_errors_exit_2(fn):
         try:
             return fn(*args, **kwargs)
         except _user_errors() as e:
-            err.print(f"[bold red]error:[/] {getattr(e, 'message', None) or e}", highlight=False, markup=True)
+            err.print(f"[bold red]error:[/] {escape(str(getattr(e, 'message', None) or e))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -145,7 +143,7 @@ def train(
 
 
 def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_dir, train_only) -> None:
-    from orchestrator.progress import SweepDisplay, _dur
+    from orchestrator.progress import SweepDisplay, duration
     from orchestrator.scheduler import open_sweep
 
     sweep = open_sweep(spec, runs_dir, only=only.split(",") if only else None, train_only=train_only,
@@ -165,12 +163,12 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
     if code == 130:
         raise typer.Exit(130)
     s = sweep.summary()
-    t = Table(title=f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} in {_dur(s['wall_s'])}")
+    t = Table(title=f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} in {duration(s['wall_s'])}")
     for col in ("rung", "state", "waited", "trained in", "evals", "failure"):
         t.add_column(col)
     for r in s["rungs"]:
         evals = f"{r['evals_done']}/{r['evals_total']}" + (f" ({r['evals_failed']} failed)" if r["evals_failed"] else "")
-        t.add_row(r["rung"], r["state"], _dur(r["wait_s"]), _dur(r["train_s"]), evals,
+        t.add_row(r["rung"], r["state"], duration(r["wait_s"]), duration(r["train_s"]), evals,
                   "; ".join(filter(None, [r["reason"], *r["failures"]]))[:100])
     out.print(t)
     out.print(f"GPU-hours used: {s['gpu_hours']:.2f}. Next: sweep report --fit powerlaw")
@@ -349,7 +347,3 @@ def ui(
 
     code = serve(spec, host, port, runs_dir, say=lambda line: out.print(line, highlight=False))
     raise typer.Exit(code)
-
-
-def main() -> None:  # pragma: no cover - console entry
-    sys.exit(app())

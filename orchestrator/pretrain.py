@@ -23,6 +23,7 @@ import torch
 
 from orchestrator import checkpoint as ckpt
 from orchestrator.spec import RungConfig
+from orchestrator.state import write_json
 
 DS_TAG = "deepspeed"  # the tag engine.save_checkpoint uses inside a checkpoint dir
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
@@ -106,12 +107,6 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------ the worker
 
 
@@ -161,12 +156,12 @@ def train_loop(config: dict) -> None:
             print(f"WARNING [{rung.key}] {w}", flush=True)
         if found is not None:
             print(f"[{rung.key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
-        _write_json(run_dir / "resume.json", {"step": start, "warnings": warnings, "time": time.time()})
+        write_json(run_dir / "resume.json", {"step": start, "warnings": warnings, "time": time.time()})
 
     # Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning).
     local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
     (run_dir / "workers").mkdir(exist_ok=True)
-    _write_json(run_dir / "workers" / f"rank{rank}.json", {
+    write_json(run_dir / "workers" / f"rank{rank}.json", {
         "rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id() if hasattr(ctx, "get_node_id") else None,
         "hostname": os.uname().nodename, "local_param_elements": local, "total_param_elements": rung.total_params,
         "start_step": start, "time": time.time(),
@@ -224,7 +219,7 @@ def train_loop(config: dict) -> None:
                 tracker.log_metrics.remote(run_id, metrics, done)
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
-            _write_json(run_dir / "progress.json", {"step": done, "total": rung.steps, "loss": loss_value,
+            write_json(run_dir / "progress.json", {"step": done, "total": rung.steps, "loss": loss_value,
                                                      "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
         last_metrics = {"step": done, "loss": loss_value}
         if failure:
@@ -236,7 +231,7 @@ def train_loop(config: dict) -> None:
     if failure:
         if rank == 0:
             print(f"ERROR [{rung.key}] {failure}", flush=True)
-            _write_json(run_dir / "failure.json", {"reason": failure, "step": last_metrics["step"]})
+            write_json(run_dir / "failure.json", {"reason": failure, "step": last_metrics["step"]})
         # Ends the run without an exception: a divergence would only repeat if Ray retried it.
         train.report(last_metrics)
 

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 
-def _dur(s: float | None) -> str:
+def duration(s: float | None) -> str:
     if s is None:
         return "-"
     s = int(s)
@@ -26,7 +26,7 @@ def rung_table(rows: list[dict], title: str) -> Table:
         evals = f"{r['evals_done']}/{r['evals_total']}" + (f" ({r['evals_failed']} failed)" if r.get("evals_failed") else "")
         t.add_row(r["rung"], f"[{color}]{r['state']}[/]", f"{r['step']}/{r['total']}",
                   f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
-                  f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-", _dur(r.get("eta_s")), evals,
+                  f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-", duration(r.get("eta_s")), evals,
                   (r.get("reason") or "")[:60])
     return t
 
@@ -64,6 +64,6 @@ class SweepDisplay:
             if sig != self._last.get(r["rung"]) and (changed_state or now - self._last_print.get(r["rung"], 0) >= 10):
                 loss = f" loss {r['loss']:.4f}" if r.get("loss") is not None else ""
                 rate = f" {r['clips_per_s']:.1f} clips/s" if r.get("clips_per_s") else ""
-                print(f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {_dur(r.get('eta_s'))} "
+                print(f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {duration(r.get('eta_s'))} "
                       f"evals {r['evals_done']}/{r['evals_total']}", flush=True, file=sys.stdout)
                 self._last[r["rung"]], self._last_print[r["rung"]] = sig, now

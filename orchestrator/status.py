@@ -7,7 +7,7 @@ from pathlib import Path
 
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import is_trained, run_dir_of
-from orchestrator.progress import _dur
+from orchestrator.progress import duration
 from orchestrator.spec import RungConfig, SweepSpec
 from orchestrator.state import SweepLock, eval_record, read_json, sweep_dir
 
@@ -44,7 +44,7 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         step = prog.get("step", sealed[-1].step if sealed else 0)
         rate = prog.get("clips_per_s")
         fresh = time.time() - prog.get("time", 0) < 120
-        eta = _dur((r.steps - step) * r.batch_size / rate) if state == "running" and rate and fresh else "-"
+        eta = duration((r.steps - step) * r.batch_size / rate) if state == "running" and rate and fresh else "-"
         rows.append({"rung": r.key, "state": state, "step": step, "total": r.steps,
                      "last_checkpoint": sealed[-1].step if sealed else None,
                      "evals_done": sum(rec.get("state") == "done" for rec in recs), "evals_total": len(evals),
