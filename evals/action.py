@@ -12,12 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from evals.metrics import classification_metrics
+from evals.readout import token_centres
 from evals.task import Clips, Task
 
 
 class Action(Task):
     name = "action"
     headline = "top1"
+    joint = True
+    samples = 1
 
     def __init__(self, cfg, train: Clips, num_classes: int | None = None):
         super().__init__(cfg, train)
@@ -26,10 +29,12 @@ class Action(Task):
 
             num_classes = len(SyntheticWorld.CLASSES)
         self.out_dim = num_classes
+        self.num_queries = cfg.num_tokens  # one query per token, at the token, read out jointly
         self.freq = np.bincount(train["label"], minlength=num_classes) / len(train["label"])  # (K,)
 
     def inputs(self, clips):
-        return {"label": torch.from_numpy(clips["label"]).long()}
+        label = torch.from_numpy(clips["label"]).long()
+        return {"label": label, "where": token_centres(self.cfg.grid).expand(len(label), -1, -1, -1)}
 
     def loss(self, out, batch):
         return F.cross_entropy(out[:, 0], batch["label"])

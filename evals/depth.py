@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from evals.metrics import depth_metrics
+from evals.readout import token_centres
 from evals.task import Clips, Task, masked_mean
 
 
@@ -25,6 +26,7 @@ def valid_depth(depth: np.ndarray) -> np.ndarray:
 class Depth(Task):
     name = "depth"
     headline = "abs_rel"
+    samples = 1
 
     def __init__(self, cfg, train: Clips):
         super().__init__(cfg, train)
@@ -56,7 +58,7 @@ class Depth(Task):
         ok = valid_depth(d)
         logd = np.log(np.where(ok, d, 1.0)).astype(np.float32)
         return {"target": self.patchify(torch.from_numpy(logd)) - self.prior,
-                "valid": self.patchify(torch.from_numpy(ok))}
+                "valid": self.patchify(torch.from_numpy(ok)), "where": token_centres(self.cfg.grid).expand(len(d), -1, -1, -1)}
 
     def loss(self, out, batch):
         return masked_mean((out - batch["target"]).abs(), batch["valid"])

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evals.metrics import tapvid_metrics
-from evals.readout import fourier_features
+from evals.metrics import TAPVID_SIZE, tapvid_metrics
+from evals.readout import at_every_time, fourier_features
 from evals.task import Clips, Task, masked_mean
+
+FAR = 16.0  # px of a 256x256 frame (TAPIR uses 6 at 256 px; 2 px here)
 
 
 class PointTracking(Task):
@@ -28,9 +30,10 @@ class PointTracking(Task):
         super().__init__(cfg, train)
         self.T, self.S = cfg.frames, cfg.size
         self.cond_dim = 3 * 17  # fourier_features of (t, y, x) with 8 bands
-        self.out_dim = 3 * self.T  # per frame: dx, dy, occlusion logit
+        self.out_dim = 4 * self.T  # per frame: dx, dy, occlusion logit, "off by more than FAR" logit
         self.num_queries = train["tracks"].shape[1]
         self.patch = cfg.tubelet[1]  # the head outputs offsets in patch units
+        self.samples = cfg.grid[0]  # features at the query's (y, x) at every token time step: its local motion
 
     def query_points(self, clips: Clips) -> np.ndarray:
         """(M, P, 3) as (t, y, x) in pixels: the track's position at its query frame."""
@@ -43,25 +46,31 @@ class PointTracking(Task):
         unit = q / torch.tensor([max(self.T - 1, 1), self.S, self.S])  # to [0, 1]
         return {
             "cond": fourier_features(unit),  # (M, P, 51)
+            "where": at_every_time(q[..., [2, 1]] / self.S * 2 - 1, self.samples),  # (M, P, t, 3)
             "query_xy": q[..., [2, 1]],  # (M, P, 2)
             "tracks": torch.from_numpy(clips["tracks"]).float(),  # (M, P, T, 2)
             "occluded": torch.from_numpy(clips["occluded"]),  # (M, P, T)
         }
 
-    def decode(self, out: torch.Tensor, query_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """out (B, P, 3T) -> tracks (B, P, T, 2) in pixels, occlusion logits (B, P, T)."""
-        out = out.view(*out.shape[:2], self.T, 3)
-        return query_xy[:, :, None] + out[..., :2] * self.patch, out[..., 2]
+    def decode(self, out: torch.Tensor, query_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """out (B, P, 4T) -> tracks (B, P, T, 2) in pixels, occlusion and "far" logits (B, P, T)."""
+        out = out.view(*out.shape[:2], self.T, 4)
+        return query_xy[:, :, None] + out[..., :2] * self.patch, out[..., 2], out[..., 3]
 
     def loss(self, out, batch):
-        xy, logit = self.decode(out, batch["query_xy"])
+        xy, occ, far = self.decode(out, batch["query_xy"])
         visible = ~batch["occluded"]
-        pos = (xy - batch["tracks"]).abs().sum(-1)  # (B, P, T) L1 in pixels: rewards sub-pixel precision
-        return masked_mean(pos, visible) + F.binary_cross_entropy_with_logits(logit, batch["occluded"].float())
+        err = (xy - batch["tracks"]).abs().sum(-1)  # (B, P, T) L1 in pixels: rewards sub-pixel precision
+        # TAPIR's uncertainty head: is this prediction further than FAR from the truth (a visible point only)?
+        is_far = (err.detach() > FAR * self.S / TAPVID_SIZE).float()
+        bce = F.binary_cross_entropy_with_logits
+        return (masked_mean(err, visible) + bce(occ, batch["occluded"].float())
+                + masked_mean(bce(far, is_far, reduction="none"), visible))
 
     def metrics(self, out, clips):
-        xy, logit = self.decode(out, self.inputs(clips)["query_xy"])
-        return self._score(clips, xy.numpy(), logit.numpy() > 0)
+        xy, occ, far = self.decode(out, self.inputs(clips)["query_xy"])
+        # As TAPIR: a point is reported visible when it is likely both visible and near its prediction.
+        return self._score(clips, xy.numpy(), (torch.sigmoid(-occ) * torch.sigmoid(-far) < 0.5).numpy())
 
     def baseline(self, clips):
         """The point never moves and is always visible."""

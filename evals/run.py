@@ -143,7 +143,7 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
     inputs = {s: task.inputs(clips[s]) for s in SPLITS}
     torch.manual_seed(readout.seed)
     head = AttentionReadout(cfg.encoder.width, cfg.grid, task.out_dim, task.num_queries, task.cond_dim,
-                            readout.width, readout.heads).to(device)
+                            readout.width, readout.heads, task.samples, task.joint).to(device)
     groups = [{"params": list(head.parameters()), "lr": readout.lr}]
     if encoder is not None:
         groups.append({"params": list(encoder.parameters()), "lr": readout.lr * readout.finetune_lr_scale})
@@ -157,12 +157,15 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
     def batch(split, idx):
         return {k: v[idx].to(device) for k, v in inputs[split].items()}
 
+    def run_head(f, b):
+        return head(f, b.get("cond"), b.get("where"))
+
     @torch.no_grad()
     def predict(split) -> torch.Tensor:  # (M, Q, O) on the CPU
         for m in modules:
             m.eval()
         idx = torch.arange(len(clips[split]["video"]))
-        return torch.cat([head(feats(split, i, False), batch(split, i).get("cond")).float().cpu()
+        return torch.cat([run_head(feats(split, i, False), batch(split, i)).float().cpu()
                           for i in idx.split(4 * readout.batch_size)])
 
     sign = 1.0 if higher_is_better(task.headline) else -1.0
@@ -173,7 +176,7 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
         losses = []
         for idx in torch.randperm(M, generator=order).split(readout.batch_size):
             b = batch("train", idx)
-            loss = task.loss(head(feats("train", idx, True), b.get("cond")), b)
+            loss = task.loss(run_head(feats("train", idx, True), b), b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

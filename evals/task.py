@@ -25,13 +25,16 @@ class Task:
     headline: str  # the metric that picks the best epoch on val
     num_queries: int = 1
     cond_dim: int = 0  # 0: learned queries
+    samples: int = 0  # queries also get the features at `where`, K points each (see AttentionReadout)
+    joint: bool = False  # one output per clip from all queries together
     out_dim: int
 
     def __init__(self, cfg: MAEConfig, train: Clips):
         self.cfg = cfg
 
     def inputs(self, clips: Clips) -> dict[str, torch.Tensor]:
-        """Per-clip tensors with leading dim M: `cond` (M, Q, C) when cond_dim > 0, plus what `loss` reads."""
+        """Per-clip tensors with leading dim M: `cond` (M, Q, C) when cond_dim > 0, `where` (M, Q, K, 3) when
+        samples, plus what `loss` reads."""
         raise NotImplementedError
 
     def loss(self, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:

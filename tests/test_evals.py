@@ -8,7 +8,7 @@ import torch
 
 from evals.cache import ArrayCache
 from evals.metrics import higher_is_better
-from evals.readout import AttentionReadout, fourier_features
+from evals.readout import AttentionReadout, at_every_time, fourier_features, token_centres
 from evals.run import TASKS, evaluate, evaluate_many
 from models.export import ExportError, save_encoder
 from models.mae import Encoder, MAEConfig, ViTShape
@@ -63,6 +63,22 @@ def test_readout_shapes_and_zero_start():
     assert out.shape == (2, 3, 5) and torch.all(out == 0)  # zero output layer: untrained = the prior
     out.sum().backward()
     assert conditioned.out.weight.grad.abs().sum() > 0
+
+
+def test_sampled_queries_read_their_place_and_joint_heads_read_every_query():
+    feats = torch.randn(2, 64, 24)  # (B, N, D) on a 4x4x4 grid
+    grid = feats.view(2, 4, 4, 4, 24).permute(0, 4, 1, 2, 3)
+    at_tokens = torch.nn.functional.grid_sample(grid, token_centres((4, 4, 4))[None, :, :, None].expand(2, -1, -1, -1, -1),
+                                                align_corners=False)  # what AttentionReadout samples
+    assert torch.allclose(at_tokens[..., 0, 0].transpose(1, 2), feats, atol=1e-6)
+    where = at_every_time(torch.tensor([[0.25, -0.75]]), 4)  # (1, 4, 3): one place at each time step
+    assert torch.allclose(where[:, :, :2], torch.tensor([0.25, -0.75]).expand(1, 4, 2))
+    assert torch.allclose(where[0, :, 2], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    head = AttentionReadout(24, (4, 4, 4), out_dim=5, num_queries=64, width=16, heads=2, samples=1, joint=True)
+    out = head(feats, where=token_centres((4, 4, 4)).expand(2, -1, -1, -1))
+    assert out.shape == (2, 1, 5)
+    out.sum().backward()
+    assert head.out.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("task", list(TASKS))
