@@ -34,6 +34,8 @@ def parse_eval_metric_key(key: str) -> tuple[str, str, str] | None:
 HEADLINE = {"point_tracking": "aj", "camera_pose": "epe", "depth": "abs_rel", "box_tracking": "iou", "action": "top1"}
 
 
-def is_headline(task: str, metric: str) -> bool:
-    """True for a task's headline metric, and for every metric of a task we do not know (a --from table)."""
-    return HEADLINE.get(task, metric) == metric
+def panel_metrics(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (task, metric) pairs worth a panel: each task's headline metric where it has one,
+    otherwise all of the task's metrics (an unknown task, or a --from table)."""
+    have = set(pairs)
+    return sorted((t, m) for t, m in have if m == HEADLINE.get(t, m) or (t, HEADLINE.get(t)) not in have)

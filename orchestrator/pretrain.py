@@ -113,6 +113,7 @@ def system_metrics(device: torch.device) -> dict[str, float]:
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import deepspeed
+    import ray
     import ray.train as train
     import torch.distributed as dist
 
@@ -162,7 +163,7 @@ def train_loop(config: dict) -> None:
     local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
     (run_dir / "workers").mkdir(exist_ok=True)
     write_json(run_dir / "workers" / f"rank{rank}.json", {
-        "rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id() if hasattr(ctx, "get_node_id") else None,
+        "rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
         "hostname": os.uname().nodename, "local_param_elements": local, "total_param_elements": rung.total_params,
         "start_step": start, "time": time.time(),
     })

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.naming import is_headline  # noqa: E402
+from orchestrator.naming import panel_metrics  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
 from reports.units import format_size  # noqa: E402
@@ -49,6 +49,7 @@ def _save(fig, stem: Path) -> list[Path]:
 
 
 def _panels(n: int, width: float = 3.6, height: float = 3.0):
+    n = max(n, 1)  # an empty table still gets a (blank) figure rather than a crash
     cols = min(n, 5)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
@@ -75,9 +76,11 @@ def scaling_figure(result: dict, table: pd.DataFrame):
     x = result["x"]
     sizes = sorted(r["params"] for r in result["rungs"])
     # One panel per task's headline metric, as in the 4DS figure; fits.json and the report keep all.
-    keys = sorted({(s["task"], s["metric"]) for s in result["series"] if is_headline(s["task"], s["metric"])})
+    keys = panel_metrics({(s["task"], s["metric"]) for s in result["series"]})
     fig, axes = _panels(len(keys))
-    for ax, (task, metric) in zip(axes, keys, strict=True):
+    if not keys:
+        axes[0].text(0.5, 0.5, "no metrics to plot", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, (task, metric) in zip(axes, keys, strict=False):
         ticks: list[float] = []
         for s in (s for s in result["series"] if (s["task"], s["metric"]) == (task, metric)):
             color = MODE_COLORS.get(s["mode"], "0.3")
