@@ -101,6 +101,8 @@ def scaling_figure(result: dict, table: pd.DataFrame):
                 v, lo, hi = predict(fitted["fit"], grid)
                 ax.plot(grid, v, style, color=color, lw=1.5, label=f"{fitted['form']} fit" if style == "-" else None)
                 if np.isfinite(lo).all():
+                    if 0 <= np.nanmin(y) and np.nanmax(y) <= 1:  # a rate or accuracy: the band cannot leave [0, 1]
+                        lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
                     ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
         base = table[(table["task"] == task) & (table["metric"] == BASELINE_PREFIX + metric)]
         for mode, b in base.groupby("mode"):
