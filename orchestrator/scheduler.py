@@ -26,7 +26,7 @@ from orchestrator.naming import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric
 from orchestrator.pretrain import RungOutcome, fit_rung, is_trained, run_dir_of
 from orchestrator.spec import RungConfig, SpecError, SweepSpec, load_spec
 from orchestrator.state import SweepLock, eval_record, git_commit, read_json, sweep_dir, write_json
-from orchestrator.tracking import Tracker, absolute_tracking_uri
+from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
 
 EVAL_ATTEMPTS = 2
 TICK_S = 1.0
@@ -235,6 +235,8 @@ class Sweep:
 
         spec = self.spec
         uri = absolute_tracking_uri(spec.tracking.uri)
+        if (db := sqlite_path(uri)) is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (self.root / "mlartifacts").resolve().as_uri()
         here = ray.get_runtime_context().get_node_id()
         # The one MLflow writer, on this node because the SQLite file is here.

@@ -18,6 +18,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator.naming import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
 
 FLUSH_EVERY_S = 2.0
+# MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 FLUSH_AT = 500  # MLflow accepts up to 1000 metrics per log_batch
 
 
@@ -26,7 +28,6 @@ def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         path = (base or Path.cwd()) / uri[len(prefix):]
-        path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path.resolve())
     return uri
 
@@ -51,7 +52,7 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             return exp.experiment_id
         location = f"{self.artifact_root}/{sweep}" if self.artifact_root else None
-        return self.client.create_experiment(sweep, artifact_location=location)
+        return self.client.create_experiment(sweep, artifact_location=location, tags=EXPERIMENT_KIND)
 
     def _find(self, exp_id: str, tag: str, value: str) -> str | None:
         runs = self.client.search_runs([exp_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)

@@ -1,0 +1,179 @@
+"""The dashboard a researcher watches: a real tiny sweep, `sweep report`, `sweep ui`, MLflow's REST API,
+and the rendered pages in headless Chromium (screenshots saved under the test's tmp dir)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from browser import chromium, shot, wait_for_text
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+pytestmark = pytest.mark.slow
+SWEEP = [sys.executable, "-m", "orchestrator"]
+RUNGS = ("micro1", "micro2")
+
+SPEC = """\
+name: dash
+data: {frames: 8, resolution: 32, tubelet: [2, 8, 8]}
+pretraining:
+  mask_ratio: 0.75
+  decoder: {width: 32, depth: 1, mlp: 64, heads: 2}
+  optimizer: {lr: 2.0e-3}
+  schedule: {warmup_steps: 4}
+  batch_size: 8
+  steps: 16
+  checkpoint_interval: 8
+  cpu_workers: 2
+ladder:
+  - {name: micro1, width: 48, depth: 3, mlp: 192, heads: 2}
+  - {name: micro2, width: 96, depth: 4, mlp: 384, heads: 4}
+evals:
+  tasks: [depth, action]
+  checkpoints: all
+  readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def start_ui(cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([*SWEEP, "ui", "--port", str(port), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError("sweep ui did not answer within 120 s")
+
+
+def stop(proc: subprocess.Popen) -> int:
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A finished tiny sweep with its report, and `sweep ui` serving its store."""
+    root = tmp_path_factory.mktemp("dash")
+    (root / "spec.yaml").write_text(textwrap.dedent(SPEC))
+    run = subprocess.run([*SWEEP, "run", "spec.yaml"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = subprocess.run([*SWEEP, "report", "--fit", "powerlaw", "--bootstrap", "100"], cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stdout + report.stderr
+    proc, url = start_ui(root, "spec.yaml")
+    exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dash")["experiment"]
+    runs = get(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    yield {"root": root, "url": url, "proc": proc, "exp": exp["experiment_id"], "runs": runs}
+    assert stop(proc) is not None  # the server stops on Ctrl-C
+
+
+def tags(run: dict) -> dict:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def by_role(runs: list[dict], role: str) -> list[dict]:
+    return [r for r in runs if tags(r).get("sweep4d.role") == role]
+
+
+def test_rest_one_parent_and_one_child_per_rung_with_params_and_metrics(served):
+    parents, children = by_role(served["runs"], "sweep"), by_role(served["runs"], "rung")
+    assert len(parents) == 1 and len(served["runs"]) == 1 + len(RUNGS)
+    assert sorted(r["info"]["run_name"].split("-")[0] for r in children) == list(RUNGS)
+    for run in children:
+        t = tags(run)
+        assert t["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
+        assert t["sweep4d.rung_key"].startswith(t["sweep4d.rung"] + "-") and t["sweep4d.status"] == "finished"
+        params = {p["key"] for p in run["data"]["params"]}
+        assert {"width", "depth", "heads", "mlp", "encoder_params", "flops_per_clip", "gpus", "steps"} <= params
+        metrics = {m["key"] for m in run["data"]["metrics"]}
+        assert {"train/loss", "train/lr", "train/clips_per_s", "eval/depth/abs_rel", "eval/action/top1"} <= metrics
+        assert any(k.startswith("system/") for k in metrics)
+    history = get(f"{served['url']}/api/2.0/mlflow/metrics/get-history?run_id={children[0]['info']['run_id']}"
+                  "&metric_key=eval/depth/abs_rel")["metrics"]
+    assert sorted(m["step"] for m in history) == [8, 16]  # logged at the checkpoints' steps
+
+
+def test_browser_shows_every_rung_its_eval_metrics_and_the_report(served, tmp_path):
+    url, exp = served["url"], served["exp"]
+    parent = by_role(served["runs"], "sweep")[0]["info"]["run_id"]
+    child = by_role(served["runs"], "rung")[0]
+    names = [r["info"]["run_name"] for r in by_role(served["runs"], "rung")]
+    with chromium(tmp_path) as d:
+        d.get(f"{url}/#/experiments/{exp}/runs")
+        wait_for_text(d, "Training runs", "dash", what="the experiment page")
+        # Rung runs are nested under the sweep's run: expand it as a person would.
+        parent_cell = ("//a[normalize-space()='dash' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
+                       "//button")
+        WebDriverWait(d, 60).until(lambda drv: drv.find_elements(By.XPATH, parent_cell))
+        d.find_element(By.XPATH, parent_cell).click()
+        wait_for_text(d, *names, what="the expanded runs table")
+        shot(d, tmp_path / "experiment.png")
+
+        d.get(f"{url}/#/experiments/{exp}/runs/{child['info']['run_id']}")
+        wait_for_text(d, child["info"]["run_name"], "eval/depth/abs_rel", "eval/action/top1", "train/loss",
+                      what="a rung's run page")
+        shot(d, tmp_path / "rung.png")
+
+        d.get(f"{url}/#/experiments/{exp}/runs/{parent}/artifacts")
+        wait_for_text(d, "report", what="the sweep run's artifacts")
+        folder = "//div[normalize-space()='report']"  # the tree's folder node (an icon, then the name)
+        WebDriverWait(d, 60).until(lambda drv: drv.find_elements(By.XPATH, folder))
+        d.find_elements(By.XPATH, folder)[-1].click()
+        wait_for_text(d, "report.html", "fits.json", "scaling.png", what="the report folder")
+        shot(d, tmp_path / "artifacts.png")
+    assert all((tmp_path / f).stat().st_size > 10_000 for f in ("experiment.png", "rung.png", "artifacts.png"))
+
+
+def test_server_binds_to_loopback_only(served):
+    port = int(served["url"].rsplit(":", 1)[1])
+    listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    # /proc/net/tcp: local address as hex IP:port (little-endian IP), state 0A = LISTEN.
+    ours = [line.split()[1] for line in listening if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
+    assert ours == [f"0100007F:{port:04X}"], ours  # 127.0.0.1, not 0.0.0.0
+
+
+def test_taken_port_is_exit_2_with_a_message(served):
+    port = served["url"].rsplit(":", 1)[1]
+    proc = subprocess.run([*SWEEP, "ui", "spec.yaml", "--port", port], cwd=served["root"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and f"port {port}" in proc.stderr and "in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_store_is_exit_2_naming_the_path(tmp_path):
+    proc = subprocess.run([*SWEEP, "ui", "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert str(tmp_path / "runs" / "mlflow.db") in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # a failed `sweep ui` leaves nothing behind
