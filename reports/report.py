@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.collect import ReportError, is_baseline, normalize, read_table
+from reports.collect import BASELINE_PREFIX, ReportError, is_baseline, normalize, read_table
 from reports.fit import FORMS, FitError, fit, fitted_quantity, predict
 from reports.units import format_size, parse_size
 
@@ -241,17 +241,24 @@ FIT_HEADER = ["series", "form", "rungs", "parameters [95% bootstrap CI]", "R² (
 
 
 def _final_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Final-checkpoint values: one row per rung, one column per series (baselines too)."""
+    """Final-checkpoint values: one row per series, one column per rung (smallest first), and the
+    series' trivial baseline beside them (it depends on the test data only, not on the rung)."""
     t = table[table["metric"].notna()]
     if t.empty:
         return pd.DataFrame()
     last = t.groupby(["rung", "task", "mode", "metric"])["step"].transform("max")
     t = t[(t["step"] == last) | last.isna()]
-    t = t.assign(series=[series_label(a, b, c) for a, b, c in zip(t["task"], t["mode"], t["metric"], strict=True)])
-    wide = t.pivot_table(index=["rung", "params"], columns="series", values="value", aggfunc="mean").reset_index()
-    wide = wide.sort_values("params")
-    wide["params"] = wide["params"].map(format_size)
-    return wide
+    base = t[t["metric"].map(is_baseline)]
+    t = t[~t["metric"].map(is_baseline)]
+    label = lambda d, metric: [series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)]  # noqa: E731
+    t = t.assign(series=label(t, t["metric"]))
+    rungs = t.drop_duplicates("rung").sort_values("params")
+    wide = t.pivot_table(index="series", columns="rung", values="value", aggfunc="mean")[list(rungs["rung"])]
+    wide.columns = [f"{r} ({format_size(p)})" for r, p in zip(rungs["rung"], rungs["params"], strict=True)]
+    if not base.empty:
+        stripped = base["metric"].str.slice(len(BASELINE_PREFIX))
+        wide["trivial baseline"] = base.assign(series=label(base, stripped)).groupby("series")["value"].mean()
+    return wide.reset_index()
 
 
 # ------------------------------------------------------------------------ render

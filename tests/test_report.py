@@ -205,3 +205,17 @@ def test_cli_report_from_file_gives_the_same_numbers(tmp_path, monkeypatch):
     assert "predictions at 70B" in result.output and (tmp_path / "out" / "report.html").exists()
     bad = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "missing.csv")])
     assert bad.exit_code == 2 and "missing.csv" in bad.output
+
+
+def test_final_results_table_has_rungs_as_columns_smallest_first_and_the_baseline_beside(tmp_path):
+    t = synthetic_table()
+    base = t[(t["metric"] == "absrel")].assign(metric="baseline_absrel", value=0.9)
+    run_report(pd.concat([t, base]), tmp_path, bootstrap=50)
+    md = (tmp_path / "report.md").read_text().split("## Final-checkpoint results")[1]
+    header = md.strip().splitlines()[0]
+    sizes = sorted(RUNGS.values())
+    assert header.startswith("| series |") and header.rstrip(" |").endswith("trivial baseline")
+    positions = [header.index(f"{name} (") for name, _ in sorted(RUNGS.items(), key=lambda kv: kv[1])]
+    assert positions == sorted(positions) and len(positions) == len(sizes)
+    row = next(line for line in md.splitlines() if line.startswith("| depth/absrel (frozen)"))
+    assert row.rstrip(" |").endswith("0.9") and "baseline_absrel" not in md
