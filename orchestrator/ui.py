@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -57,6 +58,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise UIError(f"the MLflow server did not answer at {url} within {timeout:.0f} s")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -> int:
     uri, sweep = resolve_store(spec, runs_root)
     db = sqlite_path(uri)
@@ -64,8 +69,13 @@ def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -
         raise UIError(f"no tracking store at {db}: run `sweep run SPEC` first (or pass the spec whose store you want)")
     check_port_free(host, port)
     cmd = server_command(uri, host, port, runs_root / "mlartifacts")
+    # kill / a closed terminal / a CI timeout stop the server too, the way Ctrl-C does (else it is orphaned).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    # MLflow 3's job runner (GenAI scorers: 8 huey processes polling the store) has nothing to do for a sweep.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     # Its own process group, so Ctrl-C here stops the server and its workers together.
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     try:
         wait_healthy(url, proc)
@@ -75,15 +85,14 @@ def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -
 
             exp = MlflowClient(uri).get_experiment_by_name(sweep)
             if exp is not None:
-                say(f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}")
+                # /runs in the training view: MLflow 3 otherwise lands on its GenAI overview (traces), empty here.
+                say(f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
         say("Ctrl-C stops the server.")
         return proc.wait()
     except KeyboardInterrupt:
         return 0
     finally:
         if proc.poll() is None:
-            import os
-
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=15)

@@ -1,8 +1,10 @@
 """The dashboard a researcher watches: a real tiny sweep, `sweep report`, `sweep ui`, MLflow's REST API,
 and the rendered pages in headless Chromium (screenshots saved under the test's tmp dir)."""
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 from browser import chromium, shot, wait_for_text
 from selenium.webdriver.common.by import By
@@ -56,29 +59,43 @@ def get(url: str, body: dict | None = None) -> dict:
         return json.loads(r.read())
 
 
-def start_ui(cwd: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([*SWEEP, "ui", "--port", str(port), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                return proc, url
-        except OSError:
+class UI:
+    """`sweep ui` running as a subprocess; its output goes to a file so the test can read what it printed."""
+
+    def __init__(self, cwd: Path, *args: str):
+        self.port, self.log = free_port(), cwd / f"ui-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([*SWEEP, "ui", "--port", str(self.port), *args], cwd=cwd, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            assert self.proc.poll() is None, self.output()
+            if "Ctrl-C stops the server" in self.output():  # printed once the server answers and links are out
+                break
             time.sleep(0.5)
-    raise AssertionError("sweep ui did not answer within 120 s")
+        else:
+            raise AssertionError(f"sweep ui did not answer within 120 s:\n{self.output()}")
+        # The MLflow server runs in its own session: remember it, to check it stops with `sweep ui`.
+        self.server = psutil.Process(self.proc.pid).children(recursive=True)
 
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
-def stop(proc: subprocess.Popen) -> int:
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
-    try:
-        return proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    def stop(self, sig: int = signal.SIGINT, group: bool = True) -> int:
+        """SIGINT to the process group is what Ctrl-C in a terminal sends; SIGTERM alone is what `kill` sends."""
+        os.killpg(self.proc.pid, sig) if group else os.kill(self.proc.pid, sig)
+        try:
+            code = self.proc.wait(30)
+            gone, alive = psutil.wait_procs(self.server, timeout=30)
+            assert not alive, f"sweep ui exited but left the MLflow server running: {[p.cmdline() for p in alive]}"
+            return code
+        finally:  # leave nothing running on a shared machine, whatever failed
+            if self.proc.poll() is None:
+                self.proc.kill()
+            for p in self.server:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.kill()
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +108,12 @@ def served(tmp_path_factory):
     report = subprocess.run([*SWEEP, "report", "--fit", "powerlaw", "--bootstrap", "100"], cwd=root,
                             capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stdout + report.stderr
-    proc, url = start_ui(root, "spec.yaml")
+    ui = UI(root, "spec.yaml")
+    url = ui.url
     exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dash")["experiment"]
     runs = get(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
-    yield {"root": root, "url": url, "proc": proc, "exp": exp["experiment_id"], "runs": runs}
-    assert stop(proc) is not None  # the server stops on Ctrl-C
+    yield {"root": root, "url": url, "ui": ui, "exp": exp["experiment_id"], "runs": runs}
+    assert ui.stop() == 0  # Ctrl-C stops `sweep ui` and the server with it
 
 
 def tags(run: dict) -> dict:
@@ -129,9 +147,13 @@ def test_browser_shows_every_rung_its_eval_metrics_and_the_report(served, tmp_pa
     parent = by_role(served["runs"], "sweep")[0]["info"]["run_id"]
     child = by_role(served["runs"], "rung")[0]
     names = [r["info"]["run_name"] for r in by_role(served["runs"], "rung")]
+    # The link `sweep ui` prints is what a person clicks: it must open the runs table, not MLflow 3's GenAI
+    # overview of traces, which is empty for a sweep.
+    printed = re.search(r"sweep 'dash': (\S+)", served["ui"].output())
+    assert printed and printed.group(1).startswith(f"{url}/#/experiments/{exp}"), served["ui"].output()
     with chromium(tmp_path) as d:
-        d.get(f"{url}/#/experiments/{exp}/runs")
-        wait_for_text(d, "Training runs", "dash", what="the experiment page")
+        d.get(printed.group(1))
+        wait_for_text(d, "dash", "Run Name", "matching runs", what="the runs table at the printed link")
         # Rung runs are nested under the sweep's run: expand it as a person would.
         parent_cell = ("//a[normalize-space()='dash' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
                        "//button")
@@ -177,3 +199,12 @@ def test_missing_store_is_exit_2_naming_the_path(tmp_path):
     assert proc.returncode == 2
     assert str(tmp_path / "runs" / "mlflow.db") in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # a failed `sweep ui` leaves nothing behind
+
+
+def test_sigterm_stops_the_server_too(served):
+    """`kill PID` (a service manager, `timeout`, a CI runner) must not orphan the MLflow server on its port."""
+    ui = UI(served["root"], "spec.yaml")
+    assert ui.server, "no MLflow server process found under sweep ui"
+    assert ui.stop(signal.SIGTERM, group=False) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ui.port))  # the port is free again
