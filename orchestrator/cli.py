@@ -345,5 +345,9 @@ def ui(
     """The MLflow dashboard on the sweep's tracking store."""
     from orchestrator.ui import serve
 
-    code = serve(spec, host, port, runs_dir, say=lambda line: out.print(line, highlight=False))
+    def say(line: str) -> None:  # whole lines (a URL must stay clickable), shown at once even in a log file
+        out.print(line, highlight=False, soft_wrap=True)
+        out.file.flush()
+
+    code = serve(spec, host, port, runs_dir, say=say)
     raise typer.Exit(code)
