@@ -107,12 +107,16 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    # Ray's workers notice their driver is gone only after a moment, and may train on until then: wait until
+    # rung b's progress stands still, so the step read below is where training really stopped.
+    wait_for(lambda: time.time() - (dirs["b"] / "progress.json").stat().st_mtime > 10, 120, "rung b's workers to stop")
     after_kill = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert after_kill[dirs["b"].name]["state"] == "interrupted"
     a_rank0 = (dirs["a"] / "workers" / "rank0.json").read_text()
     a_evals = eval_records(dirs["a"])
     killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
     assert killed_at < 48
+    sealed_before_rerun = [int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")]
 
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -120,6 +124,7 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
     resume = json.loads((dirs["b"] / "resume.json").read_text())
     assert 8 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
+    assert resume["step"] in sealed_before_rerun  # from a checkpoint sealed before the kill
     b_evals = eval_records(dirs["b"])
     assert len(b_evals) == 2 * (48 // 8) and all(r["state"] == "done" for r in b_evals.values())
     assert all(r["attempts"] == 1 for r in b_evals.values())
