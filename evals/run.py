@@ -14,9 +14,10 @@ encoder; they are computed once per (checkpoint, split) and kept in `evals.cache
 so epochs and tasks in one process share them. "finetune" trains the encoder too,
 at readout.lr * readout.finetune_lr_scale.
 
-Cost: the readout settings decide it. With the local ladder's (width 64, 8 epochs,
-128 / 32 / 64 clips) one frozen eval of a micro encoder on 8x32x32 clips takes a few
-seconds on a CPU core, most of it readout training (see the report / benchmarks).
+Cost: the readout settings decide it (a spec may change them per task, `evals.task_readout`).
+With the local ladder's (width 64, 6 epochs, 512 / 64 / 128 clips; 20 epochs for point
+tracking) one frozen eval of a micro encoder on 8x32x32 clips takes 5-15 s on a CPU core,
+point tracking 25-50 s, most of it readout training.
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
                       "loss": float(np.mean(losses)), f"val_{task.headline}": val})
     for m, state in zip(modules, best_state, strict=True):
         m.load_state_dict(state)
+    task.tune(predict("val"), clips["val"])
     test = task.metrics(predict("test"), clips["test"])
     base = task.baseline(clips["test"])
     return {k: float(v) for k, v in test.items()} | {f"baseline_{k}": float(v) for k, v in base.items()}

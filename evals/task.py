@@ -45,6 +45,9 @@ class Task:
         """Readout outputs for every clip of a split (M, Q, O) -> metrics against its ground truth."""
         raise NotImplementedError
 
+    def tune(self, out: torch.Tensor, clips: Clips) -> None:
+        """Set any decision threshold from the chosen epoch's val outputs (M, Q, O); most tasks have none."""
+
     def baseline(self, clips: Clips) -> dict[str, float]:
         """The trivial baseline's metrics on `clips` (names without the `baseline_` prefix)."""
         raise NotImplementedError

@@ -263,7 +263,7 @@ def eval_(
 ):
     """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
     from models.export import ExportError, export_dir
-    from orchestrator.spec import TASKS, Data, Readout
+    from orchestrator.spec import TASKS, Data, Evals
 
     bad = [t for t in task if t not in TASKS]
     if bad or mode not in ("frozen", "finetune"):
@@ -273,13 +273,15 @@ def eval_(
         raise ExportError(f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)")
     if spec is not None:
         s = load_spec(spec)
-        readout, data = s.evals.readout, s.data
+        evals, data = s.evals, s.data
     else:
-        readout, data = Readout(), Data(**json.loads(rung_json.read_text())["data"])
-    from evals.run import evaluate_many
+        evals, data = Evals(), Data(**json.loads(rung_json.read_text())["data"])
+    from evals.run import evaluate
 
-    with out.status(f"evaluating {checkpoint} on {', '.join(task)} ({mode})"):
-        results = evaluate_many(str(checkpoint), task, mode=mode, readout=readout, data=data)
+    results = {}
+    for name in task:  # clips and frozen features are cached, so tasks still share them
+        with out.status(f"evaluating {checkpoint} on {name} ({mode})"):
+            results[name] = evaluate(str(checkpoint), name, mode=mode, readout=evals.readout_for(name), data=data)
     t = Table(title=f"{checkpoint} ({mode})")
     for col in ("task", "metric", "value", "trivial baseline"):
         t.add_column(col)

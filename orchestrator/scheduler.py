@@ -362,7 +362,7 @@ class Sweep:
                     continue
                 job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
                 export = ckpt.step_dir(run_dir_of(rr.rung, self.root), step)
-                job.ref = remote.remote(str(export), task, mode, ev.readout.model_dump(), self.spec.data.model_dump(), ev.cpus)
+                job.ref = remote.remote(str(export), task, mode, ev.readout_for(task).model_dump(), self.spec.data.model_dump(), ev.cpus)
                 job.attempts += 1
                 job.started = time.time()
                 write_json(path, {"state": "running", "attempts": job.attempts, "started": job.started})

@@ -148,8 +148,17 @@ class Evals(_Strict):
     modes: list[Literal["frozen", "finetune"]] = ["frozen"]
     checkpoints: Literal["final", "all"] | list[PosInt] = "all"
     readout: Readout = Readout()
+    # Per-task changes to `readout`, e.g. {point_tracking: {epochs: 30}}: only the fields given here differ.
+    task_readout: dict[Literal[TASKS], Readout] = {}  # type: ignore[valid-type]
     cpus: PosInt = 1  # resources of one eval job
     gpus: NonNegInt = 0
+
+    def readout_for(self, task: str) -> Readout:
+        """The readout settings `task` is trained with."""
+        changes = self.task_readout.get(task)
+        if changes is None:
+            return self.readout
+        return self.readout.model_copy(update={k: getattr(changes, k) for k in changes.model_fields_set})
 
 
 class Report(_Strict):

@@ -147,3 +147,27 @@ def test_depth_readout_beats_the_mean_depth_baseline(export):
     m = evaluate(export, "depth", readout=readout(width=64, epochs=20, lr=3e-3, batch_size=16, train_clips=128,
                                                   val_clips=32, test_clips=64))
     assert m["abs_rel"] < 0.9 * m["baseline_abs_rel"], m
+
+
+def test_point_tracking_reads_frames_in_order_and_tunes_its_visibility_threshold():
+    from evals.point_tracking import PointTracking
+    from evals.run import load_clips
+    from orchestrator.spec import World
+
+    cfg = MAEConfig(encoder=ViTShape(32, 2, 128, 2), decoder=ViTShape(32, 1, 64, 2), frames=8, size=32,
+                    tubelet=(2, 8, 8), mask_ratio=0.75)
+    clips = load_clips(cfg, World(), "val", 4)
+    task = PointTracking(cfg, clips)
+    M, P, T = clips["occluded"].shape
+    assert task.num_queries == P * cfg.grid[0]
+    # Outputs that decode to the true tracks, with p(visible) 0.3 for visible points and 0.1 for occluded ones.
+    q = task.inputs(clips)
+    per_frame = torch.zeros(M, P, T, 4)
+    per_frame[..., :2] = (q["tracks"] - q["query_xy"][:, :, None]) / task.patch
+    per_frame[..., 2] = torch.where(q["occluded"], math.log(0.9 / 0.1), math.log(0.7 / 0.3))  # sigmoid(-x) = p
+    per_frame[..., 3] = -30.0  # surely near
+    out = per_frame.reshape(M, P * cfg.grid[0], -1)  # query (point, step) holds its step's frames
+    assert task.metrics(out, clips)["aj"] == 0.0  # at the default threshold 0.5 nothing is reported visible
+    task.tune(out, clips)
+    assert 0.1 < task.threshold <= 0.3
+    assert task.metrics(out, clips)["aj"] == pytest.approx(1.0) and task.metrics(out, clips)["oa"] == pytest.approx(1.0)

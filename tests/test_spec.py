@@ -60,6 +60,14 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     assert len({base.key, other_lr.key, other_seed.key}) == 3
 
 
+def test_task_readout_changes_only_the_fields_it_names(tmp_path):
+    evals = "evals:\n  readout: {width: 32, epochs: 4}\n  task_readout: {point_tracking: {epochs: 20, lr: 5.0e-4}}\n"
+    ev = load_spec(write(tmp_path, GOOD + evals)).evals
+    tracking, depth = ev.readout_for("point_tracking"), ev.readout_for("depth")
+    assert (tracking.epochs, tracking.lr, tracking.width) == (20, 5e-4, 32)  # width from `readout`, not the default
+    assert depth == ev.readout and (depth.epochs, depth.width) == (4, 32)
+
+
 BAD = {
     "yaml_syntax": (GOOD.replace("ladder:", "ladder: [unclosed"), "YAML syntax error", None),
     "unknown_key": (GOOD.replace("steps: 10", "steps: 10\n  mask_ratoi: 0.9"), "pretraining.mask_ratoi", 6),
@@ -71,6 +79,8 @@ BAD = {
     "negative_size": (GOOD.replace("depth: 2, mlp: 64, heads: 2}\n  - {name: b", "depth: -1, mlp: 64, heads: 2}\n  - {name: b"),
                       "ladder[0].depth", 8),
     "duplicate_rung": (GOOD.replace("name: b", "name: a"), "ladder[1].name", 9),
+    "unknown_task_readout": (GOOD + "evals:\n  task_readout: {tracking: {epochs: 3}}\n", "evals.task_readout.tracking", 11),
+    "bad_task_readout": (GOOD + "evals:\n  task_readout: {depth: {epochs: 0}}\n", "evals.task_readout.depth.epochs", 11),
     "unknown_size": (GOOD.replace("name: a, width: 32, depth: 2, mlp: 64, heads: 2", "name: a, size: XXL"), "ladder[0].size", 8),
 }
 
