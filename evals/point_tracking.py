@@ -46,6 +46,10 @@ class PointTracking(Task):
         xy = np.take_along_axis(tracks, qf[..., None, None].repeat(2, -1), axis=2)[:, :, 0]  # (M, P, 2)
         return np.concatenate([qf[..., None], xy[..., ::-1]], -1).astype(np.float32)
 
+    def query_xy(self, clips: Clips) -> torch.Tensor:
+        """(M, P, 2) the query points as (x, y) pixels: where decoded offsets start from."""
+        return torch.from_numpy(self.query_points(clips)[..., [2, 1]])
+
     def inputs(self, clips: Clips) -> dict[str, torch.Tensor]:
         q = torch.from_numpy(self.query_points(clips))  # (M, P, 3)
         M, P, t = *q.shape[:2], self.t
@@ -59,7 +63,7 @@ class PointTracking(Task):
         return {
             "cond": torch.cat([point, step], -1).flatten(1, 2),  # (M, P * t, 68)
             "where": torch.stack([here, at_every_time(xy, t)], 3).flatten(1, 2),  # (M, P * t, 2, 3)
-            "query_xy": q[..., [2, 1]],  # (M, P, 2)
+            "query_xy": self.query_xy(clips),  # (M, P, 2)
             "tracks": torch.from_numpy(clips["tracks"]).float(),  # (M, P, T, 2)
             "occluded": torch.from_numpy(clips["occluded"]),  # (M, P, T)
         }
@@ -80,7 +84,7 @@ class PointTracking(Task):
                 + masked_mean(bce(far, is_far, reduction="none"), visible))
 
     def metrics(self, out, clips):
-        xy, occ, far = self.decode(out, self.inputs(clips)["query_xy"])
+        xy, occ, far = self.decode(out, self.query_xy(clips))
         return self._score(clips, xy.numpy(), (self.p_visible(occ, far) < self.threshold).numpy())
 
     @staticmethod
@@ -90,7 +94,7 @@ class PointTracking(Task):
 
     def tune(self, out, clips):
         """Pick the visibility threshold with the best AJ on these (val) outputs."""
-        xy, occ, far = self.decode(out, self.inputs(clips)["query_xy"])
+        xy, occ, far = self.decode(out, self.query_xy(clips))
         p = self.p_visible(occ, far)
         scores = {th: self._score(clips, xy.numpy(), (p < th).numpy())["aj"] for th in np.linspace(0.0, 0.95, 20)}
         self.threshold = float(max(scores, key=scores.get))
