@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from contracts.spec import Readout, World
 from evals.run import SPLITS, evaluate, load_clips
 from models.export import save_encoder
 from models.mae import Encoder, MAEConfig, ViTShape
-from orchestrator.spec import Readout, World
 
 
 def main() -> None:

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.errors import UserError
+
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".gif")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A data file is missing, unreadable or not in the expected format (the message names it)."""
 
 

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import torch
 
+from data4d.readers import VideoFolder, WebDataset
 from data4d.world import SyntheticWorld
 
 
@@ -29,8 +30,6 @@ class PretrainStream:
                 objects=w.objects, points=w.points, focal=w.focal,
             )  # fmt: skip
         else:
-            from data4d.readers import VideoFolder, WebDataset
-
             kind = {"video_folder": VideoFolder, "webdataset": WebDataset}[data.source]
             if not data.path:
                 raise ValueError(f"data.path is required for data.source={data.source!r}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data4d.world import SyntheticWorld
 from evals.metrics import classification_metrics
 from evals.readout import token_centres
 from evals.task import Clips, Task
@@ -18,15 +19,12 @@ from evals.task import Clips, Task
 
 class Action(Task):
     name = "action"
-    headline = "top1"
     joint = True
     samples = 1
 
     def __init__(self, cfg, train: Clips, num_classes: int | None = None):
         super().__init__(cfg, train)
         if num_classes is None:
-            from data4d.world import SyntheticWorld
-
             num_classes = len(SyntheticWorld.CLASSES)
         self.out_dim = num_classes
         self.num_queries = cfg.num_tokens  # one query per token, at the token, read out jointly

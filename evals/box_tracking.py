@@ -21,7 +21,6 @@ from evals.task import Clips, Task, masked_mean
 
 class BoxTracking(Task):
     name = "box_tracking"
-    headline = "iou"
 
     def __init__(self, cfg, train: Clips):
         super().__init__(cfg, train)

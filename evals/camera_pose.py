@@ -19,7 +19,6 @@ from evals.task import Clips, Task
 
 class CameraPose(Task):
     name = "camera_pose"
-    headline = "epe"
     joint = True
     samples = 1
 

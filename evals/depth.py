@@ -25,7 +25,6 @@ def valid_depth(depth: np.ndarray) -> np.ndarray:
 
 class Depth(Task):
     name = "depth"
-    headline = "abs_rel"
     samples = 1
 
     def __init__(self, cfg, train: Clips):

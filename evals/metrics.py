@@ -1,9 +1,9 @@
 """Eval metrics, re-implemented in numpy from the standard definitions
-(shared/REFERENCE-4DS.md, "Metric definitions").
+(TAP-Vid, the standard monocular-depth errors, relative camera pose, box IoU, top-k).
 
 Shapes in comments: B clips (videos), N points / tracks, T frames, M samples.
 Every function returns plain floats keyed by the names the sweep logs as
-`eval/<task>/<name>`; `higher_is_better(name)` says which way each one points.
+`eval/<task>/<name>`; `contracts.tasks.higher_is_better(name)` says which way each one points.
 """
 
 from __future__ import annotations
@@ -203,15 +203,3 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     if logits.shape[-1] > 5:
         out["top5"] = float(np.mean((order[:, :5] == labels[:, None]).any(-1)))
     return out
-
-
-# ------------------------------------------------------------------ direction
-
-# Metric name prefixes where smaller is better; everything else (accuracies, Jaccard, IoU, deltas) is higher.
-_LOWER_IS_BETTER = ("epe", "rot_err", "trans_err", "abs_rel", "sq_rel", "rmse", "loss")
-
-
-def higher_is_better(metric_name: str) -> bool:
-    """Direction of a metric name as returned by evals (`baseline_` prefixes and `_strided`/`_all` suffixes allowed)."""
-    name = metric_name.removeprefix("baseline_")
-    return not name.startswith(_LOWER_IS_BETTER)

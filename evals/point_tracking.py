@@ -27,7 +27,6 @@ FAR = 16.0  # px of a 256x256 frame (TAPIR uses 6 at 256 px; 2 px here)
 
 class PointTracking(Task):
     name = "point_tracking"
-    headline = "aj"
     samples = 2  # features at the query point, and at the same place at the query's time step
 
     def __init__(self, cfg, train: Clips):

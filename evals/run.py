@@ -29,22 +29,24 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from contracts.spec import Data, Readout, World
+from contracts.tasks import MODES, higher_is_better
+from contracts.tasks import TASKS as CATALOG
 from data4d.world import SyntheticWorld
 from evals.action import Action
 from evals.box_tracking import BoxTracking
 from evals.cache import CACHE, ArrayCache
 from evals.camera_pose import CameraPose
 from evals.depth import Depth
-from evals.metrics import higher_is_better
 from evals.point_tracking import PointTracking
 from evals.readout import AttentionReadout
 from evals.task import Clips, Task
 from models.export import WEIGHTS, export_dir, load_encoder
 from models.mae import Encoder, MAEConfig, normalize_video
-from orchestrator.spec import Data, Readout, World
 
+# The module that implements each task of the catalog (contracts.tasks); the catalog says which exist.
 TASKS: dict[str, type[Task]] = {t.name: t for t in (PointTracking, CameraPose, Depth, BoxTracking, Action)}
-MODES = ("frozen", "finetune")
+assert set(TASKS) == set(CATALOG), "evals/run.py TASKS must implement exactly the catalog's tasks"
 SPLITS = ("train", "val", "test")
 
 

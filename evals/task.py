@@ -15,14 +15,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.mae import MAEConfig
+from contracts.shapes import MAEConfig
+from contracts.tasks import TASKS
 
 Clips = dict[str, np.ndarray]
 
 
 class Task:
-    name: str
-    headline: str  # the metric that picks the best epoch on val
+    name: str  # a key of the task catalog (contracts.tasks), which holds its headline metric
     num_queries: int = 1
     cond_dim: int = 0  # 0: learned queries
     samples: int = 0  # queries also get the features at `where`, K points each (see AttentionReadout)
@@ -31,6 +31,11 @@ class Task:
 
     def __init__(self, cfg: MAEConfig, train: Clips):
         self.cfg = cfg
+
+    @property
+    def headline(self) -> str:
+        """The metric that picks the best readout epoch on val."""
+        return TASKS[self.name].headline
 
     def inputs(self, clips: Clips) -> dict[str, torch.Tensor]:
         """Per-clip tensors with leading dim M: `cond` (M, Q, C) when cond_dim > 0, `where` (M, Q, K, 3) when

@@ -1,8 +1,6 @@
 """The consolidated encoder export that evals read: safetensors weights plus the
-rung's resolved config as JSON. No pickles.
-
-    <checkpoint>/export/encoder.safetensors
-    <checkpoint>/export/rung.json      (RungConfig.to_dict(): "model" holds MAEConfig)
+rung's resolved config as JSON (`RungConfig.to_dict()`: "model" holds the MAEConfig).
+No pickles. Where it lives in a checkpoint: contracts.layout.
 """
 
 from __future__ import annotations
@@ -13,13 +11,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.mae import Encoder, MAEConfig
+from contracts.errors import UserError
+from contracts.layout import CONFIG, EXPORT, WEIGHTS
+from contracts.shapes import MAEConfig
+from models.mae import Encoder
 
-WEIGHTS = "encoder.safetensors"
-CONFIG = "rung.json"
 
-
-class ExportError(Exception):
+class ExportError(UserError):
     """A missing or unreadable export; the CLI turns it into exit code 2."""
 
 
@@ -33,8 +31,8 @@ def save_encoder(state: dict[str, torch.Tensor], rung: dict, out_dir: Path) -> N
 def export_dir(path: str | Path) -> Path:
     """Accept a checkpoint dir or its export dir."""
     path = Path(path)
-    if (path / "export" / WEIGHTS).is_file():
-        return path / "export"
+    if (path / EXPORT / WEIGHTS).is_file():
+        return path / EXPORT
     return path
 
 

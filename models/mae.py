@@ -8,61 +8,11 @@ Nothing here knows about Ray or DeepSpeed.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class ViTShape:
-    width: int
-    depth: int
-    mlp: int
-    heads: int
-
-
-@dataclass(frozen=True)
-class MAEConfig:
-    encoder: ViTShape
-    decoder: ViTShape = field(default_factory=lambda: ViTShape(384, 4, 1536, 6))
-    frames: int = 16
-    size: int = 224
-    tubelet: tuple[int, int, int] = (2, 16, 16)  # (t, h, w)
-    channels: int = 3
-    mask_ratio: float = 0.95
-    norm_target: bool = False
-
-    @property
-    def grid(self) -> tuple[int, int, int]:
-        t, h, w = self.tubelet
-        return (self.frames // t, self.size // h, self.size // w)
-
-    @property
-    def num_tokens(self) -> int:
-        return math.prod(self.grid)
-
-    @property
-    def num_visible(self) -> int:
-        # At least one token stays visible, whatever the ratio.
-        return max(1, round(self.num_tokens * (1.0 - self.mask_ratio)))
-
-    @property
-    def patch_dim(self) -> int:
-        return math.prod(self.tubelet) * self.channels
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MAEConfig:
-        d = dict(d)
-        d["encoder"] = ViTShape(**d["encoder"])
-        d["decoder"] = ViTShape(**d["decoder"])
-        d["tubelet"] = tuple(d["tubelet"])
-        return cls(**d)
+from contracts.shapes import MAEConfig, ViTShape
 
 
 class Attention(nn.Module):

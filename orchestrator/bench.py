@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from models.cost import flops_per_clip
+from contracts.cost import flops_per_clip
+from contracts.shapes import SIZES
+from contracts.spec import SpecError, human_count
 from models.mae import MAEConfig, VideoMAE, ViTShape, normalize_video, random_masking
-from models.sizes import SIZES
 from orchestrator.pretrain import peak_flops
-from orchestrator.spec import SpecError
 
 TINY = ViTShape(width=64, depth=2, mlp=256, heads=4)  # the `--tiny` encoder: seconds on a laptop CPU
 MAX_BATCH_RUNGS = ("B", "L")  # rungs whose largest micro-batch is searched (GPU only)
@@ -376,7 +376,6 @@ def print_table(rows: list[dict], console) -> None:
     """The benchmark as a rich table on `console`, with the peaks MFU is quoted against."""
     from rich.table import Table
 
-    from orchestrator.spec import human_count
 
     if not rows:
         console.print("no rows")

@@ -1,11 +1,7 @@
 """Checkpoints on disk: written into a staging dir, sealed with a manifest
 (step, rung key, every file with its size and sha256), then renamed into place.
-
-    <run_dir>/checkpoints/step_00000060/
-        deepspeed/...              engine.save_checkpoint shards, one set per rank
-        export/encoder.safetensors consolidated fp32 encoder (what evals read)
-        export/rung.json
-        manifest.json              written last; a dir without a valid one is not a checkpoint
+What a checkpoint dir holds: contracts.layout. A dir without a valid manifest
+(written last) is not a checkpoint.
 
 A checkpoint whose files do not match its manifest (truncated, half-copied) is
 skipped in favour of the previous one, with a warning.
@@ -20,19 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = "manifest.json"
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def step_dir(run_dir: Path, step: int) -> Path:
-    return checkpoints_dir(run_dir) / f"step_{step:08d}"
-
-
-def staging_dir(run_dir: Path, step: int) -> Path:
-    return checkpoints_dir(run_dir) / f".staging-step_{step:08d}"
+from contracts.layout import MANIFEST, RungPaths, step_of
+from contracts.spec import RungConfig
 
 
 def _sha256(path: Path) -> str:
@@ -94,10 +79,10 @@ class Found:
 
 def list_steps(run_dir: Path) -> list[Found]:
     """Sealed checkpoint dirs (manifest present), oldest first; not yet verified."""
-    root = checkpoints_dir(run_dir)
+    root = RungPaths(Path(run_dir)).checkpoints
     if not root.is_dir():
         return []
-    found = [Found(int(p.name.split("_")[1]), p) for p in root.glob("step_*") if (p / MANIFEST).exists()]
+    found = [Found(step_of(p.name), p) for p in root.glob("step_*") if (p / MANIFEST).exists()]
     return sorted(found, key=lambda f: f.step)
 
 
@@ -106,7 +91,7 @@ def latest_valid(run_dir: Path, start_from: Path | None = None) -> tuple[Found |
     warnings: list[str] = []
     candidates = list_steps(run_dir)
     if start_from is not None:
-        limit = int(Path(start_from).name.split("_")[1])
+        limit = step_of(Path(start_from).name)
         candidates = [c for c in candidates if c.step <= limit]
     for c in reversed(candidates):
         reason = verify(c.path)
@@ -114,3 +99,9 @@ def latest_valid(run_dir: Path, start_from: Path | None = None) -> tuple[Found |
             return c, warnings
         warnings.append(f"checkpoint {c.path} is corrupt ({reason}); falling back to the previous one")
     return None, warnings
+
+
+def is_trained(rung: RungConfig, runs_root: Path) -> bool:
+    """The rung's final checkpoint is sealed and its files are all there (sizes, not checksums)."""
+    steps = list_steps(RungPaths.for_rung(rung, runs_root).root)
+    return bool(steps) and steps[-1].step >= rung.steps and verify(steps[-1].path, checksums=False) is None

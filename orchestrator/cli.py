@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.spec import SpecError, human_count, load_spec
+from contracts.errors import UserError
+from contracts.spec import SpecError, human_count, load_spec
+from contracts.tasks import MODES, TASK_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling-law sweeps for 4D video representations.")
 world_app = typer.Typer(no_args_is_help=True, help="Look at the synthetic 4D world.")
@@ -25,16 +27,6 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean 'fix your input', from every layer that raises them (imported when needed)."""
-    from data4d.readers import DataError
-    from models.export import ExportError
-    from orchestrator.ui import UIError
-    from reports.collect import ReportError
-
-    return SpecError, ExportError, DataError, ReportError, UIError
-
-
 def user_errors_exit_2(fn):
     """One clear message and exit code 2 for input a user can fix; no traceback."""
 
@@ -42,8 +34,8 @@ def user_errors_exit_2(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as e:
-            err.print(f"[bold red]error:[/] {escape(str(getattr(e, 'message', None) or e))}", highlight=False)
+        except UserError as e:  # every layer's "fix your input" error (contracts.errors)
+            err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -208,7 +200,7 @@ def report(
     runs_dir: RunsOpt = Path("runs"),
 ):
     """Fit scaling laws (with bootstrap intervals), draw the scaling figure, write the report."""
-    from orchestrator.state import most_recent_sweep, read_json
+    from contracts.layout import most_recent_sweep, read_json
     from orchestrator.tracking import absolute_tracking_uri
     from reports.collect import ReportError, collect_mlflow
     from reports.fit import FORMS
@@ -262,12 +254,12 @@ def eval_(
     spec: Annotated[Path | None, typer.Option(help="take readout and data settings from this spec")] = None,
 ):
     """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
+    from contracts.spec import Data, Evals
     from models.export import ExportError, export_dir
-    from orchestrator.spec import TASKS, Data, Evals
 
-    bad = [t for t in task if t not in TASKS]
-    if bad or mode not in ("frozen", "finetune"):
-        raise SpecError(f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASKS)}; modes: frozen, finetune")
+    bad = [t for t in task if t not in TASK_NAMES]
+    if bad or mode not in MODES:
+        raise SpecError(f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASK_NAMES)}; modes: {', '.join(MODES)}")
     rung_json = export_dir(checkpoint) / "rung.json"
     if not rung_json.is_file():
         raise ExportError(f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)")

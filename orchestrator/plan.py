@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from models.cost import decoder_params, encoder_params, flops_per_clip, zero3_memory_per_gpu
-from orchestrator.spec import RungConfig, SweepSpec
+from contracts.cost import decoder_params, encoder_params, flops_per_clip, zero3_memory_per_gpu
+from contracts.spec import RungConfig, SweepSpec
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
 

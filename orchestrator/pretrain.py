@@ -21,11 +21,14 @@ from pathlib import Path
 
 import torch
 
+from contracts.cost import flops_per_clip
+from contracts.layout import DS_TAG, EXPORT, PROBE, RAY_SNAPSHOT, RungPaths, read_json, write_json
+from contracts.spec import RungConfig
+from data4d.stream import PretrainStream
+from models.export import save_encoder
+from models.mae import VideoMAE, normalize_video, random_masking
 from orchestrator import checkpoint as ckpt
-from orchestrator.spec import RungConfig
-from orchestrator.state import write_json
 
-DS_TAG = "deepspeed"  # the tag engine.save_checkpoint uses inside a checkpoint dir
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
@@ -117,12 +120,9 @@ def train_loop(config: dict) -> None:
     import ray.train as train
     import torch.distributed as dist
 
-    from data4d.stream import PretrainStream
-    from models.cost import flops_per_clip
-    from models.mae import VideoMAE, normalize_video, random_masking
 
     rung = RungConfig.from_dict(config["rung"])
-    run_dir = Path(config["run_dir"])
+    paths = RungPaths(Path(config["run_dir"]))
     tracker, run_id = config.get("tracker"), config.get("run_id")
     ctx = train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -147,7 +147,7 @@ def train_loop(config: dict) -> None:
 
     # Resume from Ray's latest registered checkpoint, or an older one if it is corrupt.
     registered = train.get_checkpoint()
-    found, warnings = ckpt.latest_valid(run_dir, start_from=Path(registered.path) if registered else None)
+    found, warnings = ckpt.latest_valid(paths.root, start_from=Path(registered.path) if registered else None)
     start = 0
     if found is not None:
         engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
@@ -157,12 +157,11 @@ def train_loop(config: dict) -> None:
             print(f"WARNING [{rung.key}] {w}", flush=True)
         if found is not None:
             print(f"[{rung.key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
-        write_json(run_dir / "resume.json", {"step": start, "warnings": warnings, "time": time.time()})
+        write_json(paths.resume, {"step": start, "warnings": warnings, "time": time.time()})
 
     # Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning).
     local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
-    (run_dir / "workers").mkdir(exist_ok=True)
-    write_json(run_dir / "workers" / f"rank{rank}.json", {
+    write_json(paths.worker(rank), {
         "rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
         "hostname": os.uname().nodename, "local_param_elements": local, "total_param_elements": rung.total_params,
         "start_step": start, "time": time.time(),
@@ -218,26 +217,26 @@ def train_loop(config: dict) -> None:
                     tracker.log_metrics.remote(run_id, system_metrics(device), done)
                     last_system = time.monotonic()
                 tracker.log_metrics.remote(run_id, metrics, done)
-            with open(run_dir / "metrics.jsonl", "a") as f:
+            with open(paths.metrics, "a") as f:
                 f.write(json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
-            write_json(run_dir / "progress.json", {"step": done, "total": rung.steps, "loss": loss_value,
+            write_json(paths.progress, {"step": done, "total": rung.steps, "loss": loss_value,
                                                      "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
         last_metrics = {"step": done, "loss": loss_value}
         if failure:
             break
         if done % rung.checkpoint_interval == 0 or done == rung.steps:
-            _save(engine, run_dir, done, rung, rank, world, last_metrics, final=done == rung.steps)
+            _save(engine, paths, done, rung, rank, world, last_metrics, final=done == rung.steps)
         t0 = time.perf_counter()
 
     if failure:
         if rank == 0:
             print(f"ERROR [{rung.key}] {failure}", flush=True)
-            write_json(run_dir / "failure.json", {"reason": failure, "step": last_metrics["step"]})
+            write_json(paths.failure, {"reason": failure, "step": last_metrics["step"]})
         # Ends the run without an exception: a divergence would only repeat if Ray retried it.
         train.report(last_metrics)
 
 
-def _save(engine, run_dir: Path, step: int, rung: RungConfig, rank: int, world: int, metrics: dict, final: bool) -> None:
+def _save(engine, paths: RungPaths, step: int, rung: RungConfig, rank: int, world: int, metrics: dict, final: bool) -> None:
     """Every rank writes its ZeRO shards into a staging dir; rank 0 exports the encoder, seals, registers."""
     import ray.train as train
     import torch.distributed as dist
@@ -245,10 +244,8 @@ def _save(engine, run_dir: Path, step: int, rung: RungConfig, rank: int, world: 
     from ray.train import Checkpoint, CheckpointUploadMode
     from safetensors.torch import save_file
 
-    from models.export import save_encoder
-    from models.mae import normalize_video
 
-    staging, final_dir = ckpt.staging_dir(run_dir, step), ckpt.step_dir(run_dir, step)
+    staging, final_dir = paths.staging(step), paths.checkpoint(step)
     if rank == 0:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -271,9 +268,9 @@ def _save(engine, run_dir: Path, step: int, rung: RungConfig, rank: int, world: 
     if rank == 0:
         state = get_fp32_state_dict_from_zero_checkpoint(str(staging), tag=DS_TAG)
         encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        save_encoder(encoder, rung.to_dict(), staging / "export")
+        save_encoder(encoder, rung.to_dict(), staging / EXPORT)
         if probe is not None:
-            save_file(probe, str(staging / "export" / "probe.safetensors"))
+            save_file(probe, str(staging / EXPORT / PROBE))
         ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": world, "time": time.time()})
     dist.barrier()
     train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
@@ -291,23 +288,11 @@ class RungOutcome:
     reason: str | None = None
 
 
-def run_dir_of(rung: RungConfig, runs_root: Path) -> Path:
-    return runs_root / rung.sweep / rung.key
-
-
-def is_trained(rung: RungConfig, runs_root: Path) -> bool:
-    steps = ckpt.list_steps(run_dir_of(rung, runs_root))
-    return bool(steps) and steps[-1].step >= rung.steps and ckpt.verify(steps[-1].path, checksums=False) is None
-
-
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-def reconcile_ray_snapshot(run_dir: Path) -> str | None:
+def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
     """Ray Train refuses to start when its snapshot names a checkpoint that is gone (deleted,
     or lost with a disk). Our manifests are the record that matters: set the snapshot
     aside and let the worker resume from the newest valid checkpoint on disk."""
-    path = run_dir / RAY_SNAPSHOT
+    path = paths.ray_snapshot
     try:
         snap = json.loads(path.read_text())
     except FileNotFoundError:
@@ -315,7 +300,7 @@ def reconcile_ray_snapshot(run_dir: Path) -> str | None:
     except json.JSONDecodeError:
         snap = {"checkpoint_results": [{"checkpoint_dir_name": "(unreadable snapshot)"}]}
     missing = [c["checkpoint_dir_name"] for c in snap.get("checkpoint_results", [])
-               if not (run_dir / c["checkpoint_dir_name"]).is_dir()]
+               if not (paths.root / c["checkpoint_dir_name"]).is_dir()]
     if not missing:
         return None
     path.rename(path.with_name(f"{RAY_SNAPSHOT}.stale-{int(time.time())}"))
@@ -327,10 +312,11 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    run_dir = run_dir_of(rung, runs_root)
+    paths = RungPaths.for_rung(rung, runs_root)
+    run_dir = paths.root
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "failure.json").unlink(missing_ok=True)
-    warning = reconcile_ray_snapshot(run_dir)
+    paths.failure.unlink(missing_ok=True)
+    warning = reconcile_ray_snapshot(paths)
     if warning:
         print(f"WARNING [{rung.key}] {warning}", flush=True)
     gpu = rung.gpus > 0
@@ -348,23 +334,17 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
         result = trainer.fit()
     except Exception as e:  # Ray Train gave up after max_failures
         cause = getattr(e, "__cause__", None) or e
-        return RungOutcome(rung.key, False, _last_step(run_dir), f"training failed: {type(cause).__name__}: {cause}")
+        return RungOutcome(rung.key, False, _last_step(paths), f"training failed: {type(cause).__name__}: {cause}")
     del result  # outcomes are read from the run dir, where rank 0 records a divergence
-    failure = (read_failure(run_dir) or {}).get("reason")
+    failure = (read_failure(paths) or {}).get("reason")
     if failure:
-        return RungOutcome(rung.key, False, _last_step(run_dir), failure)
-    return RungOutcome(rung.key, True, _last_step(run_dir))
+        return RungOutcome(rung.key, False, _last_step(paths), failure)
+    return RungOutcome(rung.key, True, _last_step(paths))
 
 
-def read_failure(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "failure.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+def read_failure(paths: RungPaths) -> dict | None:
+    return read_json(paths.failure)
 
 
-def _last_step(run_dir: Path) -> int:
-    try:
-        return json.loads((run_dir / "progress.json").read_text())["step"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
+def _last_step(paths: RungPaths) -> int:
+    return (read_json(paths.progress) or {}).get("step", 0)

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.layout import RungPaths, SweepPaths, read_json, write_json
+from contracts.names import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric_key
+from contracts.spec import Data, Readout, RungConfig, SpecError, SweepSpec, load_spec
+from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
-from orchestrator.naming import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric_key
-from orchestrator.pretrain import RungOutcome, fit_rung, is_trained, run_dir_of
-from orchestrator.spec import RungConfig, SpecError, SweepSpec, load_spec
-from orchestrator.state import SweepLock, eval_record, git_commit, read_json, sweep_dir, write_json
+from orchestrator.pretrain import RungOutcome, fit_rung
+from orchestrator.state import SweepLock, git_commit
 from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
 
 EVAL_ATTEMPTS = 2
@@ -114,8 +116,6 @@ def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict
     import ray
     import torch
 
-    from evals.run import evaluate
-    from orchestrator.spec import Data, Readout
 
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
@@ -158,11 +158,11 @@ class Sweep:
                  train_only: bool = False, max_concurrent: int | None = None, report: Callable[[str], None] = print):
         self.spec, self.spec_path, self.rungs = spec, spec_path, rungs
         self.root = runs_root.resolve()
-        self.dir = sweep_dir(self.root, spec.name)
+        self.paths = SweepPaths.of(self.root, spec.name)
         self.train_only = train_only or not spec.evals.tasks
         self.max_concurrent = max_concurrent or len(rungs)
         self.say = report
-        self.lock = SweepLock(self.dir / ".lock")
+        self.lock = SweepLock(self.paths.lock)
         self.runs: dict[str, RungRun] = {}
         self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
         self.started = time.time()
@@ -178,11 +178,11 @@ class Sweep:
         """What a run would do, from disk alone (used by --dry-run and status)."""
         rows = []
         for r in self.rungs:
-            run_dir = run_dir_of(r, self.root)
-            sealed = [f.step for f in ckpt.list_steps(run_dir)]
+            paths = RungPaths.for_rung(r, self.root)
+            sealed = [f.step for f in ckpt.list_steps(paths.root)]
             done_evals = sum(1 for s in eval_steps(self.spec, r, sealed) for t in self.spec.evals.tasks
-                             for m in self.spec.evals.modes if (read_json(eval_record(run_dir, s, t, m)) or {}).get("state") == "done")
-            if is_trained(r, self.root):
+                             for m in self.spec.evals.modes if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done")
+            if ckpt.is_trained(r, self.root):
                 action = "skip (trained)"
             elif sealed:
                 action = f"resume from step {sealed[-1]}"
@@ -245,14 +245,14 @@ class Sweep:
         commit = git_commit()
         self.parent = ray.get(self.tracker.sweep_run.remote(
             spec.name, {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit}, {"spec": str(self.spec_path), "rungs": len(spec.ladder)}))
-        write_json(self.dir / "sweep.json", {"spec": str(Path(self.spec_path).resolve()), "spec_hash": spec.spec_hash(),
+        write_json(self.paths.sweep_json, {"spec": str(Path(self.spec_path).resolve()), "spec_hash": spec.spec_hash(),
                                              "tracking_uri": uri, "parent_run_id": self.parent, "started": time.time(),
                                              "resolved": spec.model_dump(mode="json")})
-        ray.get(self.tracker.log_artifact.remote(self.parent, str(self.dir / "sweep.json"), "spec"))
+        ray.get(self.tracker.log_artifact.remote(self.parent, str(self.paths.sweep_json), "spec"))
         for r in self.rungs:
             run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)))
-            run_dir = run_dir_of(r, self.root)
-            write_json(run_dir / "info.json", {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
+            paths = RungPaths.for_rung(r, self.root)
+            write_json(paths.info, {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
                                                "git_commit": commit, "mlflow_run_id": run_id})
             self.runs[r.key] = RungRun(r, run_id)
 
@@ -262,7 +262,7 @@ class Sweep:
 
         queue = [rr for rr in self.runs.values()]
         for rr in queue:
-            if is_trained(rr.rung, self.root):
+            if ckpt.is_trained(rr.rung, self.root):
                 rr.state = "done"
                 self._status(rr)
         try:
@@ -288,7 +288,7 @@ class Sweep:
             for job in self.jobs.values():
                 if job.ref is not None:
                     ray.cancel(job.ref, force=True)
-                    eval_record(run_dir_of(job.rung, self.root), job.step, job.task, job.mode).unlink(missing_ok=True)
+                    RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode).unlink(missing_ok=True)
             for rr in self.runs.values():
                 if rr.state == "running":
                     rr.state, rr.reason = "interrupted", "interrupted by the user"
@@ -313,8 +313,8 @@ class Sweep:
 
     def _finish_rung(self, rr: RungRun) -> None:
         o = rr.outcome
-        run_dir = run_dir_of(rr.rung, self.root)
-        resume = read_json(run_dir / "resume.json") or {}
+        paths = RungPaths.for_rung(rr.rung, self.root)
+        resume = read_json(paths.resume) or {}
         for w in resume.get("warnings", []):
             self.say(f"[{rr.rung.key}] WARNING {w}")
         if o and o.ok:
@@ -326,9 +326,9 @@ class Sweep:
         self._status(rr)
 
     def _status(self, rr: RungRun) -> None:
-        run_dir = run_dir_of(rr.rung, self.root)
-        old = read_json(run_dir / "status.json") or {}
-        rank0 = read_json(run_dir / "workers" / "rank0.json") or {}
+        paths = RungPaths.for_rung(rr.rung, self.root)
+        old = read_json(paths.status) or {}
+        rank0 = read_json(paths.worker(0)) or {}
         rec = {**old, "state": rr.state, "reason": rr.reason, "updated": time.time(), "steps": rr.rung.steps}
         if rr.submitted:
             rec["submitted"] = rr.submitted
@@ -336,11 +336,11 @@ class Sweep:
                 rec["wait_s"] = rank0["time"] - rr.submitted
         if rr.state in ("done", "failed") and rr.submitted:
             rec["train_s"] = time.time() - rr.submitted
-        write_json(run_dir / "status.json", rec)
+        write_json(paths.status, rec)
 
     # -------------------------------------------------------- evals
     def _wanted(self, rr: RungRun) -> list[tuple[int, str, str]]:
-        sealed = [f.step for f in ckpt.list_steps(run_dir_of(rr.rung, self.root))]
+        sealed = [f.step for f in ckpt.list_steps(RungPaths.for_rung(rr.rung, self.root).root)]
         ev = self.spec.evals
         return [(s, t, m) for s in eval_steps(self.spec, rr.rung, sealed) for t in ev.tasks for m in ev.modes]
 
@@ -352,7 +352,7 @@ class Sweep:
         for rr in self.runs.values():
             for step, task, mode in self._wanted(rr):
                 key = (rr.rung.key, step, task, mode)
-                path = eval_record(run_dir_of(rr.rung, self.root), step, task, mode)
+                path = RungPaths.for_rung(rr.rung, self.root).eval_record(step, task, mode)
                 rec = read_json(path) or {}
                 if rec.get("state") == "done":
                     if not rec.get("logged"):  # the driver died between recording and logging
@@ -361,7 +361,7 @@ class Sweep:
                 if rec.get("state") == "failed" or key in self.jobs and self.jobs[key].ref is not None:
                     continue
                 job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
-                export = ckpt.step_dir(run_dir_of(rr.rung, self.root), step)
+                export = RungPaths.for_rung(rr.rung, self.root).checkpoint(step)
                 job.ref = remote.remote(str(export), task, mode, ev.readout_for(task).model_dump(), self.spec.data.model_dump(), ev.cpus)
                 job.attempts += 1
                 job.started = time.time()
@@ -371,7 +371,7 @@ class Sweep:
         """Eval counts per rung, from the records on disk (the source of truth)."""
         for rr in self.runs.values():
             wanted = self._wanted(rr)
-            recs = [read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {} for s, t, m in wanted]
+            recs = [read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {} for s, t, m in wanted]
             rr.evals_total = len(wanted)
             rr.evals_done = sum(r.get("state") == "done" for r in recs)
             rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
@@ -385,7 +385,7 @@ class Sweep:
             job = live[ref]
             job.ref = None
             rr = self.runs[job.rung.key]
-            path = eval_record(run_dir_of(job.rung, self.root), job.step, job.task, job.mode)
+            path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
             try:
                 result = ray.get(ref)
             except Exception as e:
@@ -415,7 +415,7 @@ class Sweep:
         # A checkpoint sealed after the last submit pass still needs its evals.
         for rr in self.runs.values():
             for s, t, m in self._wanted(rr):
-                if (read_json(eval_record(run_dir_of(rr.rung, self.root), s, t, m)) or {}).get("state") not in ("done", "failed"):
+                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get("state") not in ("done", "failed"):
                     return True
         return False
 
@@ -434,12 +434,12 @@ class Sweep:
     def snapshot(self) -> list[dict]:
         rows = []
         for rr in self.runs.values():
-            prog = read_json(run_dir_of(rr.rung, self.root) / "progress.json") or {}
+            prog = read_json(RungPaths.for_rung(rr.rung, self.root).progress) or {}
             step = prog.get("step", 0)
             rate = prog.get("clips_per_s")
             eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
             state = rr.state
-            rank0 = read_json(run_dir_of(rr.rung, self.root) / "workers" / "rank0.json") or {}
+            rank0 = read_json(RungPaths.for_rung(rr.rung, self.root).worker(0)) or {}
             if state == "running" and rank0.get("time", 0) < rr.submitted:
                 state = "queued"  # submitted, waiting for its placement group
             rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
@@ -453,14 +453,15 @@ class Sweep:
         rows = []
         gpu_hours = 0.0
         for rr in self.runs.values():
-            st = read_json(run_dir_of(rr.rung, self.root) / "status.json") or {}
+            st = read_json(RungPaths.for_rung(rr.rung, self.root).status) or {}
             gpu_hours += st.get("train_s", 0) * rr.rung.gpus / 3600
             rows.append({"rung": rr.rung.key, "state": rr.state, "reason": rr.reason, "wait_s": st.get("wait_s"),
                          "train_s": st.get("train_s"), "evals_done": rr.evals_done, "evals_total": rr.evals_total,
                          "evals_failed": rr.evals_failed, "failures": rr.failures})
-        for job_dir in self.dir.glob("*/evals/*/*.json"):
-            rec = read_json(job_dir) or {}
-            gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
+        for rr in self.runs.values():
+            for s, t, m in self._wanted(rr):
+                rec = read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
+                gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
         return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
 
 

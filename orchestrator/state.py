@@ -1,50 +1,18 @@
-"""What has run, visible on disk (Marin's executor style). Every path derives from the spec:
-
-    runs/<sweep>/sweep.json                          spec path, spec hash, tracking URI, last start
-    runs/<sweep>/.lock                               the live driver's pid and heartbeat
-    runs/<sweep>/<rung>-<hash6>/info.json            resolved config, identity, git commit, MLflow run id
-    runs/<sweep>/<rung>-<hash6>/status.json          pending | running | done | failed (+ reason, times)
-    runs/<sweep>/<rung>-<hash6>/progress.json        step, total, loss, clips/s (written by rank 0)
-    runs/<sweep>/<rung>-<hash6>/checkpoints/step_*/  sealed checkpoints (orchestrator.checkpoint)
-    runs/<sweep>/<rung>-<hash6>/evals/step_*/<task>-<mode>.json   one record per eval
-
-All records are written atomically (temp file + rename), so a killed driver leaves
-either the old record or the new one.
+"""The driver's own state on disk: one driver per sweep (`SweepLock`), and the git commit a
+run was made from. Where every record lives, and how it is written: contracts.layout.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from contracts.layout import read_json, write_json
+
 HEARTBEAT_STALE_S = 30.0
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    """The record, or None when absent or unreadable (a torn write is treated as absent)."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def sweep_dir(runs_root: Path, sweep: str) -> Path:
-    return runs_root / sweep
-
-
-def eval_record(run_dir: Path, step: int, task: str, mode: str) -> Path:
-    return run_dir / "evals" / f"step_{step:08d}" / f"{task}-{mode}.json"
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -53,12 +21,6 @@ def git_commit(cwd: Path | None = None) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-
-
-def most_recent_sweep(runs_root: Path) -> Path | None:
-    """The sweep dir whose sweep.json was written last (what `sweep report` uses with no spec)."""
-    found = [p for p in runs_root.glob("*/sweep.json")]
-    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
 
 
 class SweepLock:

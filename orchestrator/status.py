@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from contracts.layout import RungPaths, SweepPaths, read_json
+from contracts.spec import RungConfig, SweepSpec
 from orchestrator import checkpoint as ckpt
-from orchestrator.pretrain import is_trained, run_dir_of
 from orchestrator.progress import duration
-from orchestrator.spec import RungConfig, SweepSpec
-from orchestrator.state import SweepLock, eval_record, read_json, sweep_dir
+from orchestrator.state import SweepLock
 
 
 def planned_checkpoints(spec: SweepSpec, rung: RungConfig) -> list[int]:
@@ -24,20 +24,20 @@ def planned_checkpoints(spec: SweepSpec, rung: RungConfig) -> list[int]:
 
 def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
     root = runs_root.resolve()
-    driver_alive = SweepLock(sweep_dir(root, spec.name) / ".lock").holder() is not None
+    driver_alive = SweepLock(SweepPaths.of(root, spec.name).lock).holder() is not None
     rows = []
     for r in spec.rungs():
-        run_dir = run_dir_of(r, root)
-        st = read_json(run_dir / "status.json") or {}
-        prog = read_json(run_dir / "progress.json") or {}
+        paths = RungPaths.for_rung(r, root)
+        st = read_json(paths.status) or {}
+        prog = read_json(paths.progress) or {}
         state = st.get("state", "pending")
-        if is_trained(r, root):
+        if ckpt.is_trained(r, root):
             state = "done" if state != "failed" else state
         elif state == "running" and not driver_alive:
             state = "interrupted"  # the driver is gone; the next `sweep run` resumes it
-        sealed = ckpt.list_steps(run_dir)
+        sealed = ckpt.list_steps(paths.root)
         evals = [(s, t, m) for s in planned_checkpoints(spec, r) for t in spec.evals.tasks for m in spec.evals.modes]
-        recs = [read_json(eval_record(run_dir, s, t, m)) or {} for s, t, m in evals]
+        recs = [read_json(paths.eval_record(s, t, m)) or {} for s, t, m in evals]
         failures = [rec.get("reason", "") for rec in recs if rec.get("state") == "failed"]
         if st.get("reason") and state == "failed":
             failures.insert(0, st["reason"])

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from orchestrator.naming import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
+from contracts.names import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
 
 FLUSH_EVERY_S = 2.0
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model training.

@@ -11,12 +11,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from orchestrator.spec import load_spec
-from orchestrator.state import most_recent_sweep, read_json
+from contracts.errors import UserError
+from contracts.layout import most_recent_sweep, read_json
+from contracts.spec import load_spec
 from orchestrator.tracking import absolute_tracking_uri, sqlite_path
 
 
-class UIError(Exception):
+class UIError(UserError):
     """The store is missing or the port is taken: exit 2."""
 
 

@@ -1,6 +1,6 @@
 """The results table that reports read: from a sweep's MLflow runs, or from a CSV/Parquet file.
 
-One row per (rung, checkpoint step, task, mode, metric) (shared/DESIGN.md), columns
+One row per (rung, checkpoint step, task, mode, metric), columns
 COLUMNS plus, where known, clips_seen, tokens, status, failure. A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.naming import (
+from contracts.errors import UserError
+from contracts.names import (
     FAILURE_TAG,
     ROLE_TAG,
     RUNG_KEY_TAG,
@@ -21,22 +22,14 @@ from orchestrator.naming import (
     STATUS_TAG,
     parse_eval_metric_key,
 )
+from contracts.tasks import BASELINE_PREFIX, higher_is_better
 
 COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
 OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split"]
-BASELINE_PREFIX = "baseline_"
-# Substrings that mark an error-like metric (lower is better); anything else is a score.
-_LOWER_IS_BETTER = ("err", "rel", "rmse", "loss", "epe")
 
 
-class ReportError(Exception):
+class ReportError(UserError):
     """Input a user can fix (a bad --from file, an unknown sweep): one clear message."""
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric from its name: lower is better for err/rel/rmse/loss/epe."""
-    name = str(metric).lower().removeprefix(BASELINE_PREFIX)
-    return not any(s in name for s in _LOWER_IS_BETTER)
 
 
 def is_baseline(metric) -> bool:

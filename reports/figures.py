@@ -19,13 +19,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.naming import panel_metrics  # noqa: E402
+from contracts.tasks import headline  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
 from reports.units import format_size  # noqa: E402
 
 MODE_COLORS = {"frozen": "#1f77b4", "finetune": "#d62728"}
 SIZE_LAWS = ("powerlaw", "saturating")
+
+
+def panel_metrics(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (task, metric) pairs worth a panel: each task's headline metric where it has one,
+    otherwise all of the task's metrics (an unknown task, or a --from table)."""
+    have = set(pairs)
+    return sorted((t, m) for t, m in have if m == (headline(t) or m) or (t, headline(t)) not in have)
 
 
 def write_all(result: dict, table: pd.DataFrame, out: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """Scaling-law fits: robust (Huber) log-space fits from a grid of starts, with bootstrap.
 
-Forms (shared/REFERENCE-4DS.md, "Fitting scaling laws"):
+Forms (as in the scaling-law literature: Kaplan et al. 2020, Hoffmann et al. 2022):
 - powerlaw    y = a·N^b, on the value itself;
 - saturating  q = c + a·N^(−b), on q = 1 − value for bounded higher-is-better metrics,
   otherwise on the value (a lower-is-better quantity);

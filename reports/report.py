@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contracts.names import ROLE_TAG
+from contracts.spec import X_AXES
+from reports import figures
 from reports.collect import BASELINE_PREFIX, ReportError, is_baseline, normalize, read_table
 from reports.fit import FORMS, FitError, fit, fitted_quantity, predict
 from reports.units import format_size, parse_size
@@ -42,15 +45,14 @@ def make_report(
     Returns {"out_dir", "files": {name: path}, "series": [...], "notes": [...]}, the same
     content as fits.json plus the file paths.
     """
-    from reports import figures  # matplotlib is only needed here
 
     table = read_table(table) if isinstance(table, str | Path) else normalize(table)
     fits = list(fits)
     unknown = [f for f in fits if f not in FORMS]
     if unknown:
         raise ReportError(f"unknown fit form(s) {', '.join(unknown)}; choose from {', '.join(FORMS)}")
-    if x not in ("params", "train_flops"):
-        raise ReportError(f"x must be 'params' or 'train_flops', got {x!r}")
+    if x not in X_AXES:  # the spec accepts exactly these (report.x)
+        raise ReportError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
     if checkpoint not in ("final", "best"):
         raise ReportError(f"checkpoint must be 'final' or 'best', got {checkpoint!r}")
     out = Path(out_dir)
@@ -317,8 +319,6 @@ def _html(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
 def log_report_to_mlflow(tracking_uri: str, sweep: str, out_dir: str | Path) -> str:
     """Log the report files under `report/` on the sweep's parent run; returns its run id."""
     from mlflow.tracking import MlflowClient
-
-    from orchestrator.naming import ROLE_TAG
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(sweep)

@@ -9,7 +9,8 @@ from rich.console import Console
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.cost import flops_per_clip
+from contracts.cost import flops_per_clip
+from contracts.spec import SpecError
 from models.mae import VideoMAE
 from orchestrator.bench import (
     COLUMNS,
@@ -25,7 +26,6 @@ from orchestrator.bench import (
     run_bench,
     stage_batches,
 )
-from orchestrator.spec import SpecError
 
 CPU = torch.device("cpu")
 

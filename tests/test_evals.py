@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from contracts.tasks import higher_is_better
 from evals.cache import ArrayCache
-from evals.metrics import higher_is_better
 from evals.readout import AttentionReadout, at_every_time, fourier_features, token_centres
 from evals.run import TASKS, evaluate, evaluate_many
 from models.export import ExportError, save_encoder
@@ -47,7 +47,7 @@ def export(tmp_path_factory):
 
 
 def readout(**kw):
-    from orchestrator.spec import Readout
+    from contracts.spec import Readout
 
     return Readout(**(TINY | kw))
 
@@ -150,9 +150,9 @@ def test_depth_readout_beats_the_mean_depth_baseline(export):
 
 
 def test_point_tracking_reads_frames_in_order_and_tunes_its_visibility_threshold():
+    from contracts.spec import World
     from evals.point_tracking import PointTracking
     from evals.run import load_clips
-    from orchestrator.spec import World
 
     cfg = MAEConfig(encoder=ViTShape(32, 2, 128, 2), decoder=ViTShape(32, 1, 64, 2), frames=8, size=32,
                     tubelet=(2, 8, 8), mask_ratio=0.75)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from contracts.tasks import higher_is_better
 from evals.metrics import (
     box_metrics,
     classification_metrics,
     depth_metrics,
-    higher_is_better,
     pose_matrix,
     pose_metrics,
     pose_vector,

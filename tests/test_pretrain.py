@@ -14,9 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from contracts.layout import RungPaths
+from contracts.names import RUNG_KEY_TAG, STATUS_TAG
 from models.export import load_encoder
 from orchestrator import checkpoint as ckpt
-from orchestrator.naming import RUNG_KEY_TAG, STATUS_TAG
 from orchestrator.scheduler import open_sweep
 
 pytestmark = pytest.mark.slow
@@ -90,7 +91,7 @@ def test_zero3_partitions_parameters_and_loss_goes_down(reference):
 
 def test_export_loads_into_plain_encoder_with_the_engines_features(reference):
     _, run_dir = reference
-    final = ckpt.step_dir(run_dir, 12)
+    final = RungPaths(run_dir).checkpoint(12)
     encoder, rung = load_encoder(final)
     assert type(encoder).__name__ == "Encoder" and rung["name"] == "tiny"
     probe = load_file(str(final / "export" / "probe.safetensors"))
@@ -153,8 +154,8 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(referen
     root = tmp_path
     run_dir = root / "runs" / "pt" / ref_dir.name
     shutil.copytree(ref_dir, run_dir)
-    shutil.rmtree(ckpt.step_dir(run_dir, 12))
-    victim = next(p for p in (ckpt.step_dir(run_dir, 8) / "deepspeed").rglob("*") if p.is_file())
+    shutil.rmtree(RungPaths(run_dir).checkpoint(12))
+    victim = next(p for p in (RungPaths(run_dir).checkpoint(8) / "deepspeed").rglob("*") if p.is_file())
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (run_dir / "metrics.jsonl").unlink()
     code, run_dir = train(root)
@@ -186,7 +187,7 @@ def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
         "evals: {tasks: []}",
         "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, "
         "val_clips: 8, test_clips: 8}}"))
-    result = CliRunner().invoke(app, ["eval", str(ckpt.step_dir(run_dir, 12)), "--task", "depth", "--spec", str(spec)])
+    result = CliRunner().invoke(app, ["eval", str(RungPaths(run_dir).checkpoint(12)), "--task", "depth", "--spec", str(spec)])
     assert result.exit_code == 0, result.output
     assert "abs_rel" in result.output and "trivial baseline" in result.output
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "--task", "depth"])

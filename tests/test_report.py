@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import typing
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_fit import check_replication, chinchilla_points
 
-from reports.collect import ReportError, collect_mlflow, higher_is_better, read_table
+from contracts.spec import Report
+from contracts.tasks import higher_is_better
+from reports.collect import ReportError, collect_mlflow, read_table
 from reports.report import log_report_to_mlflow, make_report, predict_from_fits
 from reports.units import format_size, parse_size
 
@@ -145,7 +149,7 @@ def test_direction_and_sizes():
 def test_collect_from_mlflow_and_log_report(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.naming import FAILURE_TAG, ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG, eval_metric_key
+    from contracts.names import FAILURE_TAG, ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG, eval_metric_key
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
@@ -219,3 +223,30 @@ def test_final_results_table_has_rungs_as_columns_smallest_first_and_the_baselin
     assert positions == sorted(positions) and len(positions) == len(sizes)
     row = next(line for line in md.splitlines() if line.startswith("| depth/absrel (frozen)"))
     assert row.rstrip(" |").endswith("0.9") and "baseline_absrel" not in md
+
+
+@pytest.mark.parametrize("x", typing.get_args(Report.model_fields["x"].annotation))
+def test_every_x_the_spec_accepts_makes_a_report(tmp_path, monkeypatch, x):
+    """`report.x`: every value the spec's validator accepts gives a report whose laws are fitted against it."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    synthetic_table().to_csv("t.csv", index=False)
+    Path("s.yaml").write_text(f"name: demo\nladder: [{{size: S, steps: 10}}]\nreport: {{x: {x}}}\n")
+    result = CliRunner().invoke(app, ["report", "s.yaml", "--from", "t.csv", "--out", "out", "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert fits["x"] == x and (tmp_path / "out" / "report.html").exists()
+    assert {e["x"] for s in fits["series"] for e in s["fits"] if e["status"] == "fitted"} == {x}
+
+
+def test_an_x_the_report_cannot_draw_is_a_spec_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    (tmp_path / "s.yaml").write_text("name: demo\nladder: [{size: S, steps: 10}]\nreport:\n  x: flops\n")
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
+    assert result.exit_code == 2 and "s.yaml:4: report.x" in result.output

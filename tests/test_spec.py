@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from contracts.spec import SpecError, load_spec
 from orchestrator.cli import app
-from orchestrator.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -15,9 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from contracts.names import ROLE_TAG
+from contracts.spec import load_spec
 from orchestrator.cli import app
-from orchestrator.naming import ROLE_TAG
-from orchestrator.spec import load_spec
 from orchestrator.status import status_rows
 
 pytestmark = pytest.mark.slow

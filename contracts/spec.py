@@ -19,23 +19,21 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from models.cost import decoder_params, encoder_params, flops_per_clip
-from models.mae import MAEConfig, ViTShape
-from models.sizes import SIZES
+from contracts.cost import decoder_params, encoder_params, flops_per_clip
+from contracts.errors import UserError
+from contracts.shapes import SIZES, MAEConfig, ViTShape
+from contracts.tasks import MODES, TASK_NAMES, TASKS
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
-TASKS = ("point_tracking", "camera_pose", "depth", "box_tracking", "action")
+# What the report can put on a figure's x axis: encoder parameters, or training FLOPs.
+X_AXES = ("params", "train_flops")
 
 
-class SpecError(Exception):
+class SpecError(UserError):
     """A problem the user can fix in their spec: one message, exit code 2."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class _Strict(BaseModel):
@@ -144,26 +142,28 @@ class Readout(_Strict):
 
 
 class Evals(_Strict):
-    tasks: list[Literal[TASKS]] = list(TASKS)  # type: ignore[valid-type]
-    modes: list[Literal["frozen", "finetune"]] = ["frozen"]
+    tasks: list[Literal[TASK_NAMES]] = list(TASK_NAMES)  # type: ignore[valid-type]
+    modes: list[Literal[MODES]] = ["frozen"]  # type: ignore[valid-type]
     checkpoints: Literal["final", "all"] | list[PosInt] = "all"
     readout: Readout = Readout()
     # Per-task changes to `readout`, e.g. {point_tracking: {epochs: 30}}: only the fields given here differ.
-    task_readout: dict[Literal[TASKS], Readout] = {}  # type: ignore[valid-type]
+    task_readout: dict[Literal[TASK_NAMES], Readout] = {}  # type: ignore[valid-type]
     cpus: PosInt = 1  # resources of one eval job
     gpus: NonNegInt = 0
 
     def readout_for(self, task: str) -> Readout:
-        """The readout settings `task` is trained with."""
+        """The readout settings `task` is trained with: the shared `readout`, then the task's own
+        needs from the catalog (contracts.tasks), then this spec's `task_readout` for it."""
+        update = dict(TASKS[task].readout)
         changes = self.task_readout.get(task)
-        if changes is None:
-            return self.readout
-        return self.readout.model_copy(update={k: getattr(changes, k) for k in changes.model_fields_set})
+        if changes is not None:
+            update |= {k: getattr(changes, k) for k in changes.model_fields_set}
+        return self.readout.model_copy(update=update) if update else self.readout
 
 
 class Report(_Strict):
     fits: list[Literal["powerlaw", "saturating", "chinchilla"]] = ["powerlaw"]
-    x: Literal["params", "flops"] = "params"
+    x: Literal[X_AXES] = "params"  # type: ignore[valid-type]
 
 
 class SweepSpec(_Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.mae import MAEConfig, ViTShape
+from contracts.shapes import MAEConfig, ViTShape
 
 
 def block_params(s: ViTShape) -> int:
