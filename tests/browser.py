@@ -5,14 +5,19 @@
         wait_for_text(driver, "micro1")
         shot(driver, tmp_path / "page.png")
 
-Needs the Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver);
-a missing one is an error, not a skip, so CI cannot pass without looking.
+Needs the Debian packages `chromium` and `chromium-driver` (/usr/bin/chromium, /usr/bin/chromedriver).
+When they are missing, the first test that needs them installs them with apt-get (as root, or through
+passwordless sudo), so README's install and test commands are all a fresh machine needs. Where that
+cannot work, the test fails with the command to run: an error, not a skip, so CI cannot pass without
+looking.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,10 +34,40 @@ class BrowserMissing(RuntimeError):
     pass
 
 
+PACKAGES = ["chromium", "chromium-driver"]
+
+
+def _located(path: str, name: str) -> str | None:
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else shutil.which(name)
+
+
+def _install_with_apt() -> str | None:
+    """Install the browser packages; None on success, else why it could not be done."""
+    if shutil.which("apt-get") is None:
+        return "this machine has no apt-get"
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]  # -n: fail at once rather than ask for a password
+    if prefix and shutil.which("sudo") is None:
+        return "not root and no sudo"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print(f"\nbrowser tests: installing {' '.join(PACKAGES)} with apt-get (once per machine, about a minute)",
+          file=sys.__stderr__, flush=True)
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another apt run (or test session) may hold it
+    for cmd in (["apt-get", *wait_for_lock, "update", "-qq"],
+                ["apt-get", *wait_for_lock, "install", "-y", "-qq", *PACKAGES]):
+        done = subprocess.run(prefix + cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"`{' '.join(prefix + cmd)}` failed: {(done.stderr or done.stdout).strip()[-500:]}"
+    return None
+
+
 def _find(path: str, name: str) -> str:
-    found = path if os.path.isfile(path) and os.access(path, os.X_OK) else shutil.which(name)
+    found = _located(path, name)
     if not found:
-        raise BrowserMissing(f"{name} not found at {path} or on PATH; {INSTALL_HINT}")
+        why = _install_with_apt()
+        found = _located(path, name)
+        if not found:
+            raise BrowserMissing(f"{name} not found at {path} or on PATH and could not be installed "
+                                 f"({why or 'installed, yet still missing'}); {INSTALL_HINT}")
     return found
 
 
