@@ -19,6 +19,17 @@ class ViTShape:
 
 
 @dataclass(frozen=True)
+class MupBase:
+    """The shapes μP scales from (Yang et al., "Tensor Programs V"): the base rung's encoder and
+    decoder. At the base shapes a μP model is the standard one; wider ones scale their hidden
+    matrices' Adam LR by base fan-in / fan-in, the decoder head's input by base / width, and
+    attention logits by sqrt(base head dim) / head dim (1/d rather than 1/sqrt(d))."""
+
+    encoder: ViTShape
+    decoder: ViTShape
+
+
+@dataclass(frozen=True)
 class MAEConfig:
     encoder: ViTShape
     decoder: ViTShape = field(default_factory=lambda: ViTShape(384, 4, 1536, 6))
@@ -28,6 +39,7 @@ class MAEConfig:
     channels: int = 3
     mask_ratio: float = 0.95
     norm_target: bool = False
+    mup: MupBase | None = None  # None: standard parametrisation
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -48,7 +60,10 @@ class MAEConfig:
         return math.prod(self.tubelet) * self.channels
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.mup is None:  # standard parametrisation keeps the dict (and so rung hashes) it always had
+            del d["mup"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> MAEConfig:
@@ -56,6 +71,8 @@ class MAEConfig:
         d["encoder"] = ViTShape(**d["encoder"])
         d["decoder"] = ViTShape(**d["decoder"])
         d["tubelet"] = tuple(d["tubelet"])
+        if d.get("mup") is not None:
+            d["mup"] = MupBase(ViTShape(**d["mup"]["encoder"]), ViTShape(**d["mup"]["decoder"]))
         return cls(**d)
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.cost import decoder_params, encoder_params, flops_per_clip
 from contracts.errors import UserError
-from contracts.shapes import SIZES, MAEConfig, ViTShape
+from contracts.shapes import SIZES, MAEConfig, MupBase, ViTShape
 from contracts.tasks import MODES, TASK_NAMES, TASKS
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -88,6 +88,40 @@ class Schedule(_Strict):
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
+class LRRule(_Strict):
+    """How the learning rate changes from the base rung to the others (N: encoder parameters).
+
+    constant: every rung trains at optimizer.lr; inverse_width: lr · base_width / width;
+    power: lr · (N / N_base)^exponent (OLMo-style ladders use -1/3); mup: μP (Tensor Programs V),
+    where optimizer.lr is the base rung's and each wider rung scales its hidden matrices' LR
+    (and init-time multipliers) by base / width inside the model, so one LR transfers."""
+
+    rule: Literal["constant", "inverse_width", "power", "mup"] = "constant"
+    exponent: float | None = None  # power only
+
+
+class SizeRule(_Strict):
+    """How warmup steps or batch size change with encoder parameters N: constant, or
+    power: base · (N / N_base)^exponent, rounded (a batch to a multiple of the rung's workers)."""
+
+    rule: Literal["constant", "power"] = "constant"
+    exponent: float | None = None  # power only
+
+
+class Scaling(_Strict):
+    """Hyperparameters scaled per rung from a base rung, resolved before hashing: the rung's
+    identity, `sweep plan` and MLflow all see the values the rung trains with."""
+
+    base: str | None = None  # the rung whose size the base values are for (default: the ladder's first)
+    lr: LRRule = LRRule()
+    warmup: SizeRule = SizeRule()
+    batch: SizeRule = SizeRule()
+
+    @property
+    def active(self) -> bool:
+        return any(r.rule != "constant" for r in (self.lr, self.warmup, self.batch))
+
+
 class Pretraining(_Strict):
     mask_ratio: Fraction = 0.95
     norm_target: bool = False
@@ -106,6 +140,7 @@ class Pretraining(_Strict):
     gpus: NonNegInt = 0  # GPUs per rung; 0 trains on CPU workers
     cpu_workers: PosInt = 2  # workers per rung when gpus == 0
     cpus_per_worker: PosInt = 1
+    scaling: Scaling = Scaling()
 
 
 class Rung(_Strict):
@@ -177,7 +212,13 @@ class SweepSpec(_Strict):
     report: Report = Report()
 
     def rungs(self) -> list[RungConfig]:
-        return [resolve_rung(self, r) for r in self.ladder]
+        base = self.base_rung()
+        return [resolve_rung(self, r, base) for r in self.ladder]
+
+    def base_rung(self) -> Rung:
+        """The rung the scaling rules scale from."""
+        name = self.pretraining.scaling.base
+        return next((r for r in self.ladder if rung_name(r) == name), self.ladder[0])
 
     def rung(self, name: str) -> RungConfig:
         for r in self.rungs():
@@ -312,32 +353,66 @@ def rung_name(r: Rung) -> str:
     return f"w{r.width}d{r.depth}"
 
 
-def resolve_rung(spec: SweepSpec, r: Rung) -> RungConfig:
-    pt, data = spec.pretraining, spec.data
-    gpus = pt.gpus if r.gpus is None else r.gpus
-    workers = gpus if gpus > 0 else (r.cpu_workers or pt.cpu_workers)
-    batch = r.batch_size or pt.batch_size
-    clips = r.clips_seen or (None if r.steps else pt.clips_seen)
-    steps = r.steps or (math.ceil(clips / batch) if clips else pt.steps)
-    precision = pt.precision if pt.precision != "auto" else ("bf16" if gpus > 0 else "fp32")
-    optimizer = pt.optimizer if r.lr is None else pt.optimizer.model_copy(update={"lr": r.lr})
-    d = pt.decoder
-    model = MAEConfig(
-        encoder=rung_shape(r),
+def _shape_config(spec: SweepSpec, encoder: ViTShape, mup: MupBase | None = None) -> MAEConfig:
+    pt, data, d = spec.pretraining, spec.data, spec.pretraining.decoder
+    return MAEConfig(
+        encoder=encoder,
         decoder=ViTShape(d.width, d.depth, d.mlp, d.heads),
         frames=data.frames,
         size=data.resolution,
         tubelet=tuple(data.tubelet),
         mask_ratio=pt.mask_ratio,
         norm_target=pt.norm_target,
+        mup=mup,
     )
+
+
+def scaled_hyperparameters(spec: SweepSpec, r: Rung, base: Rung, workers: int) -> dict[str, Any]:
+    """lr, warmup_steps, batch_size and the μP base for rung `r` under `pretraining.scaling`
+    (a rung's own `lr` / `batch_size` still win over a rule)."""
+    pt, sc = spec.pretraining, spec.pretraining.scaling
+    shape, base_shape = rung_shape(r), rung_shape(base)
+    ratio = encoder_params(_shape_config(spec, shape)) / encoder_params(_shape_config(spec, base_shape))
+    lr = pt.optimizer.lr
+    if sc.lr.rule == "inverse_width":
+        lr *= base_shape.width / shape.width
+    elif sc.lr.rule == "power":
+        lr *= ratio ** sc.lr.exponent  # type: ignore[operator]
+    warmup = pt.schedule.warmup_steps
+    if sc.warmup.rule == "power":
+        warmup = round(warmup * ratio ** sc.warmup.exponent)  # type: ignore[operator]
+    batch = pt.batch_size
+    if sc.batch.rule == "power":
+        batch = max(workers, round(batch * ratio ** sc.batch.exponent / workers) * workers)  # type: ignore[operator]
+    d = _shape_config(spec, base_shape).decoder
+    return {
+        "lr": r.lr if r.lr is not None else lr,
+        "warmup_steps": warmup,
+        "batch_size": r.batch_size or batch,
+        "mup": MupBase(base_shape, d) if sc.lr.rule == "mup" else None,
+    }
+
+
+def resolve_rung(spec: SweepSpec, r: Rung, base: Rung) -> RungConfig:
+    pt, data = spec.pretraining, spec.data
+    gpus = pt.gpus if r.gpus is None else r.gpus
+    workers = gpus if gpus > 0 else (r.cpu_workers or pt.cpu_workers)
+    hp = scaled_hyperparameters(spec, r, base, workers)
+    batch = hp["batch_size"]
+    clips = r.clips_seen or (None if r.steps else pt.clips_seen)
+    steps = r.steps or (math.ceil(clips / batch) if clips else pt.steps)
+    precision = pt.precision if pt.precision != "auto" else ("bf16" if gpus > 0 else "fp32")
+    optimizer = pt.optimizer if hp["lr"] == pt.optimizer.lr else pt.optimizer.model_copy(update={"lr": hp["lr"]})
+    schedule = pt.schedule
+    if hp["warmup_steps"] != schedule.warmup_steps:
+        schedule = schedule.model_copy(update={"warmup_steps": hp["warmup_steps"]})
     return RungConfig(
         sweep=spec.name,
         name=rung_name(r),
-        model=model,
+        model=_shape_config(spec, rung_shape(r), hp["mup"]),
         data=data,
         optimizer=optimizer,
-        schedule=pt.schedule,
+        schedule=schedule,
         batch_size=batch,
         steps=steps,  # type: ignore[arg-type]  (checked in _cross_checks)
         precision=precision,
@@ -428,6 +503,21 @@ def _check_shape(where: tuple, width: int, heads: int) -> list[tuple[tuple, str]
     return []
 
 
+def _check_scaling(spec: SweepSpec) -> list[tuple[tuple, str]]:
+    sc, out = spec.pretraining.scaling, []
+    where = ("pretraining", "scaling")
+    for name in ("lr", "warmup", "batch"):
+        rule = getattr(sc, name)
+        if rule.rule == "power" and rule.exponent is None:
+            out.append((where + (name, "exponent"), "rule 'power' needs an exponent (value = base * (N / N_base)^exponent)"))
+        elif rule.rule != "power" and rule.exponent is not None:
+            out.append((where + (name, "exponent"), f"an exponent applies to rule 'power' only, not {rule.rule!r}"))
+    names = [rung_name(r) for r in spec.ladder]
+    if sc.base is not None and sc.base not in names:
+        out.append((where + ("base",), f"no rung named {sc.base!r}; the ladder has: {', '.join(names)}"))
+    return out
+
+
 def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
     """Checks across fields; each names the field to fix."""
     out: list[tuple[tuple, str]] = []
@@ -443,6 +533,7 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
     out += _check_shape(("pretraining", "decoder"), pt.decoder.width, pt.decoder.heads)
     if pt.steps and pt.clips_seen:
         out.append((("pretraining", "clips_seen"), "give steps or clips_seen, not both"))
+    out += _check_scaling(spec)
     seen: dict[str, int] = {}
     for i, r in enumerate(spec.ladder):
         where = ("ladder", i)

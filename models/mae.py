@@ -8,6 +8,8 @@ Nothing here knows about Ray or DeepSpeed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,26 +18,27 @@ from contracts.shapes import MAEConfig, ViTShape
 
 
 class Attention(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, scale: float | None = None):
         super().__init__()
         self.heads = heads
+        self.scale = scale  # None: 1/sqrt(head dim)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # flash / memory-efficient kernels on GPU
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)  # flash kernels on GPU
         return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, shape: ViTShape):
+    def __init__(self, shape: ViTShape, base: ViTShape | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(shape.width)
-        self.attn = Attention(shape.width, shape.heads)
+        self.attn = Attention(shape.width, shape.heads, attention_scale(shape, base))
         self.norm2 = nn.LayerNorm(shape.width)
         self.mlp = nn.Sequential(nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width))
 
@@ -59,7 +62,8 @@ class Encoder(nn.Module):
         # Initialised here, not in a later pass: under deepspeed.zero.Init a module's
         # parameters are partitioned as soon as its __init__ returns.
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, cfg.num_tokens, D), std=0.02))
-        self.blocks = nn.ModuleList(Block(cfg.encoder) for _ in range(cfg.encoder.depth))
+        base = cfg.mup.encoder if cfg.mup else None
+        self.blocks = nn.ModuleList(Block(cfg.encoder, base) for _ in range(cfg.encoder.depth))
         self.norm = nn.LayerNorm(D)
         self.activation_checkpointing = False
 
@@ -98,9 +102,12 @@ class Decoder(nn.Module):
         self.embed = nn.Linear(cfg.encoder.width, E)
         self.mask_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, E), std=0.02))
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, cfg.num_tokens, E), std=0.02))
-        self.blocks = nn.ModuleList(Block(cfg.decoder) for _ in range(cfg.decoder.depth))
+        base = cfg.mup.decoder if cfg.mup else None
+        self.blocks = nn.ModuleList(Block(cfg.decoder, base) for _ in range(cfg.decoder.depth))
         self.norm = nn.LayerNorm(E)
+        # μP's output layer: a multiplier of base/width on its input keeps its updates O(1) as width grows.
         self.head = nn.Linear(E, cfg.patch_dim)
+        self.head_mult = base.width / E if base else 1.0
 
     def forward(self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
         # latent (B, K, D) -> pixel predictions for the masked tokens (B, N-K, P)
@@ -111,7 +118,8 @@ class Decoder(nn.Module):
         x = torch.cat([x_vis, x_mask], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x[:, -M:]))  # only masked tokens reach the head
+        x = self.norm(x[:, -M:])  # only masked tokens reach the head
+        return self.head(x * self.head_mult if self.head_mult != 1.0 else x)
 
 
 class VideoMAE(nn.Module):
@@ -138,6 +146,45 @@ class VideoMAE(nn.Module):
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
         return F.mse_loss(pred.float(), target.float())
+
+
+def attention_scale(shape: ViTShape, base: ViTShape | None) -> float | None:
+    """Standard: None (SDPA's 1/sqrt(d)). μP: sqrt(d_base)/d, which is 1/d up to a constant and
+    equals the standard scale at the base shape."""
+    if base is None:
+        return None
+    return math.sqrt(base.width / base.heads) / (shape.width / shape.heads)
+
+
+def mup_lr_scales(model: VideoMAE) -> dict[str, float]:
+    """μP's Adam LR multiplier for each parameter name that needs one (base fan-in / fan-in of the
+    hidden matrices, whose fan-in and fan-out both grow with width); every other parameter
+    (embeddings, the decoder head, biases, norms, position embeddings) keeps the base LR."""
+    cfg = model.cfg
+    if cfg.mup is None:
+        return {}
+    scales = {"decoder.embed.weight": cfg.mup.encoder.width / cfg.encoder.width}
+    for part, shape, base in (("encoder", cfg.encoder, cfg.mup.encoder), ("decoder", cfg.decoder, cfg.mup.decoder)):
+        for i in range(shape.depth):
+            p = f"{part}.blocks.{i}"
+            for name in ("attn.qkv", "attn.proj", "mlp.0"):
+                scales[f"{p}.{name}.weight"] = base.width / shape.width
+            scales[f"{p}.mlp.2.weight"] = base.mlp / shape.mlp
+    return scales
+
+
+def param_groups(model: VideoMAE, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases, position embeddings and the mask token;
+    under μP, hidden matrices at lr x their `mup_lr_scales` multiplier. Works on ZeRO-3
+    partitioned parameters (their full shape is `ds_shape`)."""
+    scales = mup_lr_scales(model)
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # standard: these two, in order
+    for name, p in model.named_parameters():
+        shape = getattr(p, "ds_shape", p.shape)
+        decay = not (len(shape) < 2 or "pos_embed" in name or "mask_token" in name)
+        groups.setdefault((decay, scales.get(name, 1.0)), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), ps in groups.items() if ps or scale == 1.0]
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -78,21 +78,31 @@ def plan(
         print(json.dumps([asdict(p) for p in plans], indent=2))
     else:
         t = Table(title=f"sweep '{s.name}': {len(plans)} rungs")
-        for col in ("rung", "shape w/d/mlp/h", "enc params", "dec params", "FLOPs/clip", "train FLOPs", "steps x batch",
-                    "GPUs", "mem/GPU", "GPU-h"):
+        sc = s.pretraining.scaling
+        cols = ["rung", "shape w/d/mlp/h", "enc params", "dec params", "FLOPs/clip", "train FLOPs", "steps x batch",
+                "LR", "warmup", "GPUs", "mem/GPU", "GPU-h"]
+        for col in cols:
             t.add_column(col, justify="right")
         for p in plans:
             t.add_row(
                 p.key, p.shape, human_count(p.encoder_params), human_count(p.decoder_params), f"{p.flops_per_clip:.2e}",
-                f"{p.train_flops:.2e}", f"{p.steps} x {p.batch_size}", str(p.gpus) if p.gpus else f"cpu x{p.workers}",
+                f"{p.train_flops:.2e}", f"{p.steps} x {p.batch_size}",
+                f"{p.lr:.3g}" + (" μP" if p.parametrization == "mup" else ""), str(p.warmup_steps),
+                str(p.gpus) if p.gpus else f"cpu x{p.workers}",
                 _gib(p.mem_per_gpu_bytes) + ("" if p.fits else " !"), f"{p.gpu_hours:,.0f}" if p.gpus else "-",
             )
         t.add_section()
         gpu_hours = sum(p.gpu_hours for p in plans)
-        t.add_row("total", "", "", "", "", f"{sum(p.train_flops for p in plans):.2e}", "", "", "",
+        t.add_row("total", "", "", "", "", f"{sum(p.train_flops for p in plans):.2e}", *[""] * 5,
                   f"{gpu_hours:,.0f}" if gpu_hours else "-")
         out.print(t)
         out.print(f"GPU-hours at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s per GPU.")
+        if sc.active:
+            base = s.base_rung()
+            rules = ", ".join(f"{k} {getattr(sc, k).rule}" + (f" {getattr(sc, k).exponent:g}" if getattr(sc, k).exponent
+                              is not None else "") for k in ("lr", "warmup", "batch"))
+            out.print(f"Scaled from rung {base.name or base.size or 'ladder[0]'}: {rules}"
+                      + (" (μP: hidden matrices' LR x base/width inside the model)" if sc.lr.rule == "mup" else "") + ".")
     for p in plans:
         if not p.fits:
             err.print(

@@ -22,6 +22,9 @@ class RungPlan:
     train_flops: int
     steps: int
     batch_size: int
+    lr: float  # the base LR the rung trains with (under μP, its hidden matrices scale it by base/width)
+    parametrization: str  # "sp" (standard) or "mup"
+    warmup_steps: int
     gpus: int
     workers: int
     mem_per_gpu_bytes: int
@@ -49,6 +52,9 @@ def plan_rung(r: RungConfig, mfu: float, peak_flops: float, gpu_memory_bytes: fl
         train_flops=train_flops,
         steps=r.steps,
         batch_size=r.batch_size,
+        lr=r.optimizer.lr,
+        parametrization="mup" if m.mup else "sp",
+        warmup_steps=r.schedule.warmup_steps,
         gpus=r.gpus,
         workers=r.workers,
         mem_per_gpu_bytes=mem,
