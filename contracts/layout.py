@@ -10,7 +10,7 @@
             info.json                      resolved config, identity, git commit, MLflow run id (driver)
             status.json                    pending | running | done | failed | interrupted, reason, times (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
-            metrics.jsonl                  one line per optimiser step: the training metrics (rank 0)
+            metrics.jsonl                  one line per optimiser step, once even after a resume (rank 0)
             resume.json                    where the latest worker group started: step, warnings, attempt (rank 0)
             restarts.jsonl                 one line per worker-group restart after a failure (rank 0)
             failure.json                   why training stopped for good (a diverged loss), if it did (rank 0)

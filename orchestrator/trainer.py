@@ -5,7 +5,7 @@
     worker = start_worker(config)        this process's rank, device and process group
     engine = build_engine(worker)        the model, AdamW and LR schedule under DeepSpeed ZeRO
     start  = resume(engine, worker)      the newest valid checkpoint
-    sinks  = MetricSinks(...)            rank 0: MLflow, metrics.jsonl, progress.json
+    sinks  = MetricSinks.open(...)       rank 0: MLflow, metrics.jsonl, progress.json
     each step: train_step -> step_metrics -> sinks.log -> save_checkpoint when due
 
 Batches and masks are pure functions of (seed, step, rank), so a resumed run logs the same
@@ -147,9 +147,28 @@ def append_jsonl(path: Path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def keep_steps_upto(path: Path, step: int) -> None:
+    """Drop the lines of a per-step JSON-lines record past `step` (they are about to be trained
+    again), atomically; the kept lines are copied byte for byte, a torn last line is dropped."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class RunLog:
     """One MLflow run as a worker sees it through the tracker actor (orchestrator.tracking.Tracker):
-    writes are sent without waiting."""
+    writes are sent without waiting, reads wait for the answer."""
 
     def __init__(self, tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
@@ -157,30 +176,53 @@ class RunLog:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics.remote(self.run_id, metrics, step)
 
+    def last_steps(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self.tracker.last_steps.remote(self.run_id))
 
 
 class MetricSinks:
     """Where rank 0 sends each step's metrics: MLflow (through the tracker actor), metrics.jsonl
     and progress.json.
 
-    `mlflow` is a RunLog (or anything with its method), or None to skip MLflow.
+    After a resume, each keeps one value per step: metrics.jsonl drops the steps past the
+    checkpoint (they are trained again), and MLflow, whose log_batch only appends to a metric's
+    history, is sent no step it already holds for that key. The replayed values are bitwise the
+    same, so what is kept is what an uninterrupted run would have logged.
+
+    `mlflow` is a RunLog (or anything with its two methods), or None to skip MLflow.
     """
 
-    def __init__(self, paths: RungPaths, total_steps: int, device: torch.device, mlflow=None):
+    def __init__(self, paths: RungPaths, total_steps: int, device: torch.device, mlflow=None,
+                 logged: dict[str, int] | None = None):
         self.paths, self.total, self.device, self.mlflow = paths, total_steps, device, mlflow
+        self.logged = dict(logged or {})  # metric key -> highest step MLflow already holds
         self.last_system = 0.0
         system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
+
+    @classmethod
+    def open(cls, paths: RungPaths, total_steps: int, device: torch.device, mlflow,
+             resumed_from: int) -> MetricSinks:
+        keep_steps_upto(paths.metrics, resumed_from)
+        logged = mlflow.last_steps() if mlflow is not None else {}  # once, not every step
+        return cls(paths, total_steps, device, mlflow, logged)
 
     def log(self, step: int, metrics: dict[str, float], loss: float) -> None:
         if self.mlflow is not None:
             if time.monotonic() - self.last_system >= SYSTEM_EVERY_S or step == self.total:
-                self.mlflow.log_metrics(system_metrics(self.device), step)
+                self._to_mlflow(system_metrics(self.device), step)
                 self.last_system = time.monotonic()
-            self.mlflow.log_metrics(metrics, step)
+            self._to_mlflow(metrics, step)
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
         append_jsonl(self.paths.metrics, {"step": step, **finite})
         write_json(self.paths.progress, {"step": step, "total": self.total, "loss": loss,
                                          "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
+
+    def _to_mlflow(self, metrics: dict[str, float], step: int) -> None:
+        new = {k: v for k, v in metrics.items() if step > self.logged.get(k, 0)}
+        if new:
+            self.mlflow.log_metrics(new, step)
 
 
 # ------------------------------------------------------------------ the worker
@@ -324,7 +366,7 @@ def train_loop(config: dict) -> None:
     if worker.rank == 0:
         tracker = config.get("tracker")
         mlflow = RunLog(tracker, config["run_id"]) if tracker is not None else None
-        sinks = MetricSinks(worker.paths, rung.steps, worker.device, mlflow)
+        sinks = MetricSinks.open(worker.paths, rung.steps, worker.device, mlflow, resumed_from=start)
     peak = peak_flops(worker.device)
     engine.train()
     t0 = time.perf_counter()
