@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
         train_loop,
         train_loop_config={
             "rung": rung.to_dict(), "run_dir": str(run_dir.resolve()), "tracker": tracker, "run_id": run_id,
+            # One id per fit: a worker group that finds it in resume.json is a restart within this fit.
+            "launch": uuid.uuid4().hex, "max_failures": max_failures,
         },
         scaling_config=ScalingConfig(
             num_workers=rung.workers, use_gpu=gpu,

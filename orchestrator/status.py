@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from contracts.layout import RungPaths, SweepPaths, read_json
+from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from orchestrator import checkpoint as ckpt
 from orchestrator.progress import duration
@@ -20,6 +20,11 @@ def planned_checkpoints(spec: SweepSpec, rung: RungConfig) -> list[int]:
     if which == "all":
         return sorted(every)
     return sorted(s for s in which if s in every)
+
+
+def restart_count(paths: RungPaths) -> int:
+    """How many times Ray Train restarted the rung's worker group after a failure, over all runs."""
+    return len(read_jsonl(paths.restarts))
 
 
 def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
@@ -48,5 +53,5 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         rows.append({"rung": r.key, "state": state, "step": step, "total": r.steps,
                      "last_checkpoint": sealed[-1].step if sealed else None,
                      "evals_done": sum(rec.get("state") == "done" for rec in recs), "evals_total": len(evals),
-                     "failures": "; ".join(failures)[:120], "eta": eta})
+                     "restarts": restart_count(paths), "failures": "; ".join(failures)[:120], "eta": eta})
     return rows

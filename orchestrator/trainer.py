@@ -4,7 +4,7 @@
 
     worker = start_worker(config)        this process's rank, device and process group
     engine = build_engine(worker)        the model, AdamW and LR schedule under DeepSpeed ZeRO
-    start  = resume(engine, worker)      the newest valid checkpoint
+    start  = resume(engine, worker)      the newest valid checkpoint; a Ray Train restart noted
     sinks  = MetricSinks.open(...)       rank 0: MLflow, metrics.jsonl, progress.json
     each step: train_step -> step_metrics -> sinks.log -> save_checkpoint when due
 
@@ -28,7 +28,8 @@ import torch
 import torch.distributed as dist
 
 from contracts.cost import flops_per_clip
-from contracts.layout import DS_TAG, EXPORT, PROBE, RungPaths, write_json
+from contracts.layout import DS_TAG, EXPORT, PROBE, RungPaths, read_json, read_jsonl, write_json
+from contracts.names import RESTARTS_METRIC, RESTARTS_TAG
 from contracts.spec import RungConfig
 from data4d.stream import PretrainStream
 from models.export import save_encoder
@@ -166,6 +167,25 @@ def keep_steps_upto(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def note_restart(paths: RungPaths, launch: str | None, resumed_from: int, max_failures: int) -> dict | None:
+    """Rank 0, as a worker group starts: if an earlier group of this same fit (`launch`) wrote
+    resume.json, Ray Train is restarting it after a failure. Appends the restart to
+    restarts.jsonl and returns it; None for the first group of a fit."""
+    before = read_json(paths.resume) or {}
+    if launch is None or before.get("launch") != launch:
+        return None
+    rec = {
+        "attempt": before.get("attempt", 0) + 1,
+        "max_failures": max_failures,
+        # progress.json still holds the last step the failed group finished.
+        "died_at_step": (read_json(paths.progress) or {}).get("step", before.get("step", 0)),
+        "resumed_from": resumed_from,
+        "time": time.time(),
+    }
+    append_jsonl(paths.restarts, rec)
+    return rec
+
+
 class RunLog:
     """One MLflow run as a worker sees it through the tracker actor (orchestrator.tracking.Tracker):
     writes are sent without waiting, reads wait for the answer."""
@@ -175,6 +195,9 @@ class RunLog:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.tracker.log_metrics.remote(self.run_id, metrics, step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tracker.set_tags.remote(self.run_id, tags)
 
     def last_steps(self) -> dict[str, int]:
         import ray
@@ -191,7 +214,7 @@ class MetricSinks:
     history, is sent no step it already holds for that key. The replayed values are bitwise the
     same, so what is kept is what an uninterrupted run would have logged.
 
-    `mlflow` is a RunLog (or anything with its two methods), or None to skip MLflow.
+    `mlflow` is a RunLog (or anything with its three methods), or None to skip MLflow.
     """
 
     def __init__(self, paths: RungPaths, total_steps: int, device: torch.device, mlflow=None,
@@ -224,6 +247,14 @@ class MetricSinks:
         if new:
             self.mlflow.log_metrics(new, step)
 
+    def log_restart(self, restart: dict) -> None:
+        """The restart count, as a metric at the step the failed group reached and as a tag."""
+        if self.mlflow is None:
+            return
+        count = len(read_jsonl(self.paths.restarts))
+        self.mlflow.log_metrics({RESTARTS_METRIC: count}, restart["died_at_step"])
+        self.mlflow.set_tags({RESTARTS_TAG: str(count)})
+
 
 # ------------------------------------------------------------------ the worker
 
@@ -250,6 +281,12 @@ class Worker:
     def dtype(self) -> torch.dtype:
         """What the engine's parameters hold."""
         return torch.bfloat16 if self.rung.precision == "bf16" else torch.float32
+
+
+@dataclass(frozen=True)
+class Start:
+    step: int  # the checkpoint step training resumes from (0: from scratch)
+    restart: dict | None  # set when Ray Train restarted this fit's worker group (rank 0 only)
 
 
 def start_worker(config: dict) -> Worker:
@@ -289,9 +326,9 @@ def build_engine(worker: Worker):
     return engine, scheduler
 
 
-def resume(engine, worker: Worker) -> int:
+def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Start:
     """Load Ray's latest registered checkpoint, or an older one if it is corrupt, or the newest
-    valid one on disk. Rank 0 records where this worker group started (resume.json). -> the step"""
+    valid one on disk. Rank 0 records where this worker group started (resume.json)."""
     import ray.train as train
 
     key, paths = worker.rung.key, worker.paths
@@ -302,13 +339,15 @@ def resume(engine, worker: Worker) -> int:
         engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
         step = found.step
     if worker.rank != 0:
-        return step
+        return Start(step, None)
     for w in warnings:
         print(f"WARNING [{key}] {w}", flush=True)
     if found is not None:
         print(f"[{key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
-    write_json(paths.resume, {"step": step, "warnings": warnings, "time": time.time()})
-    return step
+    restart = note_restart(paths, launch, step, max_failures)
+    write_json(paths.resume, {"step": step, "warnings": warnings, "time": time.time(), "launch": launch,
+                              "attempt": restart["attempt"] if restart else 0})
+    return Start(step, restart)
 
 
 def record_worker(engine, worker: Worker, start: int) -> None:
@@ -360,17 +399,19 @@ def train_loop(config: dict) -> None:
     worker = start_worker(config)
     rung = worker.rung
     engine, scheduler = build_engine(worker)
-    start = resume(engine, worker)
-    record_worker(engine, worker, start)
+    start = resume(engine, worker, config.get("launch"), config.get("max_failures", 0))
+    record_worker(engine, worker, start.step)
     sinks = None
     if worker.rank == 0:
         tracker = config.get("tracker")
         mlflow = RunLog(tracker, config["run_id"]) if tracker is not None else None
-        sinks = MetricSinks.open(worker.paths, rung.steps, worker.device, mlflow, resumed_from=start)
+        sinks = MetricSinks.open(worker.paths, rung.steps, worker.device, mlflow, resumed_from=start.step)
+        if start.restart:
+            sinks.log_restart(start.restart)
     peak = peak_flops(worker.device)
     engine.train()
     t0 = time.perf_counter()
-    for step, clips in batches(worker, start):
+    for step, clips in batches(worker, start.step):
         lr = scheduler.get_last_lr()[0]
         loss = train_step(engine, worker, step, clips)
         seconds = time.perf_counter() - t0  # this step's data + compute; checkpoint time is not counted
