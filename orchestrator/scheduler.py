@@ -29,7 +29,7 @@ from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
 from orchestrator.state import SweepLock, git_commit
-from orchestrator.status import restart_count
+from orchestrator.status import read_rung_state, restart_count
 from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
 
 EVAL_ATTEMPTS = 2
@@ -267,7 +267,7 @@ class Sweep:
         for rr in queue:
             if ckpt.is_trained(rr.rung, self.root):
                 rr.state = "done"
-                self._status(rr)
+            self._status(rr)  # pending too: a status.json left "running" by a killed driver is stale
         try:
             while True:
                 self.lock.beat()
@@ -445,17 +445,15 @@ class Sweep:
         return 0 if ok else 1
 
     def snapshot(self) -> list[dict]:
+        """The live table's rows; the state by the same rule as `sweep status` (orchestrator.status)."""
         rows = []
         for rr in self.runs.values():
             paths = RungPaths.for_rung(rr.rung, self.root)
             prog = read_json(paths.progress) or {}
             step = prog.get("step", 0)
             rate = prog.get("clips_per_s")
-            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
-            state = rr.state
-            rank0 = read_json(paths.worker(0)) or {}
-            if state == "running" and rank0.get("time", 0) < rr.submitted:
-                state = "queued"  # submitted, waiting for its placement group
+            state = read_rung_state(rr.rung, self.root, driver_alive=True)  # this process is the driver
+            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and state == "running" else None
             rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps,
                          "loss": prog.get("loss"), "clips_per_s": rate, "eta_s": eta,
                          "evals_done": rr.evals_done, "evals_total": rr.evals_total,
