@@ -10,9 +10,11 @@
             info.json                      resolved config, identity, git commit, MLflow run id (driver)
             status.json                    pending | running | done | failed | interrupted, reason, times (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
-            metrics.jsonl                  one line per optimiser step: the training metrics (rank 0)
-            resume.json                    where the latest worker group started: step, warnings, attempt (rank 0)
-            restarts.jsonl                 one line per worker-group restart after a failure (rank 0)
+            metrics.jsonl                  one line per optimiser step, once even after a resume (rank 0)
+            resume.json                    where the latest worker group started: step, warnings, the fit's
+                                           launch id, attempt (rank 0)
+            restarts.jsonl                 one line per worker-group restart after a failure: attempt,
+                                           max_failures, died_at_step, resumed_from, time (rank 0)
             failure.json                   why training stopped for good (a diverged loss), if it did (rank 0)
             workers/rank<N>.json           who ran where: pid, node, ZeRO partition size, start step (each rank)
             checkpoints/step_<8 digits>/   a sealed checkpoint (orchestrator.checkpoint):

@@ -14,6 +14,8 @@ RUNG_TAG = "sweep4d.rung"
 STATUS_TAG = "sweep4d.status"
 FAILURE_TAG = "sweep4d.failure"
 GIT_TAG = "sweep4d.git_commit"
+RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung's worker group
+RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
 
 
 def eval_metric_key(task: str, mode: str, metric: str) -> str:

@@ -180,18 +180,27 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
 
 @app.command()
 @user_errors_exit_2
-def status(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
-    """Where a sweep stands: rung x (state, step / total, last checkpoint, evals, failures, ETA)."""
+def status(
+    spec: SpecArg,
+    runs_dir: RunsOpt = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as a JSON list")] = False,
+):
+    """Where a sweep stands: rung x (state, step / total, last checkpoint, evals, restarts, failures, ETA)."""
+    from orchestrator.progress import duration
     from orchestrator.status import status_rows
 
     s = load_spec(spec)
     rows = status_rows(s, runs_dir)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
     t = Table(title=f"sweep '{s.name}'")
-    for col in ("rung", "state", "step", "last checkpoint", "evals", "failures", "ETA"):
+    for col in ("rung", "state", "step", "last checkpoint", "evals", "restarts", "failures", "ETA"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["rung"], r["state"], f"{r['step']}/{r['total']}", str(r["last_checkpoint"] or "-"),
-                  f"{r['evals_done']}/{r['evals_total']}", r["failures"] or "", r["eta"])
+                  f"{r['evals_done']}/{r['evals_total']}", str(r["restarts"]), "; ".join(r["failures"])[:120],
+                  duration(r["eta_s"]))
     out.print(t)
 
 

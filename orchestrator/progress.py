@@ -17,9 +17,17 @@ def duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def restart_line(rung_key: str, restart: dict) -> str:
+    """One restarts.jsonl record (orchestrator.trainer.note_restart) as a progress line."""
+    start = restart["resumed_from"]
+    where = f"checkpoint {start}" if start else "the first step (no checkpoint yet)"
+    return (f"[{rung_key}] worker died at step {restart['died_at_step']}; restarted from {where} "
+            f"(attempt {restart['attempt']} of {restart['max_failures']})")
+
+
 def rung_table(rows: list[dict], title: str) -> Table:
     t = Table(title=title)
-    for col in ("rung", "state", "step", "loss", "clips/s", "ETA", "evals", "note"):
+    for col in ("rung", "state", "step", "loss", "clips/s", "ETA", "evals", "restarts", "note"):
         t.add_column(col, justify="right" if col not in ("rung", "state", "note") else "left")
     for r in rows:
         color = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}.get(r["state"], "white")
@@ -27,7 +35,7 @@ def rung_table(rows: list[dict], title: str) -> Table:
         t.add_row(r["rung"], f"[{color}]{r['state']}[/]", f"{r['step']}/{r['total']}",
                   f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
                   f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-", duration(r.get("eta_s")), evals,
-                  (r.get("reason") or "")[:60])
+                  str(r.get("restarts", 0)), (r.get("reason") or "")[:60])
     return t
 
 

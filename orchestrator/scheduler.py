@@ -21,13 +21,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.layout import RungPaths, SweepPaths, read_json, write_json
+from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
 from contracts.names import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric_key
 from contracts.spec import Data, Readout, RungConfig, SpecError, SweepSpec, load_spec
 from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import RungOutcome, fit_rung
+from orchestrator.progress import restart_line
 from orchestrator.state import SweepLock, git_commit
+from orchestrator.status import read_rung_state, restart_count
 from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
 
 EVAL_ATTEMPTS = 2
@@ -148,6 +150,7 @@ class RungRun:
     evals_done: int = 0
     evals_failed: int = 0
     failures: list[str] = field(default_factory=list)
+    restarts_seen: int = 0  # lines of restarts.jsonl already announced
 
 
 # ------------------------------------------------------------------ the driver
@@ -264,7 +267,7 @@ class Sweep:
         for rr in queue:
             if ckpt.is_trained(rr.rung, self.root):
                 rr.state = "done"
-                self._status(rr)
+            self._status(rr)  # pending too: a status.json left "running" by a killed driver is stale
         try:
             while True:
                 self.lock.beat()
@@ -272,6 +275,7 @@ class Sweep:
                 for rr in [q for q in queue if q.state == "pending"][: max(0, self.max_concurrent - len(running))]:
                     self._start_rung(rr)
                 for rr in running:
+                    self._announce_restarts(rr)
                     if not rr.thread.is_alive():
                         self._finish_rung(rr)
                 if not self.train_only:
@@ -299,6 +303,7 @@ class Sweep:
 
     def _start_rung(self, rr: RungRun) -> None:
         rr.state, rr.submitted = "running", time.time()
+        rr.restarts_seen = restart_count(RungPaths.for_rung(rr.rung, self.root))  # earlier runs' restarts
         self._status(rr)
 
         def target():
@@ -311,7 +316,15 @@ class Sweep:
         rr.thread.start()
         self.say(f"[{rr.rung.key}] submitted ({rr.rung.workers} workers, {rr.rung.steps} steps)")
 
+    def _announce_restarts(self, rr: RungRun) -> None:
+        """Print the worker-group restarts rank 0 recorded since the last tick."""
+        restarts = read_jsonl(RungPaths.for_rung(rr.rung, self.root).restarts)
+        for rec in restarts[rr.restarts_seen :]:
+            self.say(restart_line(rr.rung.key, rec))
+        rr.restarts_seen = max(rr.restarts_seen, len(restarts))
+
     def _finish_rung(self, rr: RungRun) -> None:
+        self._announce_restarts(rr)  # one recorded in the last tick
         o = rr.outcome
         paths = RungPaths.for_rung(rr.rung, self.root)
         resume = read_json(paths.resume) or {}
@@ -432,19 +445,20 @@ class Sweep:
         return 0 if ok else 1
 
     def snapshot(self) -> list[dict]:
+        """The live table's rows; the state by the same rule as `sweep status` (orchestrator.status)."""
         rows = []
         for rr in self.runs.values():
-            prog = read_json(RungPaths.for_rung(rr.rung, self.root).progress) or {}
+            paths = RungPaths.for_rung(rr.rung, self.root)
+            prog = read_json(paths.progress) or {}
             step = prog.get("step", 0)
             rate = prog.get("clips_per_s")
-            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
-            state = rr.state
-            rank0 = read_json(RungPaths.for_rung(rr.rung, self.root).worker(0)) or {}
-            if state == "running" and rank0.get("time", 0) < rr.submitted:
-                state = "queued"  # submitted, waiting for its placement group
-            rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
-                         "clips_per_s": rate, "eta_s": eta, "evals_done": rr.evals_done, "evals_total": rr.evals_total,
-                         "evals_failed": rr.evals_failed, "reason": rr.reason})
+            state = read_rung_state(rr.rung, self.root, driver_alive=True)  # this process is the driver
+            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and state == "running" else None
+            rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps,
+                         "loss": prog.get("loss"), "clips_per_s": rate, "eta_s": eta,
+                         "evals_done": rr.evals_done, "evals_total": rr.evals_total,
+                         "evals_failed": rr.evals_failed, "restarts": restart_count(paths),
+                         "reason": rr.reason})
         return rows
 
     def summary(self) -> dict:

@@ -1,14 +1,14 @@
-"""`sweep status`: a sweep's state read from disk alone, safe while a sweep runs."""
+"""`sweep status`: a sweep's state read from disk alone, safe while a sweep runs. The rule
+that names a rung's state lives here, for `sweep status` and the live table alike."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from contracts.layout import RungPaths, SweepPaths, read_json
+from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from orchestrator import checkpoint as ckpt
-from orchestrator.progress import duration
 from orchestrator.state import SweepLock
 
 
@@ -22,7 +22,39 @@ def planned_checkpoints(spec: SweepSpec, rung: RungConfig) -> list[int]:
     return sorted(s for s in which if s in every)
 
 
+def rung_state(status: dict, rank0: dict, *, trained: bool, driver_alive: bool) -> str:
+    """pending | queued | running | done | failed | interrupted, from the rung's records.
+
+    status: the driver's status.json; rank0: workers/rank0.json; trained: the final checkpoint
+    is sealed. A rung the driver submitted but whose rank-0 worker has not started since (its
+    record is older than the submission) is waiting for its placement group: queued.
+    """
+    state = status.get("state", "pending")
+    if trained:
+        return "failed" if state == "failed" else "done"
+    if state != "running":
+        return state
+    if not driver_alive:
+        return "interrupted"  # the driver is gone; the next `sweep run` resumes it
+    if rank0.get("time", 0) < status.get("submitted", 0):
+        return "queued"
+    return "running"
+
+
+def read_rung_state(rung: RungConfig, runs_root: Path, driver_alive: bool) -> str:
+    paths = RungPaths.for_rung(rung, runs_root)
+    return rung_state(read_json(paths.status) or {}, read_json(paths.worker(0)) or {},
+                      trained=ckpt.is_trained(rung, runs_root), driver_alive=driver_alive)
+
+
+def restart_count(paths: RungPaths) -> int:
+    """How many times Ray Train restarted the rung's worker group after a failure, over all runs."""
+    return len(read_jsonl(paths.restarts))
+
+
 def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
+    """One row per rung: rung, state, step, total, last_checkpoint, evals_done, evals_total,
+    restarts, failures (a list of reasons), eta_s (seconds, or None)."""
     root = runs_root.resolve()
     driver_alive = SweepLock(SweepPaths.of(root, spec.name).lock).holder() is not None
     rows = []
@@ -30,13 +62,10 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         paths = RungPaths.for_rung(r, root)
         st = read_json(paths.status) or {}
         prog = read_json(paths.progress) or {}
-        state = st.get("state", "pending")
-        if ckpt.is_trained(r, root):
-            state = "done" if state != "failed" else state
-        elif state == "running" and not driver_alive:
-            state = "interrupted"  # the driver is gone; the next `sweep run` resumes it
+        state = read_rung_state(r, root, driver_alive)
         sealed = ckpt.list_steps(paths.root)
-        evals = [(s, t, m) for s in planned_checkpoints(spec, r) for t in spec.evals.tasks for m in spec.evals.modes]
+        ev = spec.evals
+        evals = [(s, t, m) for s in planned_checkpoints(spec, r) for t in ev.tasks for m in ev.modes]
         recs = [read_json(paths.eval_record(s, t, m)) or {} for s, t, m in evals]
         failures = [rec.get("reason", "") for rec in recs if rec.get("state") == "failed"]
         if st.get("reason") and state == "failed":
@@ -44,9 +73,9 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         step = prog.get("step", sealed[-1].step if sealed else 0)
         rate = prog.get("clips_per_s")
         fresh = time.time() - prog.get("time", 0) < 120
-        eta = duration((r.steps - step) * r.batch_size / rate) if state == "running" and rate and fresh else "-"
+        eta = (r.steps - step) * r.batch_size / rate if state == "running" and rate and fresh else None
         rows.append({"rung": r.key, "state": state, "step": step, "total": r.steps,
                      "last_checkpoint": sealed[-1].step if sealed else None,
                      "evals_done": sum(rec.get("state") == "done" for rec in recs), "evals_total": len(evals),
-                     "failures": "; ".join(failures)[:120], "eta": eta})
+                     "restarts": restart_count(paths), "failures": failures, "eta_s": eta})
     return rows

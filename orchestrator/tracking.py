@@ -116,6 +116,13 @@ class Tracker:
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, local_path, artifact_path)
 
+    def last_steps(self, run_id: str) -> dict[str, int]:
+        """The highest step logged so far for each metric key of a run (what a resumed worker
+        must not log again: log_batch appends, so a step sent twice is in the history twice)."""
+        self.flush()
+        keys = self.client.get_run(run_id).data.metrics
+        return {k: max(m.step for m in self.client.get_metric_history(run_id, k)) for k in keys}
+
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         self.flush()
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]

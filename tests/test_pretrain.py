@@ -2,11 +2,13 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import textwrap
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,12 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from contracts.layout import RungPaths
-from contracts.names import RUNG_KEY_TAG, STATUS_TAG
+from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, RUNG_KEY_TAG, STATUS_TAG
+from contracts.spec import load_spec
 from models.export import load_encoder
 from orchestrator import checkpoint as ckpt
 from orchestrator.scheduler import open_sweep
+from orchestrator.status import status_rows
 
 pytestmark = pytest.mark.slow
 
@@ -103,13 +107,18 @@ def test_export_loads_into_plain_encoder_with_the_engines_features(reference):
     assert torch.allclose(mine, probe["features"], atol=1e-5), (mine - probe["features"]).abs().max()
 
 
-def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
-    root, run_dir = reference
+def rung_run(root: Path, run_dir: Path):
+    """The rung's MLflow run, and a client on the sweep's store."""
     client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("pt")
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUNG_KEY_TAG}` = '{run_dir.name}'")
     assert len(runs) == 1
-    run = runs[0]
+    return client, runs[0]
+
+
+def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
+    root, run_dir = reference
+    client, run = rung_run(root, run_dir)
     assert run.info.run_name.startswith("tiny-") and run.data.tags[STATUS_TAG] == "finished"
     p = run.data.params
     assert (p["width"], p["depth"], p["heads"], p["mlp"]) == ("32", "2", "2", "64")
@@ -124,9 +133,11 @@ def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
 def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(reference, tmp_path):
     _, ref_dir = reference
     killed = {}
+    said = []
 
     def killer(sweep):
         run_dir = sweep.root / "pt" / sweep.rungs[0].key
+        sweep.say = said.append  # the driver's progress lines
 
         def watch():
             deadline = time.time() + 240
@@ -147,6 +158,25 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
     rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
     assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4  # a new worker resumed from a checkpoint
     assert losses(run_dir) == losses(ref_dir)  # bitwise: same loss at every step
+
+    # The restart is visible: a progress line, the rung's MLflow run, `sweep status`.
+    restarts = [line for line in said if "worker died" in line]
+    pattern = (rf"\[{re.escape(run_dir.name)}\] worker died at step (\d+); "
+               r"restarted from checkpoint (\d+) \(attempt 1 of 2\)")
+    assert len(restarts) == 1 and re.fullmatch(pattern, restarts[0]), said
+    died, resumed = map(int, re.fullmatch(pattern, restarts[0]).groups())
+    assert resumed == rank1["start_step"] and resumed <= died < 12
+    client, run = rung_run(tmp_path, run_dir)
+    history = partial(client.get_metric_history, run.info.run_id)
+    assert run.data.tags[RESTARTS_TAG] == "1"
+    assert [(m.step, m.value) for m in history(RESTARTS_METRIC)] == [(died, 1.0)]
+    [row] = status_rows(load_spec(tmp_path / "spec.yaml"), tmp_path / "runs")
+    assert row["restarts"] == 1 and row["state"] == "done"
+    # One value per step, though the steps after the checkpoint were trained twice.
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    for key in ("train/loss", "train/lr", "train/clips_per_s"):
+        assert sorted(m.step for m in history(key)) == list(range(1, 13)), key
 
 
 def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(reference, tmp_path):

@@ -1,0 +1,481 @@
+"""The worker side of pretraining: what every Ray Train worker of a rung runs.
+
+`train_loop` reads as the run does, top to bottom:
+
+    worker = start_worker(config)        this process's rank, device and process group
+    engine = build_engine(worker)        the model, AdamW and LR schedule under DeepSpeed ZeRO
+    start  = resume(engine, worker)      the newest valid checkpoint; a Ray Train restart noted
+    sinks  = MetricSinks.open(...)       rank 0: MLflow, metrics.jsonl, progress.json
+    each step: train_step -> step_metrics -> sinks.log -> save_checkpoint when due
+
+Batches and masks are pure functions of (seed, step, rank), so a resumed run logs the same
+losses as one never stopped. The driver side (the TorchTrainer, outcomes): orchestrator.pretrain.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from itertools import takewhile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from contracts.cost import flops_per_clip
+from contracts.layout import DS_TAG, EXPORT, PROBE, RungPaths, read_json, read_jsonl, write_json
+from contracts.names import RESTARTS_METRIC, RESTARTS_TAG
+from contracts.spec import RungConfig
+from data4d.stream import PretrainStream
+from models.export import save_encoder
+from models.mae import VideoMAE, normalize_video, random_masking
+from orchestrator import checkpoint as ckpt
+
+# Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+SYSTEM_EVERY_S = 10.0
+
+
+# ------------------------------------------------------------------ pure pieces
+
+
+def deepspeed_config(rung: RungConfig, workers: int) -> dict:
+    accum = rung.batch_size // (rung.micro_batch_size * workers)
+    gpu = rung.gpus > 0
+    return {
+        "train_batch_size": rung.batch_size,
+        "train_micro_batch_size_per_gpu": rung.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": rung.optimizer.grad_clip,
+        "bf16": {"enabled": rung.precision == "bf16"},
+        "zero_optimization": {
+            "stage": rung.zero_stage,
+            "overlap_comm": gpu,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 5e7,
+            "stage3_prefetch_bucket_size": 5e7,
+            "stage3_param_persistence_threshold": 1e5 if gpu else 0,  # on CPU keep everything partitioned
+        },
+        "zero_allow_untested_optimizer": True,  # a plain torch AdamW (fused on GPU)
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_factor(step: int, rung: RungConfig) -> float:
+    """Multiplier of the base LR at optimiser step `step` (0-based): linear warmup, then cosine or
+    constant."""
+    s = rung.schedule
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    if s.kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - s.warmup_steps) / max(1, rung.steps - s.warmup_steps))
+    return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def mask_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 10_007 + rank
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases, position embeddings and the mask token."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        shape = getattr(p, "ds_shape", p.shape)  # partitioned params report their full shape here
+        (no_decay if len(shape) < 2 or "pos_embed" in name or "mask_token" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def system_metrics(device: torch.device) -> dict[str, float]:
+    """This worker's node, under the names MLflow's UI shows in its System metrics tab."""
+    import psutil
+
+    mem = psutil.virtual_memory()
+    out = {
+        "system/cpu_utilization_percentage": psutil.cpu_percent(),
+        "system/system_memory_usage_megabytes": (mem.total - mem.available) / 2**20,
+        "system/system_memory_usage_percentage": mem.percent,
+    }
+    if device.type == "cuda":
+        i = device.index or 0
+        out[f"system/gpu_{i}_memory_usage_megabytes"] = torch.cuda.memory_allocated(device) / 2**20
+        out[f"system/gpu_{i}_peak_memory_megabytes"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def step_metrics(rung: RungConfig, loss: float, lr: float, grad_norm, seconds: float, world: int,
+                 peak: float | None) -> dict[str, float]:
+    """One optimiser step's training metrics, under their MLflow names."""
+    flops_step = flops_per_clip(rung.model).train * rung.batch_size
+    metrics = {
+        "train/loss": loss,
+        "train/lr": lr,
+        "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "train/clips_per_s": rung.batch_size / seconds,
+        "train/tokens_per_s": rung.batch_size * rung.model.num_tokens / seconds,
+        "train/tflops": flops_step / seconds / 1e12,
+    }
+    if peak:
+        metrics["train/mfu"] = flops_step / seconds / (peak * world)
+    return metrics
+
+
+def divergence(loss: float, step: int) -> str | None:
+    """Why training must stop at `step` (1-based), or None while the loss is finite."""
+    if math.isfinite(loss):
+        return None
+    return f"loss is {loss} at step {step}: training diverged (lower the learning rate or add warmup)"
+
+
+# ------------------------------------------------------------------ records rank 0 keeps
+
+
+def append_jsonl(path: Path, rec: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def keep_steps_upto(path: Path, step: int) -> None:
+    """Drop the lines of a per-step JSON-lines record past `step` (they are about to be trained
+    again), atomically; the kept lines are copied byte for byte, a torn last line is dropped."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def note_restart(paths: RungPaths, launch: str | None, resumed_from: int, max_failures: int) -> dict | None:
+    """Rank 0, as a worker group starts: if an earlier group of this same fit (`launch`) wrote
+    resume.json, Ray Train is restarting it after a failure. Appends the restart to
+    restarts.jsonl and returns it; None for the first group of a fit."""
+    before = read_json(paths.resume) or {}
+    if launch is None or before.get("launch") != launch:
+        return None
+    rec = {
+        "attempt": before.get("attempt", 0) + 1,
+        "max_failures": max_failures,
+        # progress.json still holds the last step the failed group finished.
+        "died_at_step": (read_json(paths.progress) or {}).get("step", before.get("step", 0)),
+        "resumed_from": resumed_from,
+        "time": time.time(),
+    }
+    append_jsonl(paths.restarts, rec)
+    return rec
+
+
+class RunLog:
+    """One MLflow run as a worker sees it through the tracker actor (orchestrator.tracking.Tracker):
+    writes are sent without waiting, reads wait for the answer."""
+
+    def __init__(self, tracker, run_id: str):
+        self.tracker, self.run_id = tracker, run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.tracker.log_metrics.remote(self.run_id, metrics, step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tracker.set_tags.remote(self.run_id, tags)
+
+    def last_steps(self) -> dict[str, int]:
+        import ray
+
+        return ray.get(self.tracker.last_steps.remote(self.run_id))
+
+
+class MetricSinks:
+    """Where rank 0 sends each step's metrics: MLflow (through the tracker actor), metrics.jsonl
+    and progress.json.
+
+    After a resume, each keeps one value per step: metrics.jsonl drops the steps past the
+    checkpoint (they are trained again), and MLflow, whose log_batch only appends to a metric's
+    history, is sent no step it already holds for that key. The replayed values are bitwise the
+    same, so what is kept is what an uninterrupted run would have logged.
+
+    `mlflow` is a RunLog (or anything with its three methods), or None to skip MLflow.
+    """
+
+    def __init__(self, paths: RungPaths, total_steps: int, device: torch.device, mlflow=None,
+                 logged: dict[str, int] | None = None):
+        self.paths, self.total, self.device, self.mlflow = paths, total_steps, device, mlflow
+        self.logged = dict(logged or {})  # metric key -> highest step MLflow already holds
+        self.last_system = 0.0
+        system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
+
+    @classmethod
+    def open(cls, paths: RungPaths, total_steps: int, device: torch.device, mlflow,
+             resumed_from: int) -> MetricSinks:
+        keep_steps_upto(paths.metrics, resumed_from)
+        logged = mlflow.last_steps() if mlflow is not None else {}  # once, not every step
+        return cls(paths, total_steps, device, mlflow, logged)
+
+    def log(self, step: int, metrics: dict[str, float], loss: float) -> None:
+        if self.mlflow is not None:
+            if time.monotonic() - self.last_system >= SYSTEM_EVERY_S or step == self.total:
+                self._to_mlflow(system_metrics(self.device), step)
+                self.last_system = time.monotonic()
+            self._to_mlflow(metrics, step)
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        append_jsonl(self.paths.metrics, {"step": step, **finite})
+        write_json(self.paths.progress, {"step": step, "total": self.total, "loss": loss,
+                                         "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
+
+    def _to_mlflow(self, metrics: dict[str, float], step: int) -> None:
+        new = {k: v for k, v in metrics.items() if step > self.logged.get(k, 0)}
+        if new:
+            self.mlflow.log_metrics(new, step)
+
+    def log_restart(self, restart: dict) -> None:
+        """The restart count, as a metric at the step the failed group reached and as a tag."""
+        if self.mlflow is None:
+            return
+        count = len(read_jsonl(self.paths.restarts))
+        self.mlflow.log_metrics({RESTARTS_METRIC: count}, restart["died_at_step"])
+        self.mlflow.set_tags({RESTARTS_TAG: str(count)})
+
+
+# ------------------------------------------------------------------ the worker
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in the rung's worker group."""
+
+    rung: RungConfig
+    paths: RungPaths
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def per_rank(self) -> int:
+        return self.rung.batch_size // self.world
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """What the engine's parameters hold."""
+        return torch.bfloat16 if self.rung.precision == "bf16" else torch.float32
+
+
+@dataclass(frozen=True)
+class Start:
+    step: int  # the checkpoint step training resumes from (0: from scratch)
+    restart: dict | None  # set when Ray Train restarted this fit's worker group (rank 0 only)
+
+
+def start_worker(config: dict) -> Worker:
+    import deepspeed
+    import ray.train as train
+
+    rung = RungConfig.from_dict(config["rung"])
+    ctx = train.get_context()
+    gpu = rung.gpus > 0
+    device = torch.device("cuda", ctx.get_local_rank()) if gpu else torch.device("cpu")
+    if gpu:
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(rung.cpus_per_worker)
+    deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")  # reuses the group Ray Train set up
+    paths = RungPaths(Path(config["run_dir"]))
+    return Worker(rung, paths, ctx.get_world_rank(), ctx.get_world_size(), device)
+
+
+def build_engine(worker: Worker):
+    """The model on every rank, partitioned as it is created; AdamW; the LR schedule.
+    -> (engine, scheduler)"""
+    import deepspeed
+
+    rung = worker.rung
+    ds_config = deepspeed_config(rung, worker.world)
+    torch.manual_seed(rung.seed)
+    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config):
+        model = VideoMAE(rung.model)
+    model.encoder.activation_checkpointing = rung.activation_checkpointing
+    o = rung.optimizer
+    groups = param_groups(model, o.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=worker.gpu)
+    schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, rung=rung))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                                   config=ds_config)
+    return engine, scheduler
+
+
+def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Start:
+    """Load Ray's latest registered checkpoint, or an older one if it is corrupt, or the newest
+    valid one on disk. Rank 0 records where this worker group started (resume.json)."""
+    import ray.train as train
+
+    key, paths = worker.rung.key, worker.paths
+    registered = train.get_checkpoint()
+    found, warnings = ckpt.latest_valid(paths.root, start_from=Path(registered.path) if registered else None)
+    step = 0
+    if found is not None:
+        engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
+        step = found.step
+    if worker.rank != 0:
+        return Start(step, None)
+    for w in warnings:
+        print(f"WARNING [{key}] {w}", flush=True)
+    if found is not None:
+        print(f"[{key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
+    restart = note_restart(paths, launch, step, max_failures)
+    write_json(paths.resume, {"step": step, "warnings": warnings, "time": time.time(), "launch": launch,
+                              "attempt": restart["attempt"] if restart else 0})
+    return Start(step, restart)
+
+
+def record_worker(engine, worker: Worker, start: int) -> None:
+    """Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning)."""
+    import ray
+
+    params = engine.module.parameters()
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
+    write_json(worker.paths.worker(worker.rank), {
+        "rank": worker.rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": os.uname().nodename, "local_param_elements": local,
+        "total_param_elements": worker.rung.total_params, "start_step": start, "time": time.time(),
+    })
+
+
+def batches(worker: Worker, start: int):
+    """(step, clips) from `start` to the last step; clips: (per_rank, T, S, S, 3) uint8."""
+    rung = worker.rung
+    stream = PretrainStream(rung.data, rung.seed, worker.per_rank, worker.rank, worker.world)
+    if worker.gpu:
+        # Render the next batches in a background thread while this one trains. On CPU
+        # workers that thread would only compete with compute for the same cores.
+        return takewhile(lambda item: item[0] < rung.steps, stream.iter_from(start))
+    return ((s, stream.batch(s)) for s in range(start, rung.steps))
+
+
+def train_step(engine, worker: Worker, step: int, clips: torch.Tensor) -> float:
+    """One optimiser step over this rank's clips, in micro-batches. -> the mean loss over all ranks."""
+    rung, device = worker.rung, worker.device
+    per_rank, micro = worker.per_rank, rung.micro_batch_size
+    mask_gen = torch.Generator().manual_seed(mask_seed(rung.seed, step, worker.rank))
+    visible, masked = random_masking(per_rank, rung.model, mask_gen)
+    loss_sum = torch.zeros((), device=device)
+    for i in range(0, per_rank, micro):
+        video = normalize_video(clips[i : i + micro].to(device, non_blocking=True)).to(worker.dtype)
+        loss = engine(video, visible[i : i + micro].to(device, non_blocking=True),
+                      masked[i : i + micro].to(device, non_blocking=True))
+        engine.backward(loss)
+        engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
+        loss_sum += loss.detach().float()
+    dist.all_reduce(loss_sum)
+    return loss_sum.item() / (worker.world * (per_rank // micro))
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train as train
+
+    worker = start_worker(config)
+    rung = worker.rung
+    engine, scheduler = build_engine(worker)
+    start = resume(engine, worker, config.get("launch"), config.get("max_failures", 0))
+    record_worker(engine, worker, start.step)
+    sinks = None
+    if worker.rank == 0:
+        tracker = config.get("tracker")
+        mlflow = RunLog(tracker, config["run_id"]) if tracker is not None else None
+        sinks = MetricSinks.open(worker.paths, rung.steps, worker.device, mlflow, resumed_from=start.step)
+        if start.restart:
+            sinks.log_restart(start.restart)
+    peak = peak_flops(worker.device)
+    engine.train()
+    t0 = time.perf_counter()
+    for step, clips in batches(worker, start.step):
+        lr = scheduler.get_last_lr()[0]
+        loss = train_step(engine, worker, step, clips)
+        seconds = time.perf_counter() - t0  # this step's data + compute; checkpoint time is not counted
+        metrics = step_metrics(rung, loss, lr, engine.get_global_grad_norm(), seconds, worker.world, peak)
+        done = step + 1
+        failure = divergence(loss, done)
+        if failure:
+            metrics.pop("train/loss")
+        if sinks:
+            sinks.log(done, metrics, loss)
+        if failure:
+            if worker.rank == 0:
+                print(f"ERROR [{rung.key}] {failure}", flush=True)
+                write_json(worker.paths.failure, {"reason": failure, "step": done})
+            # Ends the run without an exception: a divergence would only repeat if Ray retried it.
+            train.report({"step": done, "loss": loss})
+            return
+        if done % rung.checkpoint_interval == 0 or done == rung.steps:
+            save_checkpoint(engine, worker, done, {"step": done, "loss": loss})
+        t0 = time.perf_counter()
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def probe_features(engine, rung: RungConfig) -> dict[str, torch.Tensor]:
+    """The engine's own features for one fixed clip, kept to check the export against."""
+    gen = torch.Generator().manual_seed(rung.seed)
+    video = torch.randint(0, 256, (1, rung.model.frames, rung.model.size, rung.model.size, 3), generator=gen,
+                          dtype=torch.uint8)
+    every = torch.arange(rung.model.num_tokens)[None]
+    engine.eval()
+    with torch.no_grad():
+        x = normalize_video(video).to(engine.device)
+        dtype = next(iter(engine.module.parameters())).dtype
+        feats = engine.module.encoder(x.to(dtype), every.to(engine.device))
+    engine.train()
+    return {"video": video, "features": feats.float().cpu()}
+
+
+def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
+    """Every rank writes its ZeRO shards into a staging dir; rank 0 exports the encoder, seals, registers."""
+    import ray.train as train
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from ray.train import Checkpoint, CheckpointUploadMode
+    from safetensors.torch import save_file
+
+    rung, paths, rank = worker.rung, worker.paths, worker.rank
+    staging, final_dir = paths.staging(step), paths.checkpoint(step)
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(staging), tag=DS_TAG)
+    probe = probe_features(engine, rung) if step == rung.steps else None
+    dist.barrier()
+    if rank == 0:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(staging), tag=DS_TAG)
+        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        save_encoder(encoder, rung.to_dict(), staging / EXPORT)
+        if probe is not None:
+            save_file(probe, str(staging / EXPORT / PROBE))
+        ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": worker.world, "time": time.time()})
+    dist.barrier()
+    train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
+                 checkpoint_dir_name=f"checkpoints/step_{step:08d}",
+                 checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
