@@ -33,7 +33,7 @@ from contracts.names import RESTARTS_METRIC, RESTARTS_TAG
 from contracts.spec import RungConfig
 from data4d.stream import PretrainStream
 from models.export import save_encoder
-from models.mae import VideoMAE, normalize_video, random_masking
+from models.mae import VideoMAE, normalize_video, param_groups, random_masking
 from orchestrator import checkpoint as ckpt
 
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
@@ -81,15 +81,6 @@ def lr_factor(step: int, rung: RungConfig) -> float:
 
 def mask_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 10_007 + rank
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases, position embeddings and the mask token."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        shape = getattr(p, "ds_shape", p.shape)  # partitioned params report their full shape here
-        (no_decay if len(shape) < 2 or "pos_embed" in name or "mask_token" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -318,7 +309,7 @@ def build_engine(worker: Worker):
         model = VideoMAE(rung.model)
     model.encoder.activation_checkpointing = rung.activation_checkpointing
     o = rung.optimizer
-    groups = param_groups(model, o.weight_decay)
+    groups = param_groups(model, o.lr, o.weight_decay)  # the first group is at the base LR (the one logged)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=worker.gpu)
     schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, rung=rung))
     engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
