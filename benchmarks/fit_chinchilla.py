@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # run from anywhere without 
 
 from reports.fit import chinchilla_grid, fit  # noqa: E402
 
-DATA = Path(__file__).parents[2] / "shared" / "data" / "chinchilla_svg_extracted_data.csv"
+DATA = Path(__file__).parents[1] / "tests" / "data" / "chinchilla_svg_extracted_data.csv"
 
 
 def main() -> None:

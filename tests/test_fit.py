@@ -11,8 +11,8 @@ import pytest
 from reports.fit import FitError, chinchilla_grid, fit, predict
 from reports.lbfgs import minimize_batch
 
-DATA = Path(__file__).parents[2] / "shared" / "data" / "chinchilla_svg_extracted_data.csv"
-# Epoch AI's replication, grid fit on the same 240 points (shared/data/README.md).
+DATA = Path(__file__).parent / "data" / "chinchilla_svg_extracted_data.csv"
+# Epoch AI's replication, grid fit on the same 240 points (tests/data/README.md).
 REPLICATION = {"E": 1.8172, "A": 477.8, "B": 2143.9, "alpha": 0.3473, "beta": 0.3672}
 REPLICATION_LOSS = 0.0010183
 
