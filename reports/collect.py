@@ -1,7 +1,8 @@
 """The results table that reports read: from a sweep's MLflow runs, or from a CSV/Parquet file.
 
-One row per (rung, checkpoint step, task, mode, metric) (shared/DESIGN.md), columns
-COLUMNS plus, where known, clips_seen, tokens, status, failure. A rung that has no eval
+One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
+known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
+bounded (a per-row override of `is_bounded`). A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
 """
@@ -23,7 +24,7 @@ from orchestrator.naming import (
 )
 
 COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
-OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split"]
+OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded"]
 BASELINE_PREFIX = "baseline_"
 # Substrings that mark an error-like metric (lower is better); anything else is a score.
 _LOWER_IS_BETTER = ("err", "rel", "rmse", "loss", "epe")
@@ -37,6 +38,19 @@ def higher_is_better(metric: str) -> bool:
     """Direction of a metric from its name: lower is better for err/rel/rmse/loss/epe."""
     name = str(metric).lower().removeprefix(BASELINE_PREFIX)
     return not any(s in name for s in _LOWER_IS_BETTER)
+
+
+# Metrics that are fractions in [0, 1] (accuracies, IoU, Jaccard/AJ, δ-thresholds, occlusion
+# accuracy, points within a threshold): matched as a name or a name's prefix.
+_BOUNDED = ("acc", "accuracy", "top1", "top5", "iou", "miou", "jaccard", "aj", "delta", "δ", "oa", "pts_within",
+            "occlusion_acc", "precision", "recall", "f1")
+
+
+def is_bounded(metric: str) -> bool:
+    """Whether a metric lives in [0, 1], from its name; a table's `bounded` column overrides it."""
+    name = str(metric).lower().removeprefix(BASELINE_PREFIX)
+    return any(name == b or name.startswith(b + "_") or (len(b) > 3 and name.startswith(b)) for b in _BOUNDED) \
+        or name.endswith("_acc") or name.endswith("_accuracy") or name.endswith("_iou")
 
 
 def is_baseline(metric) -> bool:
@@ -133,7 +147,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             need = "model (or rung)" if col == "rung" else col
             raise ReportError(f"{path}: missing column {need!r}; a results table needs model (or rung), params, metric, value")
-    for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen"):
+    for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen", "se"):
         if col in df.columns:
             num = pd.to_numeric(df[col], errors="coerce")
             bad = num.isna() & df[col].notna()
@@ -160,6 +174,8 @@ def normalize(df: pd.DataFrame, sweep: str = "") -> pd.DataFrame:
         df["step"] = by.groupby([df["rung"], df["task"].fillna(""), df["mode"], df["metric"]]).rank(method="first")
     given = df["higher_is_better"] if "higher_is_better" in df.columns else [None] * len(df)
     df["higher_is_better"] = [higher_is_better(m) if pd.isna(h) else _boolean(h) for m, h in zip(df["metric"], given, strict=True)]
+    given = df["bounded"] if "bounded" in df.columns else [None] * len(df)
+    df["bounded"] = [is_bounded(m) if pd.isna(b) else _boolean(b) for m, b in zip(df["metric"], given, strict=True)]
     df["task"] = df["task"].fillna("").astype(str).where(df["metric"].notna(), None)
     cols = COLUMNS + [c for c in OPTIONAL if c in df.columns]
     cols += [c for c in df.columns if c not in cols]
