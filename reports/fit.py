@@ -568,4 +568,4 @@ def select_form(errors: dict[str, float | None]) -> tuple[str, str]:
     return best, "lowest backtest error"
 
 
-SELECT_MARGIN = 0.1
+SELECT_MARGIN = 0.2

@@ -476,7 +476,7 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
     if sel:
         out += [("h2", "Form selection by backtest"),
                 ("p", "Each size law fitted on the smallest k rungs predicts rung k + 1, for every k leaving at least 3 "
-                      "rungs to fit; the form with the lowest mean error is selected (a more flexible form must win by 10%)."),
+                      "rungs to fit; the form with the lowest mean error is selected (a more flexible form must win by 20%)."),
                 ("table", SELECTION_HEADER, sel)]
     out.append(("h2", "Fits"))
     for task in dict.fromkeys(s["task"] for s in result["series"]):
