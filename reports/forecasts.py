@@ -24,10 +24,19 @@ SAME_RUNG = 0.05  # a measured rung within 5% of a forecast's size is the rung i
 
 def registration(result: dict, target: dict) -> dict:
     """The forecasts document: one entry per series with a selected form."""
-    preds = [s["forecast"] | {"series": s["label"], "task": s["task"], "mode": s["mode"], "metric": s["metric"]}
-             for s in result["series"] if s.get("forecast")]
-    return {"sweep": result["sweep"], "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "target": target,
-            "fitted_rungs": [r["rung"] for r in result["rungs"]], "level": 0.95, "predictions": preds}
+    preds = [
+        s["forecast"] | {"series": s["label"], "task": s["task"], "mode": s["mode"], "metric": s["metric"]}
+        for s in result["series"]
+        if s.get("forecast")
+    ]
+    return {
+        "sweep": result["sweep"],
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "target": target,
+        "fitted_rungs": [r["rung"] for r in result["rungs"]],
+        "level": 0.95,
+        "predictions": preds,
+    }
 
 
 def register(doc: dict, report_dir: Path, store: Path) -> dict:
@@ -38,7 +47,9 @@ def register(doc: dict, report_dir: Path, store: Path) -> dict:
     """
     store.mkdir(parents=True, exist_ok=True)
     for sha, old in load_store(store):
-        if old["target"] == doc["target"] and old["predictions"] == json.loads(json.dumps(doc["predictions"])):
+        if old["target"] == doc["target"] and old["predictions"] == json.loads(
+            json.dumps(doc["predictions"])
+        ):
             data, created, new = (store / f"{sha}.json").read_bytes(), old["created"], False
             break
     else:
@@ -73,18 +84,37 @@ def score(store: Path, result: dict) -> dict:
         t = doc["target"]
         for p in doc["predictions"]:
             obs = _observed(by_label.get(p["series"]), t)
-            row = {"sha256": sha, "created": doc["created"], "size": t["size"], "N": t["N"], "series": p["series"],
-                   "task": p["task"], "mode": p["mode"], "metric": p["metric"], "form": p["form"],
-                   "value": p["value"], "lo": p["lo"], "hi": p["hi"], "observed": obs}
+            row = {
+                "sha256": sha,
+                "created": doc["created"],
+                "size": t["size"],
+                "N": t["N"],
+                "series": p["series"],
+                "task": p["task"],
+                "mode": p["mode"],
+                "metric": p["metric"],
+                "form": p["form"],
+                "value": p["value"],
+                "lo": p["lo"],
+                "hi": p["hi"],
+                "observed": obs,
+            }
             if obs is not None:
                 row["error"] = obs - p["value"]
                 row["rel_error"] = (obs - p["value"]) / abs(obs) if obs else None
-                row["inside"] = bool(p["lo"] <= obs <= p["hi"]) if np.isfinite([p["lo"], p["hi"]]).all() else None
+                row["inside"] = (
+                    bool(p["lo"] <= obs <= p["hi"]) if np.isfinite([p["lo"], p["hi"]]).all() else None
+                )
             rows.append(row)
     judged = [r for r in rows if r.get("inside") is not None]
     inside = sum(r["inside"] for r in judged)
-    return {"rows": rows, "scored": len(judged), "inside": inside, "coverage": inside / len(judged) if judged else None,
-            "pending": sum(r["observed"] is None for r in rows)}
+    return {
+        "rows": rows,
+        "scored": len(judged),
+        "inside": inside,
+        "coverage": inside / len(judged) if judged else None,
+        "pending": sum(r["observed"] is None for r in rows),
+    }
 
 
 def _observed(series: dict | None, target: dict) -> float | None:
@@ -92,8 +122,11 @@ def _observed(series: dict | None, target: dict) -> float | None:
     if series is None:
         return None
     pts = series["points"]
-    vals = [v for r, n, v in zip(pts["rung"], pts["params"], pts["value"], strict=True)
-            if (target.get("rung") and r == target["rung"]) or (n and abs(n / target["N"] - 1) < SAME_RUNG)]
+    vals = [
+        v
+        for r, n, v in zip(pts["rung"], pts["params"], pts["value"], strict=True)
+        if (target.get("rung") and r == target["rung"]) or (n and abs(n / target["N"] - 1) < SAME_RUNG)
+    ]
     return float(np.mean(vals)) if vals else None
 
 
@@ -103,11 +136,17 @@ def target_of(predict: str | float | int, rungs: dict[str, float]) -> dict:
     from reports.units import parse_size
 
     if str(predict) in rungs:
-        return {"size": format_size(rungs[str(predict)]), "N": float(rungs[str(predict)]), "rung": str(predict)}
+        return {
+            "size": format_size(rungs[str(predict)]),
+            "N": float(rungs[str(predict)]),
+            "rung": str(predict),
+        }
     try:
         N = parse_size(predict)
     except ValueError as e:
-        raise ReportError(f"--predict: {e}, or name a rung ({', '.join(rungs) or 'none in the table'})") from None
+        raise ReportError(
+            f"--predict: {e}, or name a rung ({', '.join(rungs) or 'none in the table'})"
+        ) from None
     return {"size": format_size(N), "N": N, "rung": None}
 
 
@@ -126,6 +165,9 @@ def log_to_mlflow(tracking_uri: str, sweep: str, reg: dict, target: dict) -> str
         client.log_artifact(run_id, str(stored), artifact_path="predictions")
     finally:
         stored.unlink()
-    client.set_tag(run_id, PREDICTION_TAG_PREFIX + reg["sha256"][:12],
-                   f"sha256={reg['sha256']} target={target['size']} registered={reg['created']}")
+    client.set_tag(
+        run_id,
+        PREDICTION_TAG_PREFIX + reg["sha256"][:12],
+        f"sha256={reg['sha256']} target={target['size']} registered={reg['created']}",
+    )
     return run_id

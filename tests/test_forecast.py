@@ -46,8 +46,16 @@ def test_eval_standard_errors_give_calibrated_intervals_for_a_bounded_accuracy()
     Y = draw("saturating", seed=2)
     acc = 1 - Y
     se = NOISE * LAWS["saturating"](SIZES)  # the noise in metric units
-    fits = fit_many("saturating", SIZES[:-1], acc[:, :-1], higher_is_better=True, bounded=True,
-                    se=np.broadcast_to(se[:-1], (TRIALS, 6)), bootstrap=200, seed=0)
+    fits = fit_many(
+        "saturating",
+        SIZES[:-1],
+        acc[:, :-1],
+        higher_is_better=True,
+        bounded=True,
+        se=np.broadcast_to(se[:-1], (TRIALS, 6)),
+        bootstrap=200,
+        seed=0,
+    )
     assert fits[0].sigma_from == "se" and fits[0].target == "1 - value"
     cov = coverage(fits, acc[:, -1])
     print(f"saturating accuracy with se: coverage {cov:.3f}")
@@ -63,12 +71,16 @@ def test_auto_picks_the_true_form_when_the_forms_disagree(true):
     for form in LAWS:
         b = backtest_many(form, SIZES[:-1], Y, bootstrap=0)
         errors[form] = np.mean(np.abs(b["predicted"] - b["actual"]) / b["actual"], 1)
-        at_target[form] = np.array([predict(f, SIZES[-1])[0][0] for f in fit_many(form, SIZES[:-1], Y, bootstrap=0)])
+        at_target[form] = np.array(
+            [predict(f, SIZES[-1])[0][0] for f in fit_many(form, SIZES[:-1], Y, bootstrap=0)]
+        )
     picks = np.array([select_form({f: errors[f][t] for f in LAWS})[0] for t in range(TRIALS)])
     differ = np.abs(at_target["powerlaw"] - at_target["saturating"]) > NOISE * LAWS[true](SIZES[-1])
     rate = float(np.mean(picks[differ] == true))
-    print(f"true {true}: picked in {rate:.1%} of {differ.sum()} trials where the forms differ "
-          f"({np.mean(picks == true):.1%} of all)")
+    print(
+        f"true {true}: picked in {rate:.1%} of {differ.sum()} trials where the forms differ "
+        f"({np.mean(picks == true):.1%} of all)"
+    )
     assert differ.sum() >= 40 and rate >= 0.80, (rate, differ.sum())
 
 
@@ -84,7 +96,9 @@ def test_bounded_metrics_never_leave_zero_one():
         acc = np.clip(level + slope * np.log10(N / N[0]) / 4 + rng.normal(0, 0.05, n), 0.0005, 0.9995)
         hib = bool(rng.integers(0, 2))
         for form in ("powerlaw", "saturating"):
-            f = fit(form, N, acc, higher_is_better=hib, bounded=True, bootstrap=100, seed=trial, extrapolate=False)
+            f = fit(
+                form, N, acc, higher_is_better=hib, bounded=True, bootstrap=100, seed=trial, extrapolate=False
+            )
             v, lo, hi = predict(f, far)
             for a in (v, lo, hi):
                 assert np.all((a >= 0) & (a <= 1)), (trial, form, a.min(), a.max())
@@ -94,17 +108,28 @@ def test_bounded_metrics_never_leave_zero_one():
 
 
 LADDER = {"S": 2e7, "B": 8.8e7, "L": 3e8, "H": 6.3e8, "g": 1.8e9, "G": 4e9, "e": 2.2e10}
-TASKS = [("point_tracking", "aj", lambda N: 1 - (0.3 + 0.5 * (N / 1e7) ** -0.3)),
-         ("depth", "abs_rel", lambda N: 0.9 * (N / 1e7) ** -0.12),
-         ("action", "top1", lambda N: 1 - (0.25 + 0.6 * (N / 1e7) ** -0.25)),
-         ("camera_pose", "epe", lambda N: 0.05 + 0.4 * (N / 1e7) ** -0.3),
-         ("box_tracking", "iou", lambda N: 1 - (0.4 + 0.4 * (N / 1e7) ** -0.2))]
+TASKS = [
+    ("point_tracking", "aj", lambda N: 1 - (0.3 + 0.5 * (N / 1e7) ** -0.3)),
+    ("depth", "abs_rel", lambda N: 0.9 * (N / 1e7) ** -0.12),
+    ("action", "top1", lambda N: 1 - (0.25 + 0.6 * (N / 1e7) ** -0.25)),
+    ("camera_pose", "epe", lambda N: 0.05 + 0.4 * (N / 1e7) ** -0.3),
+    ("box_tracking", "iou", lambda N: 1 - (0.4 + 0.4 * (N / 1e7) ** -0.2)),
+]
 
 
 def ladder_table(tasks=TASKS, seed=0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [{"model": name, "params": N, "task": task, "metric": metric, "value": law(N) * np.exp(0.01 * rng.standard_normal())}
-            for name, N in LADDER.items() for task, metric, law in tasks]
+    rows = [
+        {
+            "model": name,
+            "params": N,
+            "task": task,
+            "metric": metric,
+            "value": law(N) * np.exp(0.01 * rng.standard_normal()),
+        }
+        for name, N in LADDER.items()
+        for task, metric, law in tasks
+    ]
     return pd.DataFrame(rows)
 
 
@@ -120,7 +145,7 @@ def test_report_from_table_registers_then_scores_forecasts(tmp_path, monkeypatch
     path = tmp_path / "ladder.csv"
     full[full["model"] != "e"].to_csv(path, index=False)  # 22B left out
 
-    first = cli("--from", path, "--predict", "22B", "--bootstrap", 200, "--out", "rep")
+    first = cli("--from", path, "--predict", "22B", "--bootstrap", 100, "--out", "rep")
     assert first.exit_code == 0, first.output
     assert "selected form per series" in first.output and "depth/abs_rel (frozen)" in first.output
     assert "saturating" in first.output and "%" in first.output  # selected forms and backtest errors
@@ -133,11 +158,16 @@ def test_report_from_table_registers_then_scores_forecasts(tmp_path, monkeypatch
     stored = list((tmp_path / "predictions").glob("*.json"))
     assert len(stored) == 1 and "1 registered forecast" not in first.output
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert md.index("![scaling]") < md.index("## Findings") < md.index("## Forecasts vs outcomes") < md.index("## Fits")
+    assert (
+        md.index("![scaling]")
+        < md.index("## Findings")
+        < md.index("## Forecasts vs outcomes")
+        < md.index("## Fits")
+    )
     assert "5 registered forecast(s), none scored yet" in md
 
     full.to_csv(path, index=False)  # the 22B rung lands
-    second = cli("--from", path, "--bootstrap", 200, "--out", "rep")
+    second = cli("--from", path, "--bootstrap", 100, "--out", "rep")
     assert second.exit_code == 0, second.output
     assert "forecasts vs outcomes" in second.output and "Coverage:" in second.output and "/5" in second.output
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -172,20 +202,31 @@ def test_report_through_mlflow_records_and_scores_forecasts(tmp_path, monkeypatc
 
     def add_rung(name):
         N = LADDER[name]
-        tags = {ROLE_TAG: "rung", RUNG_TAG: name, RUNG_KEY_TAG: f"{name}-abc123", STATUS_TAG: "done",
-                "mlflow.parentRunId": parent}
+        tags = {
+            ROLE_TAG: "rung",
+            RUNG_TAG: name,
+            RUNG_KEY_TAG: f"{name}-abc123",
+            STATUS_TAG: "done",
+            "mlflow.parentRunId": parent,
+        }
         run = client.create_run(exp, run_name=name, tags=tags).info.run_id
-        for k, v in {"encoder_params": N, "flops_per_clip": 1e3 * N, "batch_size": 8, "steps": 20, "num_tokens": 1568}.items():
+        for k, v in {
+            "encoder_params": N,
+            "flops_per_clip": 1e3 * N,
+            "batch_size": 8,
+            "steps": 20,
+            "num_tokens": 1568,
+        }.items():
             client.log_param(run, k, v)
         for r in table[table["model"] == name].itertuples():
             client.log_metric(run, eval_metric_key(r.task, "frozen", r.metric), r.value, step=20)
 
     for name in list(LADDER)[:-1]:
         add_rung(name)
-    first = cli("--predict", "22B", "--bootstrap", 200)
+    first = cli("--predict", "22B", "--bootstrap", 100)
     assert first.exit_code == 0, first.output
     tags = client.get_run(parent).data.tags
-    (key, value), = ((k, v) for k, v in tags.items() if k.startswith(PREDICTION_TAG_PREFIX))
+    ((key, value),) = ((k, v) for k, v in tags.items() if k.startswith(PREDICTION_TAG_PREFIX))
     sha = value.split("sha256=")[1].split()[0]
     assert key == PREDICTION_TAG_PREFIX + sha[:12] and "target=22B" in value and "registered=20" in value
     logged = {a.path for a in client.list_artifacts(parent, "predictions")}
@@ -194,7 +235,7 @@ def test_report_through_mlflow_records_and_scores_forecasts(tmp_path, monkeypatc
     assert (tmp_path / "runs" / "demo" / "predictions" / f"{sha}.json").exists()
 
     add_rung("e")  # the 22B rung lands
-    second = cli("--bootstrap", 200)
+    second = cli("--bootstrap", 100)
     assert second.exit_code == 0, second.output
     assert "Coverage:" in second.output and "/2 " in second.output
     fits = json.loads((tmp_path / "runs" / "demo" / "report" / "fits.json").read_text())
