@@ -197,7 +197,8 @@ class Evals(_Strict):
 
 
 class Report(_Strict):
-    fits: list[Literal["powerlaw", "saturating", "chinchilla"]] = ["powerlaw"]
+    # auto: every size law backtested per series and the best selected (`sweep report --help`)
+    fits: list[Literal["auto", "powerlaw", "saturating", "chinchilla"]] = ["auto"]
     x: Literal[X_AXES] = "params"  # type: ignore[valid-type]
 
 

@@ -173,7 +173,7 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
         t.add_row(r["rung"], r["state"], duration(r["wait_s"]), duration(r["train_s"]), evals,
                   "; ".join(filter(None, [r["reason"], *r["failures"]]))[:100])
     out.print(t)
-    out.print(f"GPU-hours used: {s['gpu_hours']:.2f}. Next: sweep report --fit powerlaw")
+    out.print(f"GPU-hours used: {s['gpu_hours']:.2f}. Next: sweep report")
     if code:
         raise typer.Exit(code)
 
@@ -208,31 +208,44 @@ def status(
 @user_errors_exit_2
 def report(
     spec: Annotated[Path | None, typer.Argument(help="the sweep's spec (default: the most recent sweep under runs/)")] = None,
-    fit: Annotated[list[str] | None, typer.Option(help="powerlaw | saturating | chinchilla (repeat or comma-separate)")] = None,
+    fit: Annotated[list[str] | None, typer.Option(
+        help="auto | powerlaw | saturating | chinchilla (repeat or comma-separate). Default: the spec's report.fits "
+             "if it sets them, else auto: every size law backtested per series, the best selected")] = None,
     from_file: Annotated[Path | None, typer.Option("--from", help="fit results from a CSV/Parquet table instead")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="where to write the report files")] = None,
-    predict: Annotated[str | None, typer.Option(help="print predictions at a size (22B, 300M) or a rung name")] = None,
+    predict: Annotated[str | None, typer.Option(
+        help="register forecasts at a size (22B, 300M) or a rung name: predictions.json, hashed, scored when it lands")] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 1000,
     huber_delta: Annotated[float, typer.Option(help="Huber loss delta (log space)")] = 1e-3,
     checkpoint: Annotated[str, typer.Option(help="final | best: which checkpoint of a rung the size laws use")] = "final",
     seed: int = 0,
     runs_dir: RunsOpt = Path("runs"),
 ):
-    """Fit scaling laws (with bootstrap intervals), draw the scaling figure, write the report."""
+    """Fit scaling laws (with bootstrap intervals), draw the scaling figure, write the report.
+
+    Registered forecasts live in runs/<sweep>/predictions/ (for --from, beside the report
+    directory) and are scored by every later report that has their rung's results.
+    """
     from contracts.layout import most_recent_sweep, read_json
     from orchestrator.tracking import absolute_tracking_uri
+    from reports import forecasts
     from reports.collect import ReportError, collect_mlflow
-    from reports.fit import FORMS
-    from reports.report import log_report_to_mlflow, make_report, predict_from_fits
+    from reports.report import (
+        coverage_text,
+        expand_forms,
+        log_report_to_mlflow,
+        make_report,
+        predict_from_fits,
+    )
 
     s = load_spec(spec) if spec is not None else None
-    forms = [f for item in (fit or (s.report.fits if s else ["powerlaw"])) for f in item.split(",") if f]
-    bad = [f for f in forms if f not in FORMS]
-    if bad:
-        raise ReportError(f"unknown fit form(s) {', '.join(bad)}; choose from {', '.join(FORMS)}")
+    given = fit or (s.report.fits if s is not None else ["auto"])
+    forms = [f for item in given for f in item.split(",") if f]
+    expand_forms(forms)  # an unknown form is an error before any work
     sweep = uri = None
     if from_file is not None:
         table, report_dir = from_file, out_dir or runs_dir / f"from-{from_file.stem}" / "report"
+        store = report_dir.parent / "predictions"
     else:
         if s is not None:
             sweep, uri = s.name, absolute_tracking_uri(s.tracking.uri)
@@ -243,25 +256,53 @@ def report(
                 raise ReportError(f"no sweep found under {runs_dir}/: run `sweep run SPEC` first, or pass a spec or --from FILE")
             sweep, uri = recent.name, info["tracking_uri"]
         report_dir = out_dir or runs_dir / sweep / "report"
+        store = runs_dir / sweep / "predictions"
         err.print(f"collecting sweep '{sweep}' from {uri}", highlight=False)
         table = collect_mlflow(uri, sweep)
+    size: str | float | None = predict
+    if s is not None and predict in {r.name for r in s.rungs()}:
+        size = s.rung(predict).encoder_params  # a rung of the spec that has not run yet
     result = make_report(table, report_dir, fits=forms, x=s.report.x if s else "params", huber_delta=huber_delta,
-                         bootstrap=bootstrap, seed=seed, checkpoint=checkpoint, log=lambda line: err.print(line, highlight=False))
+                         bootstrap=bootstrap, seed=seed, checkpoint=checkpoint, predict=size, predictions_dir=store,
+                         log=lambda line: err.print(line, highlight=False))
+    reg = result.get("registration")
     if sweep:
         log_report_to_mlflow(uri, sweep, report_dir)
+        if reg and reg["new"]:
+            forecasts.log_to_mlflow(uri, sweep, reg | {"path": Path(reg["path"])}, result["target"])
     fitted = sum(e.get("status") == "fitted" for ser in result.get("series", []) for e in ser.get("fits", []))
     out.print(f"report: {report_dir / 'report.html'} ({fitted} fitted laws; figures scaling.png, compute.png; fits.json)")
+    sel = Table(title="selected form per series (expanding-window backtest)")
+    for col in ("series", "selected", "backtest error", "trend"):
+        sel.add_column(col)
+    for ser in result["series"]:
+        if ser.get("selection"):
+            errs = ", ".join(f"{k} {v:.1%}" if v is not None else f"{k} –" for k, v in ser["selection"]["errors"].items())
+            trend = {True: "resolved", False: "not resolved", None: "unknown"}[ser["trend"]["resolved"]]
+            sel.add_row(ser["label"], ser["selection"]["form"], errs, trend)
+    out.print(sel)
     if predict:
-        size: str | int = predict
-        if s is not None and predict in {r.name for r in s.rungs()}:
-            size = s.rung(predict).encoder_params
         rows = predict_from_fits(report_dir / "fits.json", size)
         t = Table(title=f"predictions at {predict}")
         for col in ("metric", "form", "predicted", "95% interval"):
             t.add_column(col)
         for r in rows:
-            t.add_row(r["series"], r["form"], f"{r['value']:.4g}", f"[{r['lo']:.4g}, {r['hi']:.4g}]")
+            t.add_row(r["series"], r["form"] + (" (selected)" if r.get("selected") else ""), f"{r['value']:.4g}",
+                      f"[{r['lo']:.4g}, {r['hi']:.4g}]")
         out.print(t)
+        if reg:
+            out.print(f"registered: {reg['path']} sha256 {reg['sha256']} ({reg['created']})", highlight=False)
+    fc = result["forecasts"]
+    if fc["rows"]:
+        t = Table(title="forecasts vs outcomes")
+        for col in ("registered", "series", "form", "target", "forecast [95%]", "observed", "inside"):
+            t.add_column(col)
+        for r in fc["rows"]:
+            inside = "pending" if r["observed"] is None else {True: "yes", False: "NO", None: "–"}[r.get("inside")]
+            t.add_row(r["created"][:10], r["series"], r["form"], r["size"], f"{r['value']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}]",
+                      "–" if r["observed"] is None else f"{r['observed']:.4g}", inside)
+        out.print(t)
+    out.print(coverage_text(fc), highlight=False)
 
 
 @app.command("eval")

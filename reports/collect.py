@@ -1,7 +1,8 @@
 """The results table that reports read: from a sweep's MLflow runs, or from a CSV/Parquet file.
 
-One row per (rung, checkpoint step, task, mode, metric), columns
-COLUMNS plus, where known, clips_seen, tokens, status, failure. A rung that has no eval
+One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
+known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
+bounded (a per-row override of `is_bounded`). A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
 """
@@ -22,10 +23,10 @@ from contracts.names import (
     STATUS_TAG,
     parse_eval_metric_key,
 )
-from contracts.tasks import BASELINE_PREFIX, higher_is_better
+from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
 
 COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
-OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split"]
+OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded"]
 
 
 class ReportError(UserError):
@@ -126,7 +127,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             need = "model (or rung)" if col == "rung" else col
             raise ReportError(f"{path}: missing column {need!r}; a results table needs model (or rung), params, metric, value")
-    for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen"):
+    for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen", "se"):
         if col in df.columns:
             num = pd.to_numeric(df[col], errors="coerce")
             bad = num.isna() & df[col].notna()
@@ -153,6 +154,8 @@ def normalize(df: pd.DataFrame, sweep: str = "") -> pd.DataFrame:
         df["step"] = by.groupby([df["rung"], df["task"].fillna(""), df["mode"], df["metric"]]).rank(method="first")
     given = df["higher_is_better"] if "higher_is_better" in df.columns else [None] * len(df)
     df["higher_is_better"] = [higher_is_better(m) if pd.isna(h) else _boolean(h) for m, h in zip(df["metric"], given, strict=True)]
+    given = df["bounded"] if "bounded" in df.columns else [None] * len(df)
+    df["bounded"] = [is_bounded(m) if pd.isna(b) else _boolean(b) for m, b in zip(df["metric"], given, strict=True)]
     df["task"] = df["task"].fillna("").astype(str).where(df["metric"].notna(), None)
     cols = COLUMNS + [c for c in OPTIONAL if c in df.columns]
     cols += [c for c in df.columns if c not in cols]

@@ -1,8 +1,10 @@
 """Report figures (PNG + SVG), in the style of the 4DS paper's scaling figure.
 
 - scaling:    one panel per task metric against parameters (log axis, size labels),
-              measured points, fitted curve with its bootstrap band, extrapolation dashed
-              to the next rung; frozen and finetune as two series.
+              measured points, every fitted size law (one line style each; the selected
+              one with its 95% band), extrapolated (faint) to the next rung or the --predict
+              target, registered forecasts as interval markers and their outcomes as stars;
+              bounded metrics drawn inside [0, 1]; frozen and finetune as two series.
 - compute:    the metric along every rung's checkpoints against training FLOPs, with the
               compute frontier.
 - chinchilla: loss against data seen per rung, with the fitted L(N, D) surface.
@@ -25,7 +27,7 @@ from reports.fit import predict  # noqa: E402
 from reports.units import format_size  # noqa: E402
 
 MODE_COLORS = {"frozen": "#1f77b4", "finetune": "#d62728"}
-SIZE_LAWS = ("powerlaw", "saturating")
+FORM_STYLES = {"powerlaw": "-", "saturating": "--"}
 
 
 def panel_metrics(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -82,6 +84,8 @@ def _title(task: str, metric: str, hib: bool) -> str:
 def scaling_figure(result: dict, table: pd.DataFrame):
     x = result["x"]
     sizes = sorted(r["params"] for r in result["rungs"])
+    target = (result.get("target") or {}).get("N") if x == "params" else None
+    forecasts = result.get("forecasts", {}).get("rows", [])
     # One panel per task's headline metric, as in the 4DS figure; fits.json and the report keep all.
     keys = panel_metrics({(s["task"], s["metric"]) for s in result["series"]})
     fig, axes = _panels(len(keys))
@@ -89,37 +93,50 @@ def scaling_figure(result: dict, table: pd.DataFrame):
         axes[0].text(0.5, 0.5, "no metrics to plot", ha="center", va="center", transform=axes[0].transAxes)
     for ax, (task, metric) in zip(axes, keys, strict=False):
         ticks: list[float] = []
-        for s in (s for s in result["series"] if (s["task"], s["metric"]) == (task, metric)):
+        panel = [s for s in result["series"] if (s["task"], s["metric"]) == (task, metric)]
+        for s in panel:
             color = MODE_COLORS.get(s["mode"], "0.3")
             N = np.array(s["points"].get(x, []), float)
             y = np.array(s["points"]["value"], float)
             ax.plot(N, y, "o", color=color, ms=5, label=s["mode"], zorder=3)
             ticks += list(N)
-            fitted = next((e for e in s["fits"] if e["form"] in SIZE_LAWS and e["status"] == "fitted"), None)
-            if fitted is None or not np.isfinite(N).any():
+            if not np.isfinite(N).any():
                 continue
             lo_n, hi_n = np.nanmin(N), np.nanmax(N)
-            # Dashed to the next rung of the ladder when one is known, else to 2x the largest.
+            # Extrapolated to the --predict target, else to the next rung of the ladder, else 2x.
             nxt = next((v for v in sizes if v > hi_n * 1.0001), None) if x == "params" else None
-            end = nxt or 2 * hi_n
+            end = max(target or 0, nxt or 2 * hi_n)
             ticks.append(end)
-            grid_in, grid_out = np.geomspace(lo_n, hi_n, 100), np.geomspace(hi_n, end, 40)
-            for grid, style in ((grid_in, "-"), (grid_out, "--")):
-                v, lo, hi = predict(fitted["fit"], grid)
-                ax.plot(grid, v, style, color=color, lw=1.5, label=f"{fitted['form']} fit" if style == "-" else None)
-                if np.isfinite(lo).all():
-                    if 0 <= np.nanmin(y) and np.nanmax(y) <= 1:  # a rate or accuracy: the band cannot leave [0, 1]
-                        lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
-                    ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
+            selected = s.get("selection", {}).get("form")
+            for e in (e for e in s["fits"] if e["form"] in FORM_STYLES and e["status"] == "fitted"):
+                style, chosen = FORM_STYLES[e["form"]], e["form"] == selected
+                label = f"{s['mode']} {e['form']}" + (" (selected)" if chosen else "")
+                for grid, alpha in ((np.geomspace(lo_n, hi_n, 100), 1.0), (np.geomspace(hi_n, end, 60), 0.45)):
+                    v, lo, hi = predict(e["fit"], grid)
+                    ax.plot(grid, v, style, color=color, lw=1.6 if chosen else 1.0, alpha=alpha, label=label if alpha == 1 else None)
+                    if chosen and np.isfinite(lo).all():
+                        ax.fill_between(grid, lo, hi, color=color, alpha=0.12, lw=0)
+            for r in (r for r in forecasts if r["series"] == s["label"]):
+                ax.errorbar([r["N"]], [r["value"]], yerr=[[r["value"] - r["lo"]], [r["hi"] - r["value"]]], fmt="D", ms=5,
+                            color=color, mfc="white", capsize=3, zorder=4, label=f"forecast {r['created'][:10]}")
+                if r["observed"] is not None:
+                    ax.plot([r["N"]], [r["observed"]], "*", color="k" if r.get("inside") else "#e377c2", ms=10, zorder=5,
+                            label="outcome")
+                ticks.append(r["N"])
         base = table[(table["task"] == task) & (table["metric"] == BASELINE_PREFIX + metric)]
         for mode, b in base.groupby("mode"):
             ax.axhline(b["value"].mean(), ls=":", color=MODE_COLORS.get(mode, "0.3"), lw=1, label=f"baseline ({mode})")
         _size_ticks(ax, ticks)
-        hib = next(s["higher_is_better"] for s in result["series"] if (s["task"], s["metric"]) == (task, metric))
+        if any(s.get("bounded") for s in panel):  # a fraction: the axis stays inside [0, 1]
+            lo_y, hi_y = ax.get_ylim()
+            ax.set_ylim(max(lo_y, 0.0), min(hi_y, 1.0))
+        hib = panel[0]["higher_is_better"]
         ax.set_title(_title(task, metric, hib), fontsize=10)
         ax.set_xlabel("encoder parameters" if x == "params" else "training FLOPs", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, frameon=False)
+        handles, labels = ax.get_legend_handles_labels()
+        keep = dict(zip(labels, handles, strict=True))  # one entry per label
+        ax.legend(keep.values(), keep.keys(), fontsize=6, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -1,15 +1,26 @@
 """Scaling-law fits: robust (Huber) log-space fits from a grid of starts, with bootstrap.
 
-Forms (as in the scaling-law literature: Kaplan et al. 2020, Hoffmann et al. 2022):
-- powerlaw    y = a·N^b, on the value itself;
-- saturating  q = c + a·N^(−b), on q = 1 − value for bounded higher-is-better metrics,
-  otherwise on the value (a lower-is-better quantity);
+Forms (the 4DS paper's "Fitting scaling laws"):
+- powerlaw    q = a·N^b;
+- saturating  q = c + a·N^(−b), a quantity that falls to a floor c;
 - chinchilla  L(N, D) = E + A/N^α + B/D^β over every checkpoint of every rung.
 
+q is what gets fitted in log space (`fitted_quantity`): the value itself, or 1 − value for a
+bounded higher-is-better metric (an accuracy's error). A bounded metric's predictions and
+intervals are clipped to [0, 1]: no form may forecast an accuracy above 1.
+
 Every form is fitted as log q against a log-sum-exp of linear terms, with a *summed*
-Huber loss (a mean-reduced one made the original Chinchilla fit stop early), by scipy's
-L-BFGS-B from each start of a grid. Bootstrap refits are warm-started from the full fit
-and run batched (reports.lbfgs), since they are thousands of tiny problems.
+Huber loss (a mean-reduced one made the original Chinchilla fit stop early), by the
+batched L-BFGS (reports.lbfgs) from each start of a grid, then scipy's L-BFGS-B polishes
+the best starts. Many fits at once (backtest windows, simulations) share one batch.
+
+Intervals. Chinchilla resamples its points. The size laws use a parametric bootstrap: new
+data are drawn around the fitted curve with the eval noise (a table's `se` column) or, when
+that is unknown, with the residual scale, itself drawn from its chi-square posterior so that
+few rungs give wide (t-like) intervals; each resample is refitted, and a fresh draw of the
+noise is added at the prediction. That makes them *prediction* intervals for the value a
+new rung will measure. Resampling rungs instead leaves ~4 distinct rungs of 6 per resample,
+too few for a 3-parameter law, and covered badly in simulation (tests/test_forecast.py).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from scipy.optimize import minimize
 from reports.lbfgs import minimize_batch
 
 FORMS = ("powerlaw", "saturating", "chinchilla")
+SIZE_LAWS = ("powerlaw", "saturating")
 MIN_RUNGS = 3
 LEVEL = 0.95
 
@@ -115,14 +127,15 @@ def _size_grid(form: str, logq: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ objective
 
 
-def _objective(form: Form, theta, cols, logq, w, delta):
-    """Summed Huber loss of the log residuals, divided by δ (same minimiser, O(1) scale
+def _objective(form: Form, theta, cols, logq, w, delta, s=1.0):
+    """Summed Huber loss of the log residuals, each divided by its noise scale s (eval
+    standard errors, relative to their mean), divided by δ (same minimiser, O(1) scale
     for the optimiser's tolerances), and its gradient. Broadcasts over a batch axis."""
     p, J = form.model(theta, cols)
-    r = p - logq
+    r = (p - logq) / s
     a = np.abs(r)
     loss = (w * np.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)).sum(-1)
-    psi = w * np.clip(r / delta, -1.0, 1.0)
+    psi = w * np.clip(r / delta, -1.0, 1.0) / s
     return loss, np.stack([(psi * dj).sum(-1) for dj in J], -1)
 
 
@@ -132,28 +145,38 @@ def huber_loss(r: np.ndarray, delta: float) -> float:
     return float(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
 
 
-def _objective_scipy(theta, form, cols, logq, w, delta):
-    return _objective(form, theta, cols, logq, w, delta)  # scipy passes theta first
+def _objective_scipy(theta, form, cols, logq, w, delta, s):
+    return _objective(form, theta, cols, logq, w, delta, s)  # scipy passes theta first
 
 
-def _fit_theta(form: Form, cols, logq, delta, starts) -> np.ndarray:
-    """L-BFGS from every start, then scipy's L-BFGS-B polishes the best few.
+def _fit_theta(form: Form, cols, logq, w, s, delta, starts, polish: int = 3) -> np.ndarray:
+    """Fit T problems at once: logq, w, s (T, n) share cols; starts (T, S, k) -> theta (T, k).
 
-    All starts run at once in the batched L-BFGS: 3,125 scipy calls spend most of their
-    time in per-call Python overhead. The polish runs with tight tolerances so that the
-    answer does not depend on where the screening stopped.
+    L-BFGS from every start of every problem runs as one batch (3,125 scipy calls spend most
+    of their time in per-call Python overhead); then scipy's L-BFGS-B polishes each problem's
+    best `polish` starts with tight tolerances, so the answer does not depend on where the
+    screening stopped (polish=0: the screening's best, enough for backtest windows).
     """
-    w = np.ones_like(logq)
+    T, S, k = starts.shape
     lower, upper = np.array(form.lower), np.array(form.upper)
-    x, f = minimize_batch(lambda t, rows: _objective(form, t, cols, logq, w, delta), starts, lower, upper, gtol=1e-6, ftol=1e-10)
+    of = np.repeat(np.arange(T), S)  # which problem each start belongs to
+
+    def fun(t, rows):
+        return _objective(form, t, cols, logq[of[rows]], w[of[rows]], delta, s[of[rows]])
+
+    x, f = minimize_batch(fun, starts.reshape(T * S, k), lower, upper, gtol=1e-6, ftol=1e-10)
+    x, f = x.reshape(T, S, k), np.where(np.isfinite(f), f, np.inf).reshape(T, S)
     bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(lower, upper, strict=True)]
-    best = None
-    for i in np.argsort(np.where(np.isfinite(f), f, np.inf))[:3]:
-        res = minimize(_objective_scipy, x[i], args=(form, cols, logq, w, delta), jac=True, method="L-BFGS-B",
-                       bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000})
-        if best is None or res.fun < best.fun:
-            best = res
-    return best.x
+    out = x[np.arange(T), np.argmin(f, 1)]
+    for t in range(T if polish else 0):
+        best = None
+        for i in np.argsort(f[t])[:polish]:
+            res = minimize(_objective_scipy, x[t, i], args=(form, cols, logq[t], w[t], delta, s[t]), jac=True,
+                           method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000})
+            if best is None or res.fun < best.fun:
+                best = res
+        out[t] = best.x
+    return out
 
 
 # ------------------------------------------------------------------------- results
@@ -162,8 +185,8 @@ def _fit_theta(form: Form, cols, logq, delta, starts) -> np.ndarray:
 @dataclass
 class Fit:
     """One fitted law. `params` are the natural ones (powerlaw a, b; saturating a, b, c;
-    chinchilla E, A, B, alpha, beta); `theta`/`boot` are the internal ones, kept so that
-    predictions with intervals can be made later from fits.json alone."""
+    chinchilla E, A, B, alpha, beta); `theta`/`boot`/`noise` are the internal ones, kept so
+    that predictions with intervals can be made later from fits.json alone."""
 
     form: str
     params: dict[str, float]
@@ -180,6 +203,10 @@ class Fit:
     boot: list[list[float]] = field(default_factory=list)
     extrapolation: dict | None = None
     notes: list[str] = field(default_factory=list)
+    bounded: bool = False  # predictions and intervals clipped to [0, 1]
+    noise: list[float] = field(default_factory=list)  # per resample: log-space noise of a new measurement
+    sigma: float | None = None  # the log-space noise scale the intervals used
+    sigma_from: str = ""  # "se" (eval standard errors) or "residuals"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,13 +226,18 @@ def _natural(form: str, theta: np.ndarray, x0: float) -> dict[str, np.ndarray]:
     return {"E": np.exp(t[..., 2]), "A": np.exp(t[..., 0]), "B": np.exp(t[..., 1]), "alpha": t[..., 3], "beta": t[..., 4]}
 
 
-def fitted_quantity(form: str, y, higher_is_better: bool) -> tuple[np.ndarray, str]:
-    """The quantity fitted in log space (must be > 0) and its name: the value itself, or
-    1 − value for a bounded higher-is-better metric under a law that decreases."""
+def fitted_quantity(form: str, y, higher_is_better: bool, bounded: bool = False) -> tuple[np.ndarray, str]:
+    """The quantity fitted in log space (must be > 0) and its name.
+
+    A bounded metric (a fraction in [0, 1]) is fitted on its error, 1 − value, when higher
+    is better, under every size law; otherwise the value itself. Chinchilla fits losses.
+    """
     y = np.asarray(y, float)
-    if form == "powerlaw":
+    if form == "chinchilla" or not higher_is_better:
+        if bounded and form != "chinchilla" and not np.all((y >= 0) & (y <= 1)):
+            raise FitError(f"{form}: this bounded metric has values outside [0, 1] (give bounded metrics as fractions)")
         return y, "value"
-    if not higher_is_better:
+    if form == "powerlaw" and not bounded:
         return y, "value"
     if np.all((y >= 0) & (y <= 1)):
         return 1.0 - y, "1 - value"
@@ -222,8 +254,10 @@ def _cols(form: str, N, D, x0):
     return (lN - x0,)
 
 
-def _from_target(target: str, q):
-    return 1.0 - q if target == "1 - value" else q
+def _to_metric(f: Fit, q):
+    """The fitted quantity back in the metric's units, inside [0, 1] for a bounded metric."""
+    v = 1.0 - q if f.target == "1 - value" else q
+    return np.clip(v, 0.0, 1.0) if f.bounded else v
 
 
 # ---------------------------------------------------------------------------- API
@@ -236,6 +270,8 @@ def fit(
     D=None,
     *,
     higher_is_better: bool = False,
+    bounded: bool = False,
+    se=None,
     huber_delta: float = 1e-3,
     bootstrap: int = 1000,
     seed: int = 0,
@@ -244,103 +280,216 @@ def fit(
 ) -> Fit:
     """Fit `form` to values y at sizes N (and data seen D, for chinchilla).
 
-    Bootstrap resamples rungs (distinct N) for the size laws and points for chinchilla;
-    `bootstrap=0` skips intervals. Raises FitError when the data cannot be fitted.
+    `se`: eval standard errors of y (metric units), used as weights and as the noise of
+    the intervals. `bootstrap=0` skips intervals. Raises FitError when the data cannot be fitted.
     """
     if form not in _FORMS:
         raise FitError(f"unknown fit form {form!r}; known forms: {', '.join(FORMS)}")
-    spec = _FORMS[form]
     N, y = np.asarray(N, float).ravel(), np.asarray(y, float).ravel()
     if form == "chinchilla":
         if D is None:
             raise FitError("chinchilla needs D (clips or tokens seen) for every point")
         D = np.asarray(D, float).ravel()
-    q, target = fitted_quantity(form, y, higher_is_better)
-    bad = ~np.isfinite(q) | (q <= 0) | ~(N > 0) | (False if D is None else ~(D > 0))
-    if bad.any():
-        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) cannot be fitted in log space")
-    rungs = np.unique(N)
-    if rungs.size < MIN_RUNGS:
-        raise FitError(f"needs at least {MIN_RUNGS} rungs, got {rungs.size}")
-
-    logq = np.log(q)
-    x0 = float(np.log(rungs).mean()) if form != "chinchilla" else 0.0
-    cols = _cols(form, N, D, x0)
-    if grid is None:
-        grid = chinchilla_grid() if form == "chinchilla" else _size_grid(form, logq)
-    theta = _fit_theta(spec, cols, logq, huber_delta, grid)
-
-    p, _ = spec.model(theta, cols)
-    resid = p - logq
-    r2 = 1.0 - float((resid**2).sum() / max(((logq - logq.mean()) ** 2).sum(), 1e-300))
-    nat = {k: float(v) for k, v in _natural(form, theta, x0).items()}
-    out = Fit(form, nat, {}, huber_loss(resid, huber_delta), huber_delta, int(N.size), int(rungs.size), target, x0,
-              [float(t) for t in theta], r2, [float(r) for r in resid])
-
-    if bootstrap:
-        boot = _bootstrap(spec, cols, logq, N, huber_delta, theta, bootstrap, seed)
-        out.boot = boot.tolist()
-        lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-        out.ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in _natural(form, boot, x0).items()}
+        return _fit_chinchilla(N, D, y, huber_delta, bootstrap, seed, grid, extrapolate)
+    out = fit_many(form, N, y[None], higher_is_better=higher_is_better, bounded=bounded,
+                   se=None if se is None else np.asarray(se, float).ravel()[None],
+                   huber_delta=huber_delta, bootstrap=bootstrap, seed=seed, polish=3)[0]
     if extrapolate:
-        out.extrapolation = _leave_largest_out(form, N, y, D, higher_is_better, huber_delta, grid if form == "chinchilla" else None)
+        out.extrapolation = _leave_largest_out(form, N, y, higher_is_better, bounded, se, huber_delta)
     return out
 
 
-def _bootstrap(spec: Form, cols, logq, N, delta, theta, n, seed) -> np.ndarray:
-    """n refits on resampled data, as integer weights per point, warm-started from theta."""
+def _check(q, N, D=None) -> np.ndarray:
+    bad = ~np.isfinite(q) | (q <= 0) | ~(N > 0) | (False if D is None else ~(D > 0))
+    return bad
+
+
+def fit_many(
+    form: str,
+    N,
+    Y,
+    mask=None,
+    *,
+    higher_is_better: bool = False,
+    bounded: bool = False,
+    se=None,
+    huber_delta: float = 1e-3,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    polish: int = 1,
+) -> list[Fit]:
+    """Fit a size law to T data sets at once: Y (T, n) at shared sizes N (n,); mask (T, n)
+    says which points each fit uses (backtest windows). se (T, n) as in `fit`."""
+    spec = _FORMS[form]
+    N = np.asarray(N, float).ravel()
+    Y = np.atleast_2d(np.asarray(Y, float))
+    T, n = Y.shape
+    use = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
+    q, target = fitted_quantity(form, np.where(use, Y, 0.5), higher_is_better, bounded)
+    bad = _check(q, N) & use
+    if bad.any():
+        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) "
+                       "cannot be fitted in log space")
+    counts = [np.unique(N[u]).size for u in use]
+    if min(counts) < MIN_RUNGS:
+        raise FitError(f"needs at least {MIN_RUNGS} rungs, got {min(counts)}")
+    logq = np.log(np.where(use, q, 1.0))
+    w = use.astype(float)
+    # Eval noise in log space: se / q. Its relative size weights the points; its level is the noise.
+    sig = None if se is None else np.where(use, np.broadcast_to(np.asarray(se, float), (T, n)) / np.where(use, q, 1.0), 1.0)
+    if sig is not None and not (np.isfinite(sig) & (sig > 0))[use].all():
+        raise FitError("every standard error must be a positive number")
+    s = np.ones((T, n)) if sig is None else sig / np.array([sig[t][use[t]].mean() for t in range(T)])[:, None]
+    x0 = float(np.log(np.unique(N)).mean())
+    cols = (np.log(N) - x0,)
+    starts = np.stack([_size_grid(form, logq[t][use[t]]) for t in range(T)])
+    theta = _fit_theta(spec, cols, logq, w, s, huber_delta, starts, polish)
+    p, _ = spec.model(theta, cols)
+
+    k = len(spec.theta)
+    npts = use.sum(1)
+    df = npts - k
+    resid = np.where(use, p - logq, 0.0)
+    sigma_hat = np.sqrt((resid**2 / s**2).sum(1) / np.maximum(df, 1))  # per fit, in units of s
+    boot = noise = None
+    if bootstrap:
+        boot, noise = _parametric_bootstrap(spec, cols, p, w, s, sig, sigma_hat, df, theta, huber_delta, bootstrap, seed)
+    fits = []
+    for t in range(T):
+        u = use[t]
+        r = resid[t][u]
+        lq = logq[t][u]
+        r2 = 1.0 - float((r**2).sum() / max(((lq - lq.mean()) ** 2).sum(), 1e-300))
+        f = Fit(form, {k_: float(v) for k_, v in _natural(form, theta[t], x0).items()}, {}, huber_loss(r, huber_delta),
+                huber_delta, int(npts[t]), int(counts[t]), target, x0, [float(v) for v in theta[t]], r2,
+                [float(v) for v in r], bounded=bounded)
+        if sig is not None:
+            f.sigma, f.sigma_from = float(np.median(sig[t][u])), "se"
+        elif df[t] > 0:
+            f.sigma, f.sigma_from = float(sigma_hat[t]), "residuals"
+        if boot is not None and np.isfinite(boot[t]).all():
+            f.boot, f.noise = boot[t].tolist(), noise[t].tolist()
+            lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
+            f.ci = {k_: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k_, v in _natural(form, boot[t], x0).items()}
+        elif bootstrap:
+            f.notes.append(f"no interval: {int(npts[t])} points leave no degree of freedom to estimate the noise "
+                           f"of a {k}-parameter law (give eval standard errors, or more rungs)")
+        fits.append(f)
+    return fits
+
+
+def _parametric_bootstrap(spec: Form, cols, p, w, s, sig, sigma_hat, df, theta, delta, n, seed):
+    """n refits per fit on data drawn around the fitted curve; returns thetas (T, n, k) (NaN
+    where the noise cannot be estimated) and the log-space noise of a new point (T, n)."""
     rng = np.random.default_rng(seed)
-    if spec.name == "chinchilla":  # resample points
-        idx = rng.integers(0, N.size, (n, N.size))
-        W = np.zeros((n, N.size))
-        np.add.at(W, (np.arange(n)[:, None], idx), 1.0)
-    else:  # resample rungs, each with all of its points
-        rungs, which = np.unique(N, return_inverse=True)
-        pick = rng.integers(0, rungs.size, (n, rungs.size))
-        counts = np.zeros((n, rungs.size))
-        np.add.at(counts, (np.arange(n)[:, None], pick), 1.0)
-        W = counts[:, which]
-        # A resample with fewer distinct rungs than parameters cannot pin the law down:
-        # drop it rather than report an arbitrary point of a flat valley.
-        W = W[(counts > 0).sum(1) >= len(spec.theta)]
+    T, npts = p.shape
+    if sig is not None:  # known eval noise
+        scale = np.broadcast_to(sig[:, None, :], (T, n, npts))
+        target = np.broadcast_to(np.array([np.median(sig[t][w[t] > 0]) for t in range(T)])[:, None], (T, n))
+    else:  # residual scale, drawn from its posterior: sigma² · df / chi²(df)
+        dfc = np.maximum(df, 1)[:, None]
+        level = sigma_hat[:, None] * np.sqrt(dfc / rng.chisquare(dfc, (T, n)))
+        scale = level[..., None] * s[:, None, :]
+        target = level * np.array([np.median(s[t][w[t] > 0]) for t in range(T)])[:, None]
+    logq = p[:, None, :] + scale * rng.standard_normal((T, n, npts))
+    noise = target * rng.standard_normal((T, n))
+    of = np.repeat(np.arange(T), n)
+    W, S, L = w[of], s[of], logq.reshape(T * n, npts)
+
+    def fun(x, rows):
+        return _objective(spec, x, cols, L[rows], W[rows], delta, S[rows])
+
+    # Warm starts converge in tens of iterations; the cap only trims a slow tail of
+    # resamples sitting on a Huber kink, which moves the percentiles by nothing visible.
+    x, _ = minimize_batch(fun, np.repeat(theta, n, axis=0), np.array(spec.lower), np.array(spec.upper), maxiter=300)
+    x = x.reshape(T, n, -1)
+    if sig is None:
+        x[df <= 0] = np.nan
+    return x, noise
+
+
+def _fit_chinchilla(N, D, y, delta, bootstrap, seed, grid, extrapolate) -> Fit:
+    spec = _FORMS["chinchilla"]
+    bad = _check(y, N, D)
+    if bad.any():
+        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity (value) "
+                       "cannot be fitted in log space")
+    rungs = np.unique(N)
+    if rungs.size < MIN_RUNGS:
+        raise FitError(f"needs at least {MIN_RUNGS} rungs, got {rungs.size}")
+    logq = np.log(y)
+    cols = _cols("chinchilla", N, D, 0.0)
+    grid = chinchilla_grid() if grid is None else grid
+    one = np.ones((1, y.size))
+    theta = _fit_theta(spec, cols, logq[None], one, one, delta, grid[None])[0]
+    p, _ = spec.model(theta, cols)
+    resid = p - logq
+    r2 = 1.0 - float((resid**2).sum() / max(((logq - logq.mean()) ** 2).sum(), 1e-300))
+    out = Fit("chinchilla", {k: float(v) for k, v in _natural("chinchilla", theta, 0.0).items()}, {},
+              huber_loss(resid, delta), delta, int(N.size), int(rungs.size), "value", 0.0,
+              [float(t) for t in theta], r2, [float(r) for r in resid])
+    if bootstrap:
+        boot = _resample_points(spec, cols, logq, delta, theta, bootstrap, seed)
+        out.boot = boot.tolist()
+        lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
+        out.ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in _natural("chinchilla", boot, 0.0).items()}
+    if extrapolate:
+        out.extrapolation = _chinchilla_leave_largest_out(N, D, y, delta, grid)
+    return out
+
+
+def _resample_points(spec: Form, cols, logq, delta, theta, n, seed) -> np.ndarray:
+    """n refits on resampled points (integer weights per point), warm-started from theta."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, logq.size, (n, logq.size))
+    W = np.zeros((n, logq.size))
+    np.add.at(W, (np.arange(n)[:, None], idx), 1.0)
 
     def fun(x, rows):
         return _objective(spec, x, cols, logq, W[rows], delta)
 
-    # Warm starts converge in tens of iterations; the cap only trims a slow tail of
-    # resamples sitting on a Huber kink, which moves the percentiles by nothing visible.
-    x, _ = minimize_batch(fun, np.tile(theta, (len(W), 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300)
+    x, _ = minimize_batch(fun, np.tile(theta, (n, 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300)
     return x
 
 
-def _leave_largest_out(form, N, y, D, higher_is_better, delta, grid) -> dict:
+def _leave_largest_out(form, N, y, hib, bounded, se, delta) -> dict:
     """Fit without the largest rung, predict it: the honest test of a scaling law."""
     largest = N.max()
     keep = N < largest
     base = {"held_out_N": float(largest)}
     try:
-        f = fit(form, N[keep], y[keep], None if D is None else D[keep], higher_is_better=higher_is_better,
-                huber_delta=delta, bootstrap=0, grid=grid, extrapolate=False)
+        f = fit(form, N[keep], y[keep], higher_is_better=hib, bounded=bounded,
+                se=None if se is None else np.asarray(se, float)[keep], huber_delta=delta, bootstrap=0, extrapolate=False)
+    except FitError as e:
+        return base | {"error": f"not computed: without the largest rung, {e}"}
+    pred = float(predict(f, largest)[0][0])
+    actual = float(np.mean(y[~keep]))
+    mean_abs = abs(pred - actual) / abs(actual)
+    return base | {"predicted": pred, "actual": actual, "rel_error": (pred - actual) / abs(actual), "mean_abs_rel_error": mean_abs}
+
+
+def _chinchilla_leave_largest_out(N, D, y, delta, grid) -> dict:
+    largest = N.max()
+    keep = N < largest
+    base = {"held_out_N": float(largest)}
+    try:
+        f = _fit_chinchilla(N[keep], D[keep], y[keep], delta, 0, 0, grid, False)
     except FitError as e:
         return base | {"error": f"not computed: without the largest rung, {e}"}
     held = ~keep
-    if form == "chinchilla":
-        last = np.flatnonzero(held)[np.argmax(D[held])]  # the held-out rung's final checkpoint
-        pred = float(predict(f, N[last], D[last])[0][0])
-        actual = float(y[last])
-        all_pred = predict(f, N[held], D[held])[0]
-        mean_abs = float(np.mean(np.abs(all_pred - y[held]) / np.abs(y[held])))
-    else:
-        pred = float(predict(f, largest)[0][0])
-        actual = float(np.mean(y[held]))
-        mean_abs = abs(pred - actual) / abs(actual)
+    last = np.flatnonzero(held)[np.argmax(D[held])]  # the held-out rung's final checkpoint
+    pred = float(predict(f, N[last], D[last])[0][0])
+    actual = float(y[last])
+    all_pred = predict(f, N[held], D[held])[0]
+    mean_abs = float(np.mean(np.abs(all_pred - y[held]) / np.abs(y[held])))
     return base | {"predicted": pred, "actual": actual, "rel_error": (pred - actual) / abs(actual), "mean_abs_rel_error": mean_abs}
 
 
 def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(value, lo, hi) at sizes N (and D for chinchilla), in the metric's own units.
 
-    The interval comes from the bootstrap fits (NaN when there were none).
+    The interval comes from the bootstrap fits (NaN when there were none); for the size laws
+    it includes the noise of a new measurement, so it is where the rung's value should land.
     """
     f = Fit.from_dict(f) if isinstance(f, dict) else f
     spec = _FORMS[f.form]
@@ -348,10 +497,75 @@ def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray,
     if f.form == "chinchilla" and D is None:
         raise FitError("a chinchilla prediction needs D (clips or tokens seen) as well as N")
     cols = _cols(f.form, N, None if D is None else np.broadcast_to(np.asarray(D, float), N.shape), f.x0)
-    value = _from_target(f.target, np.exp(spec.model(np.asarray(f.theta), cols)[0]))
+    value = _to_metric(f, np.exp(spec.model(np.asarray(f.theta), cols)[0]))
     if not f.boot:
         nan = np.full_like(value, np.nan)
         return value, nan, nan
-    samples = _from_target(f.target, np.exp(spec.model(np.asarray(f.boot), cols)[0]))  # (B, n)
+    logq = spec.model(np.asarray(f.boot), cols)[0]  # (B, n)
+    if f.noise:
+        logq = logq + np.asarray(f.noise)[:, None]
+    samples = _to_metric(f, np.exp(logq))
     lo, hi = np.percentile(samples, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
     return value, np.minimum(lo, hi), np.maximum(lo, hi)
+
+
+# ------------------------------------------------------------------ backtest, selection
+
+
+def backtest_many(form: str, N, Y, *, se=None, bootstrap: int = 200, seed: int = 0, **kw) -> dict[str, np.ndarray]:
+    """Expanding-window backtest of T data sets Y (T, n) at sizes N: for every k that leaves
+    at least MIN_RUNGS rungs to fit, fit on the smallest k rungs and predict rung k + 1.
+
+    Returns arrays (T, W) over the W windows: predicted, lo, hi, actual, and held_N (W,).
+    All T·W fits run as one batch.
+    """
+    N = np.asarray(N, float).ravel()
+    Y = np.atleast_2d(np.asarray(Y, float))
+    rungs = np.unique(N)
+    ks = list(range(MIN_RUNGS, rungs.size))
+    T = Y.shape[0]
+    empty = np.empty((T, 0))
+    if not ks:
+        return {"predicted": empty, "lo": empty, "hi": empty, "actual": empty, "held_N": np.empty(0)}
+    mask = np.stack([N <= rungs[k - 1] for k in ks])  # (W, n)
+    fits = fit_many(form, N, np.repeat(Y, len(ks), axis=0), np.tile(mask, (T, 1)),
+                    se=None if se is None else np.repeat(np.broadcast_to(se, Y.shape), len(ks), axis=0),
+                    bootstrap=bootstrap, seed=seed, polish=0, **kw)
+    out = np.array([[*predict(f, rungs[ks[i % len(ks)]])] for i, f in enumerate(fits)])[..., 0]  # (T·W, 3)
+    actual = np.stack([Y[:, N == rungs[k]].mean(1) for k in ks], 1)
+    pred, lo, hi = (out[:, j].reshape(T, len(ks)) for j in range(3))
+    return {"predicted": pred, "lo": lo, "hi": hi, "actual": actual, "held_N": rungs[ks]}
+
+
+def backtest(form: str, N, y, **kw) -> dict:
+    """One series' backtest: every window, the mean absolute relative error of the
+    predictions and the share of held-out rungs inside their 95% interval."""
+    b = backtest_many(form, N, np.asarray(y, float)[None], **{k: v for k, v in kw.items() if k != "se"},
+                      se=None if kw.get("se") is None else np.asarray(kw["se"], float)[None])
+    pred, lo, hi, actual = (b[k][0] for k in ("predicted", "lo", "hi", "actual"))
+    rel = (pred - actual) / np.abs(actual)
+    has = np.isfinite(lo)
+    inside = (lo <= actual) & (actual <= hi)
+    windows = [{"held_out_N": float(n), "fit_rungs": MIN_RUNGS + i, "predicted": float(p), "lo": float(a), "hi": float(z),
+                "actual": float(v), "rel_error": float(r), "inside": bool(ins) if h else None}
+               for i, (n, p, a, z, v, r, ins, h) in enumerate(zip(b["held_N"], pred, lo, hi, actual, rel, inside, has, strict=True))]
+    return {"windows": windows, "error": float(np.mean(np.abs(rel))) if rel.size else None,
+            "coverage": float(inside[has].mean()) if has.any() else None, "scored_windows": int(has.sum())}
+
+
+def select_form(errors: dict[str, float | None]) -> tuple[str, str]:
+    """The form with the lowest backtest error, and why. Forms listed simplest first; a
+    more flexible form must beat the simpler one clearly (by SELECT_MARGIN), since with a few
+    windows a lower error can be luck; with no backtest, the simplest form."""
+    scored = {k: v for k, v in errors.items() if v is not None and np.isfinite(v)}
+    forms = list(errors)
+    if not scored:
+        return forms[0], "no backtest (needs at least 4 rungs): the simplest form"
+    best = forms[0] if forms[0] in scored else min(scored, key=scored.get)
+    for form in forms:
+        if form in scored and scored[form] < scored[best] * (1 - SELECT_MARGIN):
+            best = form
+    return best, "lowest backtest error"
+
+
+SELECT_MARGIN = 0.2

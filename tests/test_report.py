@@ -69,13 +69,14 @@ def test_not_fitted_missing_failed_and_non_positive_are_named(tmp_path):
     t = synthetic_table()
     t = t[~((t["rung"] == "H") & (t["task"] == "depth"))]  # H never evaluated depth
     t = pd.concat([t, synthetic_table({"G": 1.8e9})[lambda d: d["task"] == "tracking"].assign(status="failed", failure="OOM")])
-    t.loc[(t["rung"] == "S") & (t["metric"] == "aj"), "value"] = 0.0  # a log fit cannot take it
+    # aj is bounded, so every size law fits its error 1 − aj: a perfect score is what a log fit cannot take.
+    t.loc[(t["rung"] == "S") & (t["metric"] == "aj"), "value"] = 1.0
     two = synthetic_table({"S": 22e6, "B": 88e6}, tasks=(("pose", "epe"),))
     res = run_report(pd.concat([t, two]), tmp_path, fits=["powerlaw"], bootstrap=0)["result"]
     notes = "\n".join(res["notes"])
     assert "rung G failed (OOM)" in notes
     assert "depth/absrel (frozen): no value for rung(s) H" in notes
-    assert re.search(r"tracking/aj \(frozen\) powerlaw: value is not positive .* S \(step 200: 0\)", notes)
+    assert re.search(r"tracking/aj \(frozen\) powerlaw: 1 - value is not positive .* S \(step 200: 1\)", notes)
     pose = fitted(res, "pose", "epe")
     assert pose["status"] == "not fitted" and "at least 3 rungs, got 2" in pose["reason"] and "S, B" in pose["reason"]
     assert fitted(res, "tracking", "aj")["fit"]["n_rungs"] == 3  # B, L, H; not S (zero) nor G (failed)
