@@ -221,6 +221,9 @@ class SweepSpec(_Strict):
         name = self.pretraining.scaling.base
         return next((r for r in self.ladder if rung_name(r) == name), self.ladder[0])
 
+    def base_config(self) -> RungConfig:
+        return self.rung(rung_name(self.base_rung()))
+
     def rung(self, name: str) -> RungConfig:
         for r in self.rungs():
             if r.name == name:

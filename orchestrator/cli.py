@@ -111,6 +111,49 @@ def plan(
             )
 
 
+@app.command("check-transfer")
+@user_errors_exit_2
+def check_transfer(
+    spec: SpecArg,
+    widths: Annotated[str | None, typer.Option(help="comma-separated widths (default: the base rung's x2, x4, x8)")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="AdamW steps before measuring")] = 8,
+    lr: Annotated[float | None, typer.Option(help="the LR for both parametrisations (default: the spec's)")] = None,
+):
+    """μP's coordinate check: activation size against width after a few steps, standard vs μP.
+
+    Trains the spec's base rung (pretraining.scaling.base, else the first) at several widths and
+    prints each layer kind's output RMS with its log-log slope against width. Near 0 under μP
+    means an LR tuned at one width transfers; well above 0 under the standard parametrisation at
+    the same LR is why a constant LR over-drives wide rungs."""
+    from orchestrator.transfer import coordinate_check
+
+    s = load_spec(spec)
+    base_width = s.base_config().model.encoder.width
+    try:
+        ws = [int(w) for w in widths.split(",")] if widths else [base_width * k for k in (2, 4, 8)]
+    except ValueError:
+        raise SpecError(f"--widths must be comma-separated integers, got {widths!r}") from None
+    if len(ws) < 3 or min(ws) < 1:
+        raise SpecError(f"--widths needs 3 or more positive widths for a slope, got {widths!r}")
+    rows = coordinate_check(s, ws, steps=steps, lr=lr, log=lambda line: err.print(line, highlight=False))
+    t = Table(title=f"coordinate check of '{s.name}' from width {base_width}: output RMS after {steps} steps")
+    t.add_column("layer")
+    for par in ("standard", "μP"):
+        for w in ws:
+            t.add_column(f"{par} w{w}", justify="right")
+        t.add_column(f"{par} slope", justify="right")
+    for kind in {r.kind: None for r in rows}:
+        cells = []
+        for par in ("sp", "mup"):
+            r = next(r for r in rows if (r.parametrization, r.kind) == (par, kind))
+            cells += [f"{r.rms[w]:.3f}" for w in ws] + [f"{r.slope:+.2f}"]
+        t.add_row(kind, *cells)
+    out.print(t)
+    worst = {par: max(abs(r.slope) for r in rows if r.parametrization == par) for par in ("sp", "mup")}
+    out.print(f"largest |slope|: μP {worst['mup']:.2f}, standard {worst['sp']:.2f}. Near 0 means activations do not "
+              f"grow with width, so an LR tuned on a narrow rung transfers to wide ones.")
+
+
 RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="where run state lives")]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from contracts.shapes import MAEConfig, MupBase, ViTShape
-from contracts.spec import SweepSpec, rung_name
+from contracts.spec import SweepSpec
 from data4d.stream import PretrainStream
 from models.mae import VideoMAE, normalize_video, param_groups, random_masking
 
@@ -83,7 +83,7 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
 def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None,
                      batch: int = 8, log=print) -> list[CoordRow]:
     """Rows for both parametrisations at the same base LR (the spec's unless `lr` is given)."""
-    base = spec.rung(rung_name(spec.base_rung())).model
+    base = spec.base_config().model
     lr = lr or spec.pretraining.optimizer.lr
     enc_head = base.encoder.width // base.encoder.heads
     dec_head = base.decoder.width // base.decoder.heads
