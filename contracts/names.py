@@ -14,6 +14,7 @@ RUNG_TAG = "sweep4d.rung"
 STATUS_TAG = "sweep4d.status"
 FAILURE_TAG = "sweep4d.failure"
 GIT_TAG = "sweep4d.git_commit"
+SEARCH_TAG = "sweep4d.search_of"  # an LR-grid point: the ladder rung it is a point of (spec `search`)
 RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung's worker group
 RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
 

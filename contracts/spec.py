@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -202,6 +202,18 @@ class Report(_Strict):
     x: Literal[X_AXES] = "params"  # type: ignore[valid-type]
 
 
+class Search(_Strict):
+    """A learning-rate grid as a sweep axis: each listed rung becomes one rung per LR, each with its
+    own identity, directory and MLflow run (`micro2-lr2e-3`, run name `micro2-491K-lr2e-3`).
+    `sweep report` picks the best point per size, fits the optimal LR against size and suggests
+    an LR for the rungs that were not searched."""
+
+    lr: Annotated[list[PosFloat], Field(min_length=2)]
+    rungs: list[str] | None = None  # default: every rung
+    # What "best" means without a held-out loss: a `task/metric` of the evals (direction from its name).
+    metric: str | None = None
+
+
 class SweepSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     tracking: Tracking = Tracking()
@@ -211,10 +223,20 @@ class SweepSpec(_Strict):
     ladder: Annotated[list[Rung], Field(min_length=1)]
     evals: Evals = Evals()
     report: Report = Report()
+    search: Search | None = None
 
     def rungs(self) -> list[RungConfig]:
-        base = self.base_rung()
-        return [resolve_rung(self, r, base) for r in self.ladder]
+        """Every rung to train: the ladder, with each searched rung expanded into its LR grid."""
+        base, out = self.base_rung(), []
+        searched = set(self.search.rungs or [rung_name(r) for r in self.ladder]) if self.search else set()
+        for r in self.ladder:
+            if rung_name(r) not in searched:
+                out.append(resolve_rung(self, r, base))
+                continue
+            for lr in self.search.lr:  # type: ignore[union-attr]
+                rc = resolve_rung(self, r.model_copy(update={"lr": lr}), base)
+                out.append(replace(rc, name=f"{rc.name}-lr{lr_tag(lr)}", search_of=rc.name))
+        return out
 
     def base_rung(self) -> Rung:
         """The rung the scaling rules scale from."""
@@ -222,7 +244,8 @@ class SweepSpec(_Strict):
         return next((r for r in self.ladder if rung_name(r) == name), self.ladder[0])
 
     def base_config(self) -> RungConfig:
-        return self.rung(rung_name(self.base_rung()))
+        base = self.base_rung()
+        return resolve_rung(self, base, base)
 
     def rung(self, name: str) -> RungConfig:
         for r in self.rungs():
@@ -256,6 +279,7 @@ class RungConfig:
     zero_stage: int
     activation_checkpointing: bool
     checkpoint_interval: int
+    search_of: str | None = None  # an LR-grid point of this ladder rung (`search` in the spec)
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide this rung's result; its hash names its run directory."""
@@ -289,7 +313,9 @@ class RungConfig:
 
     @property
     def run_name(self) -> str:
-        """Human name used in MLflow, like `B-88M`."""
+        """Human name used in MLflow, like `B-88M` (an LR-grid point: `B-88M-lr2e-3`)."""
+        if self.search_of:
+            return f"{self.search_of}-{human_count(self.encoder_params)}-lr{lr_tag(self.optimizer.lr)}"
         return f"{self.name}-{human_count(self.encoder_params)}"
 
     @property
@@ -301,7 +327,7 @@ class RungConfig:
         return self.flops_per_clip * self.batch_size * self.steps
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.identity() | {"sweep": self.sweep, "name": self.name, "key": self.key}
+        d = self.identity() | {"sweep": self.sweep, "name": self.name, "key": self.key, "search_of": self.search_of}
         d["runtime"] = {
             "gpus": self.gpus,
             "workers": self.workers,
@@ -327,8 +353,15 @@ class RungConfig:
             steps=d["steps"],
             precision=d["precision"],
             seed=d["seed"],
+            search_of=d.get("search_of"),
             **rt,
         )
+
+
+def lr_tag(lr: float) -> str:
+    """2e-3 -> '2e-3', 1.5e-4 -> '1.5e-4': short, exact to three digits, safe in a directory name."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def human_count(n: int) -> str:
@@ -519,6 +552,15 @@ def _check_scaling(spec: SweepSpec) -> list[tuple[tuple, str]]:
     names = [rung_name(r) for r in spec.ladder]
     if sc.base is not None and sc.base not in names:
         out.append((where + ("base",), f"no rung named {sc.base!r}; the ladder has: {', '.join(names)}"))
+    if spec.search is not None:
+        for i, name in enumerate(spec.search.rungs or []):
+            if name not in names:
+                out.append((("search", "rungs", i), f"no rung named {name!r}; the ladder has: {', '.join(names)}"))
+        if len(set(spec.search.lr)) != len(spec.search.lr):
+            out.append((("search", "lr"), "the LR grid lists a value twice"))
+        metric = spec.search.metric
+        if metric is not None and (metric.count("/") != 1 or metric.split("/")[0] not in spec.evals.tasks):
+            out.append((("search", "metric"), f"metric must be 'task/metric' with a task of evals.tasks, got {metric!r}"))
     return out
 
 

@@ -271,7 +271,7 @@ def report(
     """
     from contracts.layout import most_recent_sweep, read_json
     from orchestrator.tracking import absolute_tracking_uri
-    from reports import forecasts
+    from reports import forecasts, lr_search
     from reports.collect import ReportError, collect_mlflow
     from reports.report import (
         coverage_text,
@@ -307,7 +307,11 @@ def report(
         size = s.rung(predict).encoder_params  # a rung of the spec that has not run yet
     result = make_report(table, report_dir, fits=forms, x=s.report.x if s else "params", huber_delta=huber_delta,
                          bootstrap=bootstrap, seed=seed, checkpoint=checkpoint, predict=size, predictions_dir=store,
+                         search_metric=s.search.metric if s is not None and s.search else None,
                          log=lambda line: err.print(line, highlight=False))
+    if result.get("lr_search"):
+        for line in lr_search.lines(result["lr_search"]):
+            out.print(line, highlight=False, soft_wrap=True)
     reg = result.get("registration")
     if sweep:
         log_report_to_mlflow(uri, sweep, report_dir)

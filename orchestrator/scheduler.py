@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
-from contracts.names import FAILURE_TAG, GIT_TAG, SPEC_HASH_TAG, eval_metric_key
+from contracts.names import FAILURE_TAG, GIT_TAG, SEARCH_TAG, SPEC_HASH_TAG, eval_metric_key
 from contracts.spec import Data, Readout, RungConfig, SpecError, SweepSpec, load_spec
 from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
@@ -253,7 +253,9 @@ class Sweep:
                                              "resolved": spec.model_dump(mode="json")})
         ray.get(self.tracker.log_artifact.remote(self.parent, str(self.paths.sweep_json), "spec"))
         for r in self.rungs:
-            run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)))
+            tags = {SEARCH_TAG: r.search_of} if r.search_of else None
+            run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name,
+                                                          rung_params(r), tags))
             paths = RungPaths.for_rung(r, self.root)
             write_json(paths.info, {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
                                                "git_commit": commit, "mlflow_run_id": run_id})

@@ -20,6 +20,7 @@ import torch
 from contracts.shapes import MAEConfig, MupBase, ViTShape
 from contracts.spec import SweepSpec
 from data4d.stream import PretrainStream
+from data4d.world import SyntheticWorld
 from models.mae import VideoMAE, normalize_video, param_groups, random_masking
 
 # Layer kinds whose output coordinates are measured (module name patterns, see `_kind`).
@@ -52,11 +53,41 @@ def _kind(name: str) -> str | None:
     return {"decoder.embed": "decoder_embed", "decoder.head": "decoder_head"}.get(name)
 
 
-def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int) -> dict[str, float]:
+def train_briefly(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int,
+                  warmup: int = 0) -> VideoMAE:
+    """`steps` AdamW steps (the spec's betas and weight decay, the model's μP groups, a linear warmup,
+    then a constant LR) on the spec's pretraining stream, in this process."""
     torch.manual_seed(0)
     model = VideoMAE(cfg)
     o = spec.pretraining.optimizer
     opt = torch.optim.AdamW(param_groups(model, lr, o.weight_decay), lr=lr, betas=o.betas)
+    base = [g["lr"] for g in opt.param_groups]
+    stream = PretrainStream(spec.data, seed=0, per_rank_batch=batch)
+    for step in range(steps):
+        for g, lr0 in zip(opt.param_groups, base, strict=True):
+            g["lr"] = lr0 * min(1.0, (step + 1) / warmup) if warmup else lr0
+        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(step))
+        loss = model(normalize_video(stream.batch(step)), vis, msk)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+@torch.no_grad()
+def held_out_loss(model: VideoMAE, spec: SweepSpec, clips: int = 64) -> float:
+    """The MAE loss on the world's first `clips` val clips, with masks fixed by a seed."""
+    d = spec.data
+    world = SyntheticWorld(frames=d.frames, size=d.resolution, seed=0, split="val", objects=d.world.objects,
+                           points=d.world.points, focal=d.world.focal)
+    video = torch.from_numpy(np.stack([world[i]["video"] for i in range(clips)]))
+    vis, msk = random_masking(clips, model.cfg, torch.Generator().manual_seed(12345))
+    model.eval()
+    return float(model(normalize_video(video), vis, msk))
+
+
+def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int) -> dict[str, float]:
+    model = train_briefly(cfg, spec, lr, steps, batch)
     stream = PretrainStream(spec.data, seed=0, per_rank_batch=batch)
     seen: dict[str, list[float]] = {}
 
@@ -66,14 +97,9 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
         return record
 
     handles = [m.register_forward_hook(hook(k)) for n, m in model.named_modules() if (k := _kind(n))]
-    for step in range(steps + 1):  # the last pass only measures
-        seen.clear()
-        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(step))
-        loss = model(normalize_video(stream.batch(step)), vis, msk)
-        if step < steps:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    with torch.no_grad():  # measured on the next batch, in train mode as the steps were
+        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(steps))
+        model(normalize_video(stream.batch(steps)), vis, msk)
     for h in handles:
         h.remove()
     # Mean over blocks for attn/mlp; the residual stream after the last block for encoder_out.

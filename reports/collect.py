@@ -20,13 +20,14 @@ from contracts.names import (
     ROLE_TAG,
     RUNG_KEY_TAG,
     RUNG_TAG,
+    SEARCH_TAG,
     STATUS_TAG,
     parse_eval_metric_key,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
 
 COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
-OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded"]
+OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded", "search_of", "lr"]
 
 
 class ReportError(UserError):
@@ -60,6 +61,8 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
             "params": num["encoder_params"],
             "status": tags.get(STATUS_TAG),
             "failure": tags.get(FAILURE_TAG),
+            "search_of": tags.get(SEARCH_TAG),  # an LR-grid point of this ladder rung, else None
+            "lr": _number(params.get("lr")),
         }
         found = False
         for key in run.data.metrics:

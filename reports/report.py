@@ -19,7 +19,7 @@ import pandas as pd
 
 from contracts.names import ROLE_TAG
 from contracts.spec import X_AXES
-from reports import figures, forecasts
+from reports import figures, forecasts, lr_search
 from reports.collect import BASELINE_PREFIX, ReportError, is_baseline, normalize, read_table
 from reports.fit import FORMS, SIZE_LAWS, FitError, backtest, fit, fitted_quantity, predict, select_form
 from reports.units import format_size, parse_size
@@ -56,13 +56,15 @@ def make_report(
     checkpoint: str = "final",
     predict: str | float | None = None,
     predictions_dir: str | Path | None = None,
+    search_metric: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Fit every (task, mode, metric) of `table` and write the report files into out_dir.
 
     `predict` (a size like 22B or a rung name) registers the selected forms' forecasts there;
     `predictions_dir` is the store of registered forecasts, scored whenever their rung has
-    results (default: `predictions/` beside out_dir).
+    results (default: `predictions/` beside out_dir). A sweep with an LR grid (spec `search`) is
+    fitted on each size's best grid point, ranked by held-out loss or `search_metric`.
     Returns {"out_dir", "files": {name: path}, "series": [...], "notes": [...], "forecasts",
     "registration"}, the same content as fits.json plus the file paths.
     """
@@ -77,6 +79,9 @@ def make_report(
         raise ReportError(f"x must be one of {', '.join(X_AXES)}, got {x!r}")
     if checkpoint not in ("final", "best"):
         raise ReportError(f"checkpoint must be 'final' or 'best', got {checkpoint!r}")
+    full_table = table
+    search = lr_search.analyse(table, search_metric)
+    table = lr_search.best_points_only(table, search)
     out = Path(out_dir)
     store = Path(predictions_dir) if predictions_dir is not None else out.parent / "predictions"
     rung_sizes = table.groupby("rung")["params"].first().to_dict()
@@ -118,8 +123,10 @@ def make_report(
         "sweep": str(table["sweep"].iloc[0]) if len(table) else "",
         "x": x, "huber_delta": huber_delta, "bootstrap": bootstrap, "seed": seed, "checkpoint": checkpoint,
         "rungs": [{"rung": r, "params": float(p)} for r, p in rungs.items()],
-        "failed_rungs": failed, "series": series, "notes": notes, "target": target,
+        "failed_rungs": failed, "series": series, "notes": notes, "target": target, "lr_search": search,
     }
+    if search is not None:
+        notes += [f"LR search: {w}" for w in search.get("warnings", [])]
     if target is not None and x != "params":
         notes.append("--predict forecasts sizes; with x = train_flops no forecast was registered")
     elif target is not None:
@@ -138,7 +145,7 @@ def make_report(
         "report.md": out / "report.md",
         "report.html": out / "report.html",
     }
-    table.to_parquet(files["results.parquet"], index=False)
+    full_table.to_parquet(files["results.parquet"], index=False)
     files["fits.json"].write_text(json.dumps(result, indent=1, default=_json_default))
     figs = figures.write_all(result, table, out)
     files.update({p.name: p for p in figs})
@@ -472,6 +479,9 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
     if reg:
         out.append(("p", f"Forecasts at {target['size']} registered in predictions.json, sha256 {reg['sha256']} "
                          f"({reg['created']}{'' if reg['new'] else ', unchanged since'})."))
+    if result.get("lr_search"):
+        head, *rest = lr_search.lines(result["lr_search"])
+        out += [("h2", "Learning-rate search"), ("p", head), ("ul", [r.strip() for r in rest])]
     out += [("h2", "Forecasts vs outcomes"), ("p", coverage_text(fc))]
     if fc["rows"]:
         out.append(("table", FORECAST_HEADER, _forecast_rows(fc)))

@@ -128,3 +128,58 @@ def test_coordinate_check_is_flat_under_mup_and_grows_under_standard(tmp_path):
 def test_check_transfer_rejects_bad_widths(tmp_path):
     result = CliRunner().invoke(app, ["check-transfer", str(spec_with(tmp_path, "lr: {rule: mup}\n")), "--widths", "8,16"])
     assert result.exit_code == 2 and "3 or more" in result.output
+
+
+# ---------------------------------------------------------------- the LR search in the report
+
+
+def grid_table(optimum, grid=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2), sizes=(("a", 1e5), ("b", 1e6), ("d", 1e7))):
+    """Held-out loss 1 + (log lr - log optimum(N))^2 at the final checkpoint of each grid point,
+    plus an unsearched rung c at 1e8 with a depth metric (the table `sweep report` collects)."""
+    import pandas as pd
+
+    rows = []
+    for base, n in sizes:
+        for lr in grid:
+            loss = 1 + (math.log(lr) - math.log(optimum(n))) ** 2
+            for step, v in ((5, loss + 1), (10, loss)):
+                rows.append({"rung": f"{base}-lr{lr:g}", "params": n, "step": step, "task": "pretraining",
+                             "metric": "val_loss", "value": v, "search_of": base, "lr": lr})
+    rows.append({"rung": "c", "params": 1e8, "step": 10, "task": "depth", "metric": "abs_rel", "value": 0.2,
+                 "search_of": None, "lr": 1e-3})
+    return pd.DataFrame(rows)
+
+
+def test_lr_search_finds_each_optimum_fits_the_law_and_suggests_an_lr():
+    from reports.lr_search import analyse, best_points_only
+
+    law = lambda n: 4e-3 * (n / 1e6) ** -0.25  # noqa: E731  (inside the grid for every size)
+    result = analyse(grid_table(law))
+    assert result["status"] == "analysed" and result["metric"] == "pretraining/val_loss" and not result["warnings"]
+    for s in result["sizes"]:
+        assert s["optimal_lr"] == pytest.approx(law(s["params"]), rel=0.02)
+    fitted = result["law"]
+    assert fitted["b"] == pytest.approx(-0.25, abs=0.02) and fitted["b_lo"] < -0.25 < fitted["b_hi"]
+    (c,) = result["suggested"]
+    assert c["rung"] == "c" and c["lr"] == pytest.approx(law(1e8), rel=0.1) and c["lo"] < law(1e8) < c["hi"]
+    table = best_points_only(grid_table(law), result)
+    assert sorted(table["rung"].unique()) == ["a", "b", "c", "d"]  # one point per size, named as its rung
+
+
+def test_an_optimum_on_the_edge_of_its_grid_is_a_warning():
+    from reports.lr_search import analyse
+
+    result = analyse(grid_table(lambda n: 5e-2 if n == 1e7 else 4e-3))
+    (warning,) = result["warnings"]
+    assert "d" in warning and "largest of its grid" in warning and "widen the grid up" in warning
+    assert [s["edge"] for s in result["sizes"]] == [None, None, "high"]
+
+
+def test_report_from_a_table_prints_the_lr_search(tmp_path):
+    grid_table(lambda n: 4e-3 * (n / 1e6) ** -0.25).to_csv(tmp_path / "t.csv", index=False)
+    result = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
+                                      "--bootstrap", "20", "--fit", "powerlaw"])
+    assert result.exit_code == 0, result.output
+    assert "optimal LR ~ N^-0.25" in result.output and "suggested LR for c" in result.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Learning-rate search" in md and "suggested LR for c" in md
