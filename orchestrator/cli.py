@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.errors import UserError
-from contracts.spec import SpecError, human_count, load_spec
+from contracts.spec import SpecError, human_count, load_spec, lr_tag
 from contracts.tasks import MODES, TASK_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling-law sweeps for 4D video representations.")
@@ -87,7 +87,7 @@ def plan(
             t.add_row(
                 p.key, p.shape, human_count(p.encoder_params), human_count(p.decoder_params), f"{p.flops_per_clip:.2e}",
                 f"{p.train_flops:.2e}", f"{p.steps} x {p.batch_size}",
-                f"{p.lr:.3g}" + (" μP" if p.parametrization == "mup" else ""), str(p.warmup_steps),
+                lr_tag(p.lr) + (" μP" if p.parametrization == "mup" else ""), str(p.warmup_steps),
                 str(p.gpus) if p.gpus else f"cpu x{p.workers}",
                 _gib(p.mem_per_gpu_bytes) + ("" if p.fits else " !"), f"{p.gpu_hours:,.0f}" if p.gpus else "-",
             )
