@@ -26,7 +26,7 @@ from contracts.layout import DS_TAG, EXPORT, PROBE, RAY_SNAPSHOT, RungPaths, rea
 from contracts.spec import RungConfig
 from data4d.stream import PretrainStream
 from models.export import save_encoder
-from models.mae import VideoMAE, normalize_video, random_masking
+from models.mae import VideoMAE, fp32_draws, normalize_video, random_masking
 from orchestrator import checkpoint as ckpt
 
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
@@ -137,7 +137,8 @@ def train_loop(config: dict) -> None:
     # Build: model on every rank, partitioned as it is created; optimiser; LR schedule.
     ds_config = deepspeed_config(rung, world)
     torch.manual_seed(rung.seed)
-    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config):
+    # fp32_draws: under ZeRO-3 + bf16 the weights are drawn in fp32, then rounded (models.mae).
+    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config), fp32_draws():
         model = VideoMAE(rung.model)
     model.encoder.activation_checkpointing = rung.activation_checkpointing
     o = rung.optimizer
