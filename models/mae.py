@@ -9,12 +9,52 @@ Nothing here knows about Ray or DeepSpeed.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from contracts.shapes import MAEConfig, ViTShape
+
+
+@contextmanager
+def fp32_draws():
+    """While active, `uniform_` and `normal_` on a bf16/fp16 tensor draw in fp32 and round into it.
+
+    Under ZeRO-3 with bf16, `deepspeed.zero.Init` creates every parameter in bf16 before its
+    initialiser runs, and torch's `uniform_` on a reduced-precision tensor (seen on CPU, torch
+    2.13) maps a draw that rounds up to the upper bound onto the lower bound: ~0.1% of each
+    uniformly initialised weight starts at -bound instead of +bound. The same seed then gives a
+    bf16 rung a different (and slightly skewed) start than its fp32 twin; on the tiny test rung
+    that alone moved the step-1 loss by 3.4%. Drawn in fp32, a bf16 rung starts from the fp32
+    weights rounded, as under ZeRO-1/2, where the engine casts a model built in fp32.
+    The methods are patched (as zero.Init patches tensor constructors) rather than overridden
+    with a TorchFunctionMode, which nn.init's own overridable functions would bypass.
+    """
+    names = ("uniform_", "normal_")
+    originals = {name: getattr(torch.Tensor, name) for name in names}
+    own = {name: name in vars(torch.Tensor) for name in names}  # else inherited from TensorBase
+
+    def in_fp32(draw):
+        def fill(t: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if t.dtype not in (torch.bfloat16, torch.float16):
+                return draw(t, *args, **kwargs)
+            with torch.no_grad():
+                return t.copy_(draw(t.float(), *args, **kwargs))
+
+        return fill
+
+    for name, draw in originals.items():
+        setattr(torch.Tensor, name, in_fp32(draw))
+    try:
+        yield
+    finally:
+        for name, draw in originals.items():
+            if own[name]:
+                setattr(torch.Tensor, name, draw)
+            else:
+                delattr(torch.Tensor, name)
 
 
 class Attention(nn.Module):

@@ -33,7 +33,7 @@ from contracts.names import RESTARTS_METRIC, RESTARTS_TAG
 from contracts.spec import RungConfig
 from data4d.stream import PretrainStream
 from models.export import save_encoder
-from models.mae import VideoMAE, normalize_video, param_groups, random_masking
+from models.mae import VideoMAE, fp32_draws, normalize_video, param_groups, random_masking
 from orchestrator import checkpoint as ckpt
 
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
@@ -305,7 +305,8 @@ def build_engine(worker: Worker):
     rung = worker.rung
     ds_config = deepspeed_config(rung, worker.world)
     torch.manual_seed(rung.seed)
-    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config):
+    # fp32_draws: under ZeRO-3 + bf16 the weights are drawn in fp32, then rounded (models.mae).
+    with deepspeed.zero.Init(enabled=rung.zero_stage == 3, config_dict_or_path=ds_config), fp32_draws():
         model = VideoMAE(rung.model)
     model.encoder.activation_checkpointing = rung.activation_checkpointing
     o = rung.optimizer

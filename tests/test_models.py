@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from contracts.cost import decoder_params, encoder_params, flops_per_clip
 from contracts.shapes import SIZES, get_size
-from models.mae import MAEConfig, VideoMAE, ViTShape, normalize_video, random_masking
+from models.mae import MAEConfig, VideoMAE, ViTShape, fp32_draws, normalize_video, random_masking
 
 # Published encoder parameter counts (Carreira et al. 2024, Table 1) and the bounds we hold them to.
 PUBLISHED = {"B": 88e6, "G": 1848e6, "e": 3811e6}
@@ -96,3 +96,33 @@ def test_analytic_training_flops_match_flop_counter_within_5_percent(cfg):
     measured = counter.get_total_flops()
     analytic = 4 * flops_per_clip(cfg).train
     assert abs(analytic / measured - 1) < 0.05, (analytic, measured)
+
+
+INITIALISERS = {
+    "kaiming_uniform": lambda t: torch.nn.init.kaiming_uniform_(t, a=5**0.5),  # nn.Linear's, nn.Conv3d's
+    "trunc_normal": lambda t: torch.nn.init.trunc_normal_(t, std=0.02),  # the position embeddings'
+    "normal": torch.nn.init.normal_,
+}
+
+
+@pytest.mark.parametrize("init", list(INITIALISERS))
+def test_fp32_draws_give_a_bf16_parameter_the_fp32_draw_rounded(init):
+    fill = INITIALISERS[init]
+    torch.manual_seed(0)
+    fp32 = fill(torch.empty(256, 64))
+    torch.manual_seed(0)
+    with fp32_draws():
+        bf16 = fill(torch.empty(256, 64, dtype=torch.bfloat16))
+    assert torch.equal(bf16, fp32.bfloat16())
+    assert "uniform_" not in vars(torch.Tensor) and "normal_" not in vars(torch.Tensor)  # unpatched after
+
+
+def test_without_fp32_draws_bf16_uniform_moves_top_draws_to_the_bottom():
+    """Why fp32_draws exists: torch maps a bf16 uniform draw that rounds up to the bound onto -bound."""
+    torch.manual_seed(0)
+    fp32 = INITIALISERS["kaiming_uniform"](torch.empty(256, 64)).bfloat16()
+    torch.manual_seed(0)
+    bf16 = INITIALISERS["kaiming_uniform"](torch.empty(256, 64, dtype=torch.bfloat16))
+    moved = bf16 != fp32
+    assert 0 < moved.sum() < 0.01 * bf16.numel()
+    assert torch.all(fp32[moved] == 0.125) and torch.all(bf16[moved] == -0.125)  # bound 1/sqrt(fan_in 64)
