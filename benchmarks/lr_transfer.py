@@ -25,12 +25,14 @@ from contracts.shapes import MAEConfig, MupBase, ViTShape  # noqa: E402
 from contracts.spec import SweepSpec  # noqa: E402
 from orchestrator.transfer import held_out_loss, train_briefly, widened  # noqa: E402
 
-SPEC = SweepSpec.model_validate({
-    "name": "lr-transfer",
-    "data": {"frames": 8, "resolution": 32, "tubelet": [2, 8, 8]},
-    "pretraining": {"optimizer": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95]}},
-    "ladder": [{"name": "base", "width": 32, "depth": 3, "mlp": 128, "heads": 2}],
-})
+SPEC = SweepSpec.model_validate(
+    {
+        "name": "lr-transfer",
+        "data": {"frames": 8, "resolution": 32, "tubelet": [2, 8, 8]},
+        "pretraining": {"optimizer": {"lr": 1e-3, "weight_decay": 0.05, "betas": [0.9, 0.95]}},
+        "ladder": [{"name": "base", "width": 32, "depth": 3, "mlp": 128, "heads": 2}],
+    }
+)
 
 
 def main() -> None:
@@ -42,15 +44,25 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     widths, lrs = [int(w) for w in args.widths.split(",")], [float(x) for x in args.lrs.split(",")]
-    base = MAEConfig(encoder=ViTShape(32, 3, 128, 2), decoder=ViTShape(32, 1, 128, 2), frames=8, size=32,
-                     tubelet=(2, 8, 8), mask_ratio=0.75)
+    base = MAEConfig(
+        encoder=ViTShape(32, 3, 128, 2),
+        decoder=ViTShape(32, 1, 128, 2),
+        frames=8,
+        size=32,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.75,
+    )
     best: dict[tuple[str, int], tuple[float, float]] = {}
     t0 = time.time()
     print(f"{'param':5} {'width':>5} " + " ".join(f"{lr:>9.2g}" for lr in lrs) + "   best LR")
     for par in ("sp", "mup"):
         for w in widths:
-            cfg = replace(base, encoder=widened(base.encoder, w, 16), decoder=widened(base.decoder, w, 16),
-                          mup=MupBase(base.encoder, base.decoder) if par == "mup" else None)
+            cfg = replace(
+                base,
+                encoder=widened(base.encoder, w, 16),
+                decoder=widened(base.decoder, w, 16),
+                mup=MupBase(base.encoder, base.decoder) if par == "mup" else None,
+            )
             losses = []
             for lr in lrs:
                 model = train_briefly(cfg, SPEC, lr, args.steps, args.batch, warmup=args.steps // 10)
@@ -61,8 +73,10 @@ def main() -> None:
             print(f"{par:5} {w:>5} " + " ".join(f"{v:>9.4f}" for v in losses) + f"   {lrs[i]:g}", flush=True)
     for par in ("sp", "mup"):
         moved = len({best[(par, w)][0] for w in widths}) > 1
-        print(f"{par}: best LR per width {[best[(par, w)][0] for w in widths]} -> "
-              f"{'moves with width' if moved else 'stays on the same grid point'}")
+        print(
+            f"{par}: best LR per width {[best[(par, w)][0] for w in widths]} -> "
+            f"{'moves with width' if moved else 'stays on the same grid point'}"
+        )
     print(f"({time.time() - t0:.0f} s, {args.steps} steps, batch {args.batch})")
 
 

@@ -37,8 +37,12 @@ class CoordRow:
 
 def widened(shape: ViTShape, width: int, head_dim: int) -> ViTShape:
     """`shape` at another width: head dim fixed (heads grow), MLP ratio kept."""
-    return ViTShape(width=width, depth=shape.depth, mlp=round(shape.mlp * width / shape.width),
-                    heads=max(1, width // head_dim))
+    return ViTShape(
+        width=width,
+        depth=shape.depth,
+        mlp=round(shape.mlp * width / shape.width),
+        heads=max(1, width // head_dim),
+    )
 
 
 def _kind(name: str) -> str | None:
@@ -53,8 +57,9 @@ def _kind(name: str) -> str | None:
     return {"decoder.embed": "decoder_embed", "decoder.head": "decoder_head"}.get(name)
 
 
-def train_briefly(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int,
-                  warmup: int = 0) -> VideoMAE:
+def train_briefly(
+    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int, warmup: int = 0
+) -> VideoMAE:
     """`steps` AdamW steps (the spec's betas and weight decay, the model's μP groups, a linear warmup,
     then a constant LR) on the spec's pretraining stream, in this process."""
     torch.manual_seed(0)
@@ -78,15 +83,24 @@ def train_briefly(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch:
 def held_out_loss(model: VideoMAE, spec: SweepSpec, clips: int = 64) -> float:
     """The MAE loss on the world's first `clips` val clips, with masks fixed by a seed."""
     d = spec.data
-    world = SyntheticWorld(frames=d.frames, size=d.resolution, seed=0, split="val", objects=d.world.objects,
-                           points=d.world.points, focal=d.world.focal)
+    world = SyntheticWorld(
+        frames=d.frames,
+        size=d.resolution,
+        seed=0,
+        split="val",
+        objects=d.world.objects,
+        points=d.world.points,
+        focal=d.world.focal,
+    )
     video = torch.from_numpy(np.stack([world[i]["video"] for i in range(clips)]))
     vis, msk = random_masking(clips, model.cfg, torch.Generator().manual_seed(12345))
     model.eval()
     return float(model(normalize_video(video), vis, msk))
 
 
-def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int) -> dict[str, float]:
+def _train_and_measure(
+    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int
+) -> dict[str, float]:
     model = train_briefly(cfg, spec, lr, steps, batch)
     stream = PretrainStream(spec.data, seed=0, per_rank_batch=batch)
     seen: dict[str, list[float]] = {}
@@ -94,6 +108,7 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
     def hook(kind):
         def record(_module, _inputs, output):
             seen.setdefault(kind, []).append(output.detach().float().pow(2).mean().sqrt().item())
+
         return record
 
     handles = [m.register_forward_hook(hook(k)) for n, m in model.named_modules() if (k := _kind(n))]
@@ -106,8 +121,9 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
     return {k: (v[-1] if k == "encoder_out" else float(np.mean(v))) for k, v in seen.items()}
 
 
-def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None,
-                     batch: int = 8, log=print) -> list[CoordRow]:
+def coordinate_check(
+    spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None, batch: int = 8, log=print
+) -> list[CoordRow]:
     """Rows for both parametrisations at the same base LR (the spec's unless `lr` is given)."""
     base = spec.base_config().model
     lr = lr or spec.pretraining.optimizer.lr
@@ -120,9 +136,12 @@ def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: fl
         sizes: dict[int, dict[str, float]] = {}
         for w in widths:
             dec_w = max(dec_head, round(base.decoder.width * scale[w] / dec_head) * dec_head)
-            cfg = replace(base, encoder=widened(base.encoder, w, enc_head),
-                          decoder=widened(base.decoder, dec_w, dec_head),
-                          mup=MupBase(base.encoder, base.decoder) if par == "mup" else None)
+            cfg = replace(
+                base,
+                encoder=widened(base.encoder, w, enc_head),
+                decoder=widened(base.decoder, dec_w, dec_head),
+                mup=MupBase(base.encoder, base.decoder) if par == "mup" else None,
+            )
             log(f"check-transfer: {par} width {w} ({steps} steps at lr {lr:g})")
             sizes[w] = _train_and_measure(cfg, spec, lr, steps, batch)
         x = np.log(widths)
@@ -131,4 +150,3 @@ def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: fl
             slope = float(np.polyfit(x, np.log([rms[w] for w in widths]), 1)[0])
             rows.append(CoordRow(par, kind, rms, slope if math.isfinite(slope) else float("nan")))
     return rows
-

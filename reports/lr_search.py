@@ -41,7 +41,9 @@ def selection_metric(table: pd.DataFrame, metric: str | None) -> tuple[str, str]
 
 
 def _final_values(table: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
-    rows = table[(table["task"].fillna("") == task) & (table["metric"] == metric) & table["search_of"].notna()]
+    rows = table[
+        (table["task"].fillna("") == task) & (table["metric"] == metric) & table["search_of"].notna()
+    ]
     if "mode" in rows.columns:
         rows = rows[rows["mode"].fillna("frozen") == "frozen"]
     last = rows.loc[rows.groupby("rung")["step"].idxmax()]
@@ -64,15 +66,23 @@ def _optimum(lrs: np.ndarray, values: np.ndarray, hib: bool) -> dict:
     else:
         log_best = float(x[i])
         sigma = float(np.abs(np.diff(x)).mean()) / 2
-    return {"best_lr": float(lrs[i]), "best_value": float(values[i]), "optimal_lr": math.exp(log_best),
-            "log_sigma": sigma, "edge": edge, "grid": [[float(a), float(b)] for a, b in zip(lrs, values, strict=True)]}
+    return {
+        "best_lr": float(lrs[i]),
+        "best_value": float(values[i]),
+        "optimal_lr": math.exp(log_best),
+        "log_sigma": sigma,
+        "edge": edge,
+        "grid": [[float(a), float(b)] for a, b in zip(lrs, values, strict=True)],
+    }
 
 
 def fit_lr_law(sizes: list[dict]) -> dict:
     """log lr* = a + b log N by weighted least squares; the 95% interval of b from the optima's sigmas
     (inflated by the scatter when 3 or more sizes over-determine the law)."""
     interior = [s for s in sizes if s["edge"] is None]
-    usable = interior if len({s["params"] for s in interior}) >= 2 else sizes  # edges only bound their optimum
+    usable = (
+        interior if len({s["params"] for s in interior}) >= 2 else sizes
+    )  # edges only bound their optimum
     if len({s["params"] for s in usable}) < 2:
         return {"status": "not fitted", "reason": "needs two or more searched sizes"}
     x = np.log([s["params"] for s in usable])
@@ -85,9 +95,16 @@ def fit_lr_law(sizes: list[dict]) -> dict:
         chi2 = float(np.sum(w * (y - a - b * x) ** 2)) / (len(usable) - 2)
         cov = cov * max(1.0, chi2)
     se_b = math.sqrt(cov[1, 1])
-    return {"status": "fitted", "a": float(a), "b": float(b), "b_lo": float(b - Z95 * se_b), "b_hi": float(b + Z95 * se_b),
-            "cov": cov.tolist(), "sizes_used": [s["rung"] for s in usable],
-            "uses_edges": any(s["edge"] for s in usable)}
+    return {
+        "status": "fitted",
+        "a": float(a),
+        "b": float(b),
+        "b_lo": float(b - Z95 * se_b),
+        "b_hi": float(b + Z95 * se_b),
+        "cov": cov.tolist(),
+        "sizes_used": [s["rung"] for s in usable],
+        "uses_edges": any(s["edge"] for s in usable),
+    }
 
 
 def predict_lr(law: dict, params: float) -> tuple[float, float, float]:
@@ -115,18 +132,31 @@ def analyse(table: pd.DataFrame, metric: str | None = None) -> dict | None:
         sizes.append({"rung": str(base), "params": float(g["params"].iloc[0]), "best_rung": best_rung, **opt})
         if opt["edge"]:
             side = "smallest" if opt["edge"] == "low" else "largest"
-            warnings.append(f"the best LR of {base} ({opt['best_lr']:.3g}) is the {side} of its grid: the optimum may lie "
-                            f"beyond it; widen the grid {'down' if opt['edge'] == 'low' else 'up'} before trusting the law")
+            warnings.append(
+                f"the best LR of {base} ({opt['best_lr']:.3g}) is the {side} of its grid: the optimum may lie "
+                f"beyond it; widen the grid {'down' if opt['edge'] == 'low' else 'up'} before trusting the law"
+            )
     sizes.sort(key=lambda s: s["params"])
     law = fit_lr_law(sizes)
     suggested = []
     if law["status"] == "fitted":
-        plain = table[table["search_of"].isna() & table["params"].notna()] if "search_of" in table else table.iloc[:0]
+        plain = (
+            table[table["search_of"].isna() & table["params"].notna()]
+            if "search_of" in table
+            else table.iloc[:0]
+        )
         for rung, n in plain.groupby("rung")["params"].first().sort_values().items():
             lr, lo, hi = predict_lr(law, float(n))
             suggested.append({"rung": str(rung), "params": float(n), "lr": lr, "lo": lo, "hi": hi})
-    return {"status": "analysed", "metric": f"{task}/{name}" if task else name, "higher_is_better": hib,
-            "sizes": sizes, "law": law, "suggested": suggested, "warnings": warnings}
+    return {
+        "status": "analysed",
+        "metric": f"{task}/{name}" if task else name,
+        "higher_is_better": hib,
+        "sizes": sizes,
+        "law": law,
+        "suggested": suggested,
+        "warnings": warnings,
+    }
 
 
 def best_points_only(table: pd.DataFrame, search: dict | None) -> pd.DataFrame:
@@ -147,15 +177,21 @@ def lines(search: dict) -> list[str]:
     out = [f"LR search, best point per size by {search['metric']} at the final checkpoint:"]
     for s in search["sizes"]:
         grid = ", ".join(f"{lr:.3g}: {v:.4g}" for lr, v in s["grid"])
-        out.append(f"  {s['rung']} ({format_size(s['params'])}): best {s['best_lr']:.3g} (optimum ~{s['optimal_lr']:.3g})"
-                   f"{' at the edge of its grid' if s['edge'] else ''}; grid {grid}")
+        out.append(
+            f"  {s['rung']} ({format_size(s['params'])}): best {s['best_lr']:.3g} (optimum ~{s['optimal_lr']:.3g})"
+            f"{' at the edge of its grid' if s['edge'] else ''}; grid {grid}"
+        )
     law = search["law"]
     if law["status"] == "fitted":
-        out.append(f"  optimal LR ~ N^{law['b']:.3f} (95% interval of the exponent [{law['b_lo']:.3f}, {law['b_hi']:.3f}])"
-                   + ("; from optima on the edge of their grids, so only a rough guide" if law["uses_edges"] else ""))
+        out.append(
+            f"  optimal LR ~ N^{law['b']:.3f} (95% interval of the exponent [{law['b_lo']:.3f}, {law['b_hi']:.3f}])"
+            + ("; from optima on the edge of their grids, so only a rough guide" if law["uses_edges"] else "")
+        )
         for s in search["suggested"]:
-            out.append(f"  suggested LR for {s['rung']} ({format_size(s['params'])}): {s['lr']:.3g} "
-                       f"(95% interval [{s['lo']:.3g}, {s['hi']:.3g}])")
+            out.append(
+                f"  suggested LR for {s['rung']} ({format_size(s['params'])}): {s['lr']:.3g} "
+                f"(95% interval [{s['lo']:.3g}, {s['hi']:.3g}])"
+            )
     else:
         out.append(f"  no LR law: {law['reason']}")
     out += [f"  WARNING: {w}" for w in search["warnings"]]

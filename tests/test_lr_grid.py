@@ -61,12 +61,20 @@ def test_a_three_point_grid_on_two_rungs_runs_reruns_and_is_reported(ray_cluster
     assert {r.data.tags.get(SEARCH_TAG) for r in runs} == {"a", "b", None}
 
     # A rerun finds everything done: no new checkpoint, no eval run again.
-    before = {str(p): p.stat().st_mtime_ns for d in dirs for p in d.root.rglob("*") if p.is_file() and
-              ("checkpoints" in p.parts or "evals" in p.parts)}
+    before = {
+        str(p): p.stat().st_mtime_ns
+        for d in dirs
+        for p in d.root.rglob("*")
+        if p.is_file() and ("checkpoints" in p.parts or "evals" in p.parts)
+    }
     t0 = time.time()
     assert open_sweep(Path("grid.yaml"), Path("runs"), max_concurrent=4).run(None) == 0
-    after = {str(p): p.stat().st_mtime_ns for d in dirs for p in d.root.rglob("*") if p.is_file() and
-             ("checkpoints" in p.parts or "evals" in p.parts)}
+    after = {
+        str(p): p.stat().st_mtime_ns
+        for d in dirs
+        for p in d.root.rglob("*")
+        if p.is_file() and ("checkpoints" in p.parts or "evals" in p.parts)
+    }
     assert after == before, "the rerun wrote checkpoints or evals"
     rerun_s = time.time() - t0
 

@@ -36,7 +36,9 @@ ladder:
 
 def spec_with(tmp_path, scaling: str, extra: str = ""):
     path = tmp_path / "s.yaml"
-    path.write_text(SPEC.replace("  steps: 10\n", f"  steps: 10\n  scaling:\n{textwrap.indent(scaling, '    ')}") + extra)
+    path.write_text(
+        SPEC.replace("  steps: 10\n", f"  steps: 10\n  scaling:\n{textwrap.indent(scaling, '    ')}") + extra
+    )
     return path
 
 
@@ -62,7 +64,9 @@ def test_lr_rules_resolve_per_rung_and_plan_prints_them(tmp_path, scaling, expec
 
 
 def test_warmup_and_batch_rules_and_the_rungs_own_values_win(tmp_path):
-    a, _, c = load_spec(spec_with(tmp_path, "warmup: {rule: power, exponent: 0.5}\nbatch: {rule: power, exponent: 0.5}\n")).rungs()
+    a, _, c = load_spec(
+        spec_with(tmp_path, "warmup: {rule: power, exponent: 0.5}\nbatch: {rule: power, exponent: 0.5}\n")
+    ).rungs()
     ratio = encoder_params(c.model) / encoder_params(a.model)
     assert a.schedule.warmup_steps == 8 and c.schedule.warmup_steps == round(8 * ratio**0.5)
     assert c.batch_size % c.workers == 0 and abs(c.batch_size - 8 * ratio**0.5) <= c.workers
@@ -92,14 +96,21 @@ def test_scaled_values_are_part_of_the_identity_and_constant_rules_change_no_has
 def test_bad_rules_exit_2_naming_field_and_line(tmp_path, scaling, where):
     path = spec_with(tmp_path, scaling)
     result = CliRunner().invoke(app, ["plan", str(path)])
-    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(scaling[:4]))
-    assert result.exit_code == 2 and where in result.output and f"s.yaml:{line}" in result.output, result.output
+    line = next(
+        i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(scaling[:4])
+    )
+    assert result.exit_code == 2 and where in result.output and f"s.yaml:{line}" in result.output, (
+        result.output
+    )
 
 
 def test_mup_scales_hidden_matrices_only_and_the_base_shape_is_standard(tmp_path):
     base, wide = (r.model for r in load_spec(spec_with(tmp_path, "lr: {rule: mup}\n")).rungs()[::2])
     scales = mup_lr_scales(VideoMAE(wide))
-    assert scales["encoder.blocks.0.attn.qkv.weight"] == 32 / 128 and scales["encoder.blocks.1.mlp.2.weight"] == 128 / 512
+    assert (
+        scales["encoder.blocks.0.attn.qkv.weight"] == 32 / 128
+        and scales["encoder.blocks.1.mlp.2.weight"] == 128 / 512
+    )
     assert "encoder.patch_embed.weight" not in scales and "decoder.head.weight" not in scales
     assert all(v == 1.0 for v in mup_lr_scales(VideoMAE(base)).values())
     groups = param_groups(VideoMAE(wide), 1e-2, 0.05)
@@ -126,7 +137,9 @@ def test_coordinate_check_is_flat_under_mup_and_grows_under_standard(tmp_path):
 
 
 def test_check_transfer_rejects_bad_widths(tmp_path):
-    result = CliRunner().invoke(app, ["check-transfer", str(spec_with(tmp_path, "lr: {rule: mup}\n")), "--widths", "8,16"])
+    result = CliRunner().invoke(
+        app, ["check-transfer", str(spec_with(tmp_path, "lr: {rule: mup}\n")), "--widths", "8,16"]
+    )
     assert result.exit_code == 2 and "3 or more" in result.output
 
 
@@ -143,10 +156,30 @@ def grid_table(optimum, grid=(1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2), sizes=(("a", 1e5)
         for lr in grid:
             loss = 1 + (math.log(lr) - math.log(optimum(n))) ** 2
             for step, v in ((5, loss + 1), (10, loss)):
-                rows.append({"rung": f"{base}-lr{lr:g}", "params": n, "step": step, "task": "pretraining",
-                             "metric": "val_loss", "value": v, "search_of": base, "lr": lr})
-    rows.append({"rung": "c", "params": 1e8, "step": 10, "task": "depth", "metric": "abs_rel", "value": 0.2,
-                 "search_of": None, "lr": 1e-3})
+                rows.append(
+                    {
+                        "rung": f"{base}-lr{lr:g}",
+                        "params": n,
+                        "step": step,
+                        "task": "pretraining",
+                        "metric": "val_loss",
+                        "value": v,
+                        "search_of": base,
+                        "lr": lr,
+                    }
+                )
+    rows.append(
+        {
+            "rung": "c",
+            "params": 1e8,
+            "step": 10,
+            "task": "depth",
+            "metric": "abs_rel",
+            "value": 0.2,
+            "search_of": None,
+            "lr": 1e-3,
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -155,7 +188,11 @@ def test_lr_search_finds_each_optimum_fits_the_law_and_suggests_an_lr():
 
     law = lambda n: 4e-3 * (n / 1e6) ** -0.25  # noqa: E731  (inside the grid for every size)
     result = analyse(grid_table(law))
-    assert result["status"] == "analysed" and result["metric"] == "pretraining/val_loss" and not result["warnings"]
+    assert (
+        result["status"] == "analysed"
+        and result["metric"] == "pretraining/val_loss"
+        and not result["warnings"]
+    )
     for s in result["sizes"]:
         assert s["optimal_lr"] == pytest.approx(law(s["params"]), rel=0.02)
     fitted = result["law"]
@@ -177,8 +214,20 @@ def test_an_optimum_on_the_edge_of_its_grid_is_a_warning():
 
 def test_report_from_a_table_prints_the_lr_search(tmp_path):
     grid_table(lambda n: 4e-3 * (n / 1e6) ** -0.25).to_csv(tmp_path / "t.csv", index=False)
-    result = CliRunner().invoke(app, ["report", "--from", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"),
-                                      "--bootstrap", "20", "--fit", "powerlaw"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--from",
+            str(tmp_path / "t.csv"),
+            "--out",
+            str(tmp_path / "out"),
+            "--bootstrap",
+            "20",
+            "--fit",
+            "powerlaw",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "optimal LR ~ N^-0.25" in result.output and "suggested LR for c" in result.output
     md = (tmp_path / "out" / "report.md").read_text()
