@@ -17,7 +17,7 @@ from rich.table import Table
 
 from contracts.errors import UserError
 from contracts.spec import SpecError, human_count, load_spec
-from contracts.tasks import MODES, TASK_NAMES
+from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Scaling-law sweeps for 4D video representations.")
 world_app = typer.Typer(no_args_is_help=True, help="Look at the synthetic 4D world.")
@@ -312,36 +312,49 @@ def eval_(
     task: Annotated[list[str], typer.Option(help="task(s): point_tracking camera_pose depth box_tracking action")],
     mode: Annotated[str, typer.Option(help="frozen | finetune")] = "frozen",
     spec: Annotated[Path | None, typer.Option(help="take readout and data settings from this spec")] = None,
+    data: Annotated[list[str] | None, typer.Option(
+        "--data", help=f"FORMAT:PATH, a dataset on disk for the task its format serves ({', '.join(EVAL_FORMATS)}); "
+        "other tasks read the synthetic world")] = None,
 ):
     """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
-    from contracts.spec import Data, Evals
+    from contracts.spec import Data, EvalData, Evals
     from models.export import ExportError, export_dir
 
     bad = [t for t in task if t not in TASK_NAMES]
     if bad or mode not in MODES:
         raise SpecError(f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASK_NAMES)}; modes: {', '.join(MODES)}")
+    on_disk = dict(EvalData.parse(d) for d in data or [])
+    unused = [t for t in on_disk if t not in task]
+    if unused:
+        raise SpecError(f"--data gives data for {', '.join(unused)}, which no --task names")
+    for d in on_disk.values():
+        if not Path(d.path).exists():
+            raise SpecError(f"--data {d.format}:{d.path}: no such file or folder")
     rung_json = export_dir(checkpoint) / "rung.json"
     if not rung_json.is_file():
         raise ExportError(f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)")
     if spec is not None:
         s = load_spec(spec)
-        evals, data = s.evals, s.data
+        evals, world = s.evals, s.data
     else:
-        evals, data = Evals(), Data(**json.loads(rung_json.read_text())["data"])
+        evals, world = Evals(), Data(**json.loads(rung_json.read_text()).get("data", {}))
+    datasets = {**evals.data, **on_disk}
     from evals.run import evaluate
 
-    results = {}
+    results, about = {}, {}
     for name in task:  # clips and frozen features are cached, so tasks still share them
         with out.status(f"evaluating {checkpoint} on {name} ({mode})"):
-            results[name] = evaluate(str(checkpoint), name, mode=mode, readout=evals.readout_for(name), data=data)
+            results[name] = evaluate(str(checkpoint), name, mode=mode, readout=evals.readout_for(name), data=world,
+                                     datasets=datasets, info=about)
     t = Table(title=f"{checkpoint} ({mode})")
-    for col in ("task", "metric", "value", "trivial baseline"):
+    for col in ("task", "dataset", "split", "metric", "value", "trivial baseline"):
         t.add_column(col)
     for name, metrics in results.items():
         for k, v in metrics.items():
             if not k.startswith("baseline_"):
                 base = metrics.get(f"baseline_{k}")
-                t.add_row(name, k, f"{v:.4f}", "-" if base is None else f"{base:.4f}")
+                t.add_row(name, about[name]["dataset"], about[name]["split"], k, f"{v:.4f}",
+                          "-" if base is None else f"{base:.4f}")
     out.print(t)
 
 
