@@ -2,7 +2,8 @@
 
 One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
 known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
-bounded (a per-row override of `is_bounded`). A rung that has no eval
+bounded (a per-row override of `is_bounded`), and `dataset` (what the eval was scored on:
+"synthetic", or an eval dataset's label; a series never mixes two). A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
 """
@@ -21,12 +22,14 @@ from contracts.names import (
     RUNG_KEY_TAG,
     RUNG_TAG,
     STATUS_TAG,
+    SYNTHETIC,
+    eval_key_dataset,
     parse_eval_metric_key,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
 
 COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
-OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded"]
+OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded", "dataset"]
 
 
 class ReportError(UserError):
@@ -72,6 +75,7 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
                 clips = num["batch_size"] * m.step
                 rows.append(rung | {
                     "step": m.step, "task": task, "mode": mode, "metric": metric, "value": m.value,
+                    "dataset": eval_key_dataset(key),
                     "train_flops": num["flops_per_clip"] * clips, "clips_seen": clips, "tokens": num["num_tokens"] * clips,
                 })
         if not found:
@@ -143,10 +147,12 @@ def normalize(df: pd.DataFrame, sweep: str = "") -> pd.DataFrame:
     """Fill defaults so every table has COLUMNS, with one order of columns and rows."""
     df = df.copy()
     df["rung"] = df["rung"].astype(str)
-    defaults = {"sweep": sweep, "rung_key": df["rung"], "task": "", "mode": "frozen", "train_flops": np.nan}
+    defaults = {"sweep": sweep, "rung_key": df["rung"], "task": "", "mode": "frozen", "train_flops": np.nan,
+                "dataset": SYNTHETIC}
     for col, value in defaults.items():
         if col not in df.columns:
             df[col] = value
+    df["dataset"] = df["dataset"].fillna(SYNTHETIC).astype(str)
     if "step" not in df.columns:
         # Without steps, a rung's checkpoints are ordered by how much they have seen.
         order = next((c for c in ("tokens", "clips_seen", "train_flops") if c in df.columns and df[c].notna().any()), None)
