@@ -358,6 +358,22 @@ def eval_(
     out.print(t)
 
 
+@app.command("import-4ds")
+@user_errors_exit_2
+def import_4ds(
+    checkpoint: Annotated[Path, typer.Argument(help="a released 4DS backbone .npz (representations4d), e.g. scaling4d_dist_b.npz")],
+    size: Annotated[str, typer.Option(help="B (4DS-B-dist-e, 88M) or e (4DS-e, 3.8B)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="where to write the export (encoder.safetensors, rung.json)")],
+):
+    """Import a released 4DS encoder as our export, every key and shape checked; evaluate it with `sweep eval`."""
+    from models.fourds import import_4ds as run_import
+
+    rung = run_import(checkpoint, size, out_dir)
+    m = rung["model"]
+    out.print(f"{checkpoint} -> {out_dir}: 4DS-{size}, {m['frames']}x{m['size']}x{m['size']} clips; "
+              f"evaluate with: sweep eval {out_dir} --task depth --data scannet:PATH")
+
+
 @world_app.command("preview")
 @user_errors_exit_2
 def world_preview(
