@@ -20,7 +20,9 @@ RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung
 RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
 
 
-DATASET_TAG = "sweep4d.dataset.{task}"  # on a rung run: the eval dataset of <task> (its label, or "synthetic")
+DATASET_TAG = (
+    "sweep4d.dataset.{task}"  # on a rung run: the eval dataset of <task> (its label, or "synthetic")
+)
 # eval/<task>:<dataset>/<metric>: a real dataset's metrics never share a key (so a series) with synthetic ones.
 # (MLflow keys allow only / \w . - : and space; a dataset label is "<format>:<name>", contracts.spec.EvalData.)
 DATASET_SEP = ":"

@@ -62,8 +62,9 @@ class Source:
     num_classes: int | None = None
 
 
-def load_splits(data: EvalData, task: str, frames: int, size: int, sizes: dict[str, int]
-                ) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+def load_splits(
+    data: EvalData, task: str, frames: int, size: int, sizes: dict[str, int]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """The train/val/test Clips of `data` for `task` at the encoder's frames and size, and what they are."""
     if data.format not in EVAL_FORMATS:
         raise DataError(f"unknown eval data format {data.format!r}; formats: {', '.join(EVAL_FORMATS)}")
@@ -107,7 +108,9 @@ def split_items(own: dict[str, list], seed: int, sizes: dict[str, int]) -> tuple
     empty = [s for s in SPLITS if not items.get(s)]
     if empty:
         n = {s: len(items.get(s, [])) for s in SPLITS}
-        raise DataError(f"eval data too small: split(s) {', '.join(empty)} empty ({n}); every split needs a clip")
+        raise DataError(
+            f"eval data too small: split(s) {', '.join(empty)} empty ({n}); every split needs a clip"
+        )
     return items, rule
 
 
@@ -167,8 +170,9 @@ def _frame(f, where: str) -> np.ndarray:
     return np.asarray(f, np.uint8)
 
 
-def tapvid_clip(path, name, v: dict, frames: int, size: int, stride: int, mode: str, points: int,
-                seed: int) -> dict:
+def tapvid_clip(
+    path, name, v: dict, frames: int, size: int, stride: int, mode: str, points: int, seed: int
+) -> dict:
     """One TAP-Vid video -> a clip of `points` queries (drawn by seed; repeated when fewer exist)."""
     from PIL import Image
 
@@ -193,15 +197,24 @@ def tapvid_clip(path, name, v: dict, frames: int, size: int, stride: int, mode: 
     if mode == "first":
         queries = [(n, int(visible[n].argmax())) for n in range(len(occ)) if visible[n].any()]
     else:
-        queries = [(n, q) for n in range(len(occ)) for q in range(0, frames, TAPVID_QUERY_STRIDE) if visible[n, q]]
+        queries = [
+            (n, q) for n in range(len(occ)) for q in range(0, frames, TAPVID_QUERY_STRIDE) if visible[n, q]
+        ]
     if not queries:
         raise DataError(f"{where}: no point is visible in the clip's {frames} frames")
     rng = np.random.default_rng([seed, zlib.crc32(str(name).encode())])  # per video, stable across runs
-    pick = np.sort(rng.choice(len(queries), points, replace=False)) if len(queries) >= points else \
-        np.resize(np.arange(len(queries)), points)
+    pick = (
+        np.sort(rng.choice(len(queries), points, replace=False))
+        if len(queries) >= points
+        else np.resize(np.arange(len(queries)), points)
+    )
     n, q = np.array([queries[k] for k in pick]).T
-    return {"video": np.stack(video), "tracks": (pts[n] * size).astype(np.float32), "occluded": occ[n],
-            "query_frame": q.astype(np.int64)}
+    return {
+        "video": np.stack(video),
+        "tracks": (pts[n] * size).astype(np.float32),
+        "occluded": occ[n],
+        "query_frame": q.astype(np.int64),
+    }
 
 
 # ------------------------------------------------------------------ camera pose: RealEstate10K
@@ -263,8 +276,10 @@ def ssv2(root: Path, data: EvalData, frames: int, size: int) -> Source:
     split here; val is drawn from train), videos/<id>.webm. See readers.SomethingSomethingV2."""
     if not root.is_dir():
         raise DataError(f"{root}: Something-Something v2 root must be a folder")
-    sets = {s: SomethingSomethingV2(root, split=name, frames=frames, resolution=size, stride=data.stride)
-            for s, name in (("train", "train"), ("test", "validation"))}
+    sets = {
+        s: SomethingSomethingV2(root, split=name, frames=frames, resolution=size, stride=data.stride)
+        for s, name in (("train", "train"), ("test", "validation"))
+    }
     own = {s: [(ds, i) for i in range(len(ds))] for s, ds in sets.items()}
     k = max(sets["train"].classes.values(), default=-1) + 1
 
@@ -328,7 +343,12 @@ def _sot(root: Path, own: dict, data: EvalData, frames: int, size: int) -> Sourc
 
 
 SOURCES: dict[str, Callable[[Path, EvalData, int, int], Source]] = {
-    "tapvid": tapvid, "realestate10k": realestate10k, "scannet": scannet, "ssv2": ssv2, "folder": folder,
-    "got10k": got10k, "lasot": lasot,
+    "tapvid": tapvid,
+    "realestate10k": realestate10k,
+    "scannet": scannet,
+    "ssv2": ssv2,
+    "folder": folder,
+    "got10k": got10k,
+    "lasot": lasot,
 }
 assert set(SOURCES) == set(EVAL_FORMATS), "data4d.evalsets must read exactly contracts.tasks.EVAL_FORMATS"

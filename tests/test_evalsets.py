@@ -45,8 +45,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    cfg = MAEConfig(encoder=ViTShape(16, 1, 32, 2), decoder=ViTShape(16, 1, 32, 2), frames=F, size=S,
-                    tubelet=(2, 8, 8), mask_ratio=0.5)
+    cfg = MAEConfig(
+        encoder=ViTShape(16, 1, 32, 2),
+        decoder=ViTShape(16, 1, 32, 2),
+        frames=F,
+        size=S,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.5,
+    )
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("export")
     save_encoder(Encoder(cfg).state_dict(), {"model": cfg.to_dict(), "name": "tiny"}, d)
@@ -55,8 +61,20 @@ def export(tmp_path_factory):
 
 
 def sweep_eval(export, task, data, *extra):
-    return runner.invoke(app, ["eval", str(export), "--task", task, "--data", data,
-                               "--spec", str(export.parent / "spec.yaml"), *extra])
+    return runner.invoke(
+        app,
+        [
+            "eval",
+            str(export),
+            "--task",
+            task,
+            "--data",
+            data,
+            "--spec",
+            str(export.parent / "spec.yaml"),
+            *extra,
+        ],
+    )
 
 
 def write_video(path, n=6, h=20, w=40):
@@ -167,8 +185,16 @@ def test_realestate10k_intrinsics_after_resize_and_crop(re10k):
     assert [len(clips[s]["video"]) for s in ("train", "val", "test")] == [2, 1, 2]
     # 40x20 frames: fx = 0.5 * 40 = 20 px, cx = 20, fy = 0.6 * 20 = 12, cy = 10; scaled by 16/20 -> 32x16,
     # cropped 8 px from the left: fx 16, cx 16 - 8 = 8, fy 9.6, cy 8.
-    np.testing.assert_allclose(clips["test"]["intrinsics"][0], [[16, 0, 8], [0, 9.6, 8], [0, 0, 1]], rtol=1e-6)
-    assert clips["test"]["extrinsics"].shape == (2, F, 4, 4) and clips["test"]["video"].shape == (2, F, S, S, 3)
+    np.testing.assert_allclose(
+        clips["test"]["intrinsics"][0], [[16, 0, 8], [0, 9.6, 8], [0, 0, 1]], rtol=1e-6
+    )
+    assert clips["test"]["extrinsics"].shape == (2, F, 4, 4) and clips["test"]["video"].shape == (
+        2,
+        F,
+        S,
+        S,
+        3,
+    )
 
 
 # ------------------------------------------------------------------ depth: ScanNet
@@ -197,7 +223,9 @@ def scannet(tmp_path_factory):
 def test_scannet_depth_pixel_and_intrinsics(scannet):
     clips, info = load("scannet", scannet, "depth")
     assert info["split"].startswith("dataset splits") and len(clips["test"]["video"]) == 2
-    d = clips["test"]["depth"][0]  # (F, 16, 16): 32x48 depth scaled by 1/2 to 16x24, cropped 4 px from the left
+    d = clips["test"]["depth"][
+        0
+    ]  # (F, 16, 16): 32x48 depth scaled by 1/2 to 16x24, cropped 4 px from the left
     assert d.shape == (F, S, S)
     # nearest resampling by 2 reads source pixel (2r + 1, 2c + 1) of the scaled-then-cropped grid:
     # output (0, 0) <- source row 1, column 2 * 4 + 1 = 9: 1000 + 48 * 1 + 9 mm in frame 0.
@@ -217,7 +245,9 @@ def ssv2(tmp_path_factory):
     (root / "labels.json").write_text(json.dumps(labels))
     templates = ["Pushing [something] from left to right", "Putting [something] on a surface"]
     for split, ids in (("train", range(4)), ("validation", range(10, 12))):
-        items = [{"id": str(i), "label": "x", "template": templates[i % 2], "placeholders": ["a"]} for i in ids]
+        items = [
+            {"id": str(i), "label": "x", "template": templates[i % 2], "placeholders": ["a"]} for i in ids
+        ]
         (root / f"{split}.json").write_text(json.dumps(items))
         for i in ids:
             write_video(root / "videos" / f"{i}.webm")
@@ -285,13 +315,20 @@ def test_got10k_box_and_absence(got10k):
 
 def test_lasot_testing_set_and_occlusion_flags(tmp_path):
     for k in range(4):
-        write_sequence(tmp_path / "airplane" / f"airplane-{k + 1}", BOXES, flags=[0, 0, 0, 1, 0, 0], lasot=True)
+        write_sequence(
+            tmp_path / "airplane" / f"airplane-{k + 1}", BOXES, flags=[0, 0, 0, 1, 0, 0], lasot=True
+        )
     (tmp_path / "testing_set.txt").write_text("airplane-4\n")
     clips, info = load("lasot", tmp_path, "box_tracking", stride=2)  # frames 0, 2, 4, 5 (last repeated)
     assert [len(clips[s]["boxes"]) for s in ("train", "val", "test")] == [2, 1, 1]
     assert clips["test"]["box_visible"][0, 0].tolist() == [True, True, True, True]  # frame 3 is not sampled
     clips, _ = load("lasot", tmp_path, "box_tracking")
-    assert clips["test"]["box_visible"][0, 0].tolist() == [True, True, True, False]  # fully occluded in frame 3
+    assert clips["test"]["box_visible"][0, 0].tolist() == [
+        True,
+        True,
+        True,
+        False,
+    ]  # fully occluded in frame 3
 
 
 def test_seeded_split_is_deterministic_and_covers_every_split():
@@ -305,10 +342,17 @@ def test_seeded_split_is_deterministic_and_covers_every_split():
 # ------------------------------------------------------------------ end to end: sweep eval --data
 
 
-@pytest.mark.parametrize("task, fmt, fixture", [
-    ("point_tracking", "tapvid", "davis"), ("camera_pose", "realestate10k", "re10k"), ("depth", "scannet", "scannet"),
-    ("action", "ssv2", "ssv2"), ("action", "folder", "class_folder"), ("box_tracking", "got10k", "got10k"),
-])
+@pytest.mark.parametrize(
+    "task, fmt, fixture",
+    [
+        ("point_tracking", "tapvid", "davis"),
+        ("camera_pose", "realestate10k", "re10k"),
+        ("depth", "scannet", "scannet"),
+        ("action", "ssv2", "ssv2"),
+        ("action", "folder", "class_folder"),
+        ("box_tracking", "got10k", "got10k"),
+    ],
+)
 def test_sweep_eval_scores_each_format(export, request, task, fmt, fixture):
     path = request.getfixturevalue(fixture)
     path = path[0] if isinstance(path, tuple) else path
@@ -334,7 +378,11 @@ def test_bad_data_exits_2_with_one_message_and_writes_nothing(export, tmp_path, 
     cases["code in a pickle"] = ("point_tracking", f"tapvid:{evil}", "refusing to load posix.system")
     odd = tmp_path / "odd.pkl"
     odd.write_bytes(pickle.dumps({"v": {"video": {1, 2}, "points": [], "occluded": []}}))
-    cases["a set in a pickle"] = ("point_tracking", f"tapvid:{odd}", "the pickle holds a set at ['v']['video']")
+    cases["a set in a pickle"] = (
+        "point_tracking",
+        f"tapvid:{odd}",
+        "the pickle holds a set at ['v']['video']",
+    )
     broken = tmp_path / "GOT-10k"
     write_sequence(broken / "train" / "a", BOXES)
     write_sequence(broken / "train" / "b", BOXES)

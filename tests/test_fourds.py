@@ -25,8 +25,11 @@ def npz(tmp_path_factory):
     params = {}
     for k, shape in expected_shapes(**B).items():
         scale = 1.0 if k.endswith("norm/scale") else 0.02
-        params[PREFIX + k] = (scale + 0.02 * rng.standard_normal(shape, np.float32)) if scale == 1.0 \
+        params[PREFIX + k] = (
+            (scale + 0.02 * rng.standard_normal(shape, np.float32))
+            if scale == 1.0
             else (scale * rng.standard_normal(shape, np.float32))
+        )
     path = tmp_path_factory.mktemp("4ds") / "scaling4d_dist_b.npz"
     np.savez(path, **params)
     return path, params
@@ -44,18 +47,22 @@ def gelu_tanh(x):  # flax.linen.gelu's default (approximate=True)
 def reference_features(p, video, blocks):
     """The 4DS Model in NumPy (float64): frames in [0, 1], VALID conv tubelets, learned posenc over
     (t, h, w), pre-norm blocks; the output of `blocks` blocks, tokens in (t, h, w) order."""
-    g = {k[len(PREFIX):]: v.astype(np.float64) for k, v in p.items()}
+    g = {k[len(PREFIX) :]: v.astype(np.float64) for k, v in p.items()}
     x = video.astype(np.float64) / 255.0  # (T, H, W, 3)
     K = g["encoder/patch_embedding/Conv_0/kernel"]  # (2, 16, 16, 3, D)
     T, H, W, _ = x.shape
     patches = x.reshape(T // 2, 2, H // 16, 16, W // 16, 16, 3)
-    tok = np.einsum("aibjckl,ijkld->abcd", patches, K, optimize=True) + g["encoder/patch_embedding/Conv_0/bias"]
+    tok = (
+        np.einsum("aibjckl,ijkld->abcd", patches, K, optimize=True) + g["encoder/patch_embedding/Conv_0/bias"]
+    )
     tok = (tok + g["encoder/posenc/embeddings"]).reshape(-1, K.shape[-1])
     for i in range(blocks):
         a = f"processor/layers_{i}/"
         h = layer_norm(tok, g[a + "attention_norm/scale"], g[a + "attention_norm/bias"])
-        q, k, v = (np.einsum("nd,dhe->nhe", h, g[f"{a}attention/{n}/kernel"]) + g[f"{a}attention/{n}/bias"]
-                   for n in ("query", "key", "value"))
+        q, k, v = (
+            np.einsum("nd,dhe->nhe", h, g[f"{a}attention/{n}/kernel"]) + g[f"{a}attention/{n}/bias"]
+            for n in ("query", "key", "value")
+        )
         logits = np.einsum("qhd,khd->hqk", q / np.sqrt(q.shape[-1]), k)
         w = np.exp(logits - logits.max(-1, keepdims=True))
         w /= w.sum(-1, keepdims=True)
@@ -76,13 +83,22 @@ def test_import_4ds_b_matches_a_numpy_forward_pass(npz, tmp_path):
     assert rung["imported"]["size"] == "B" and rung["model"]["gelu"] == "tanh"
     enc, _ = load_encoder(out)
     cfg = enc.cfg
-    assert (cfg.frames, cfg.size, cfg.tubelet, cfg.encoder.width, len(enc.blocks)) == (16, 224, (2, 16, 16), 768, 12)
+    assert (cfg.frames, cfg.size, cfg.tubelet, cfg.encoder.width, len(enc.blocks)) == (
+        16,
+        224,
+        (2, 16, 16),
+        768,
+        12,
+    )
     assert sum(p.numel() for n, p in enc.named_parameters() if not n.startswith("norm.")) == sum(
-        v.size for v in params.values())
+        v.size for v in params.values()
+    )
     video = np.random.default_rng(1).integers(0, 256, (1, 16, 224, 224, 3), dtype=np.uint8)
     torch.set_num_threads(2)
     blocks = 2  # two of the twelve blocks keep the float64 reference fast; every block was shape-checked
-    ours = enc.features(normalize_video(torch.from_numpy(video)), depth_fraction=blocks / 12)[0].double().numpy()
+    ours = (
+        enc.features(normalize_video(torch.from_numpy(video)), depth_fraction=blocks / 12)[0].double().numpy()
+    )
     ref = reference_features(params, video[0], blocks)
     assert ours.shape == ref.shape == (8 * 14 * 14, 768)
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
@@ -96,13 +112,20 @@ def test_wrong_size_or_missing_key_exits_2_naming_the_key(npz, tmp_path):
     assert result.exit_code == 2 and "params/encoder/patch_embedding/Conv_0/kernel has shape" in text, text
     assert "(2, 16, 16, 3, 1792)" in text
     partial = tmp_path / "partial.npz"
-    np.savez(partial, **{k: v for k, v in params.items() if "layers_3/mlp_norm/bias" not in k and "layers_1" not in k})
+    np.savez(
+        partial,
+        **{k: v for k, v in params.items() if "layers_3/mlp_norm/bias" not in k and "layers_1" not in k},
+    )
     result = runner.invoke(app, ["import-4ds", str(partial), "--size", "B", "--out", str(tmp_path / "b")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 2 and "missing key params/processor/layers_1/attention_norm/scale" in text, text
+    assert result.exit_code == 2 and "missing key params/processor/layers_1/attention_norm/scale" in text, (
+        text
+    )
     result = runner.invoke(app, ["import-4ds", str(path), "--size", "L", "--out", str(tmp_path / "l")])
     assert result.exit_code == 2 and "sizes B, e" in result.output
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    result = runner.invoke(app, ["import-4ds", str(tmp_path / "junk.npz"), "--size", "B", "--out", str(tmp_path / "j")])
+    result = runner.invoke(
+        app, ["import-4ds", str(tmp_path / "junk.npz"), "--size", "B", "--out", str(tmp_path / "j")]
+    )
     assert result.exit_code == 2 and "cannot read the checkpoint" in result.output
     assert not any((tmp_path / d).exists() for d in ("e", "b", "l", "j"))

@@ -31,7 +31,8 @@ def write_got10k(root):
 def test_mini_sweep_scores_box_tracking_on_got10k_and_reports_the_dataset(tmp_path):
     write_got10k(tmp_path / "GOT-10k")
     spec = tmp_path / "spec.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         name: real
         data: {{frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {{objects: 2, points: 8}}}}
         pretraining:
@@ -50,18 +51,31 @@ def test_mini_sweep_scores_box_tracking_on_got10k_and_reports_the_dataset(tmp_pa
           readout: {{width: 16, heads: 2, epochs: 1, batch_size: 4, train_clips: 8, val_clips: 4, test_clips: 4}}
           data:
             box_tracking: {{format: got10k, path: {tmp_path / "GOT-10k"}}}
-        """))
-    run = subprocess.run([sys.executable, "-m", "orchestrator", "run", str(spec), "--num-cpus", "3"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=900)
+        """)
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--num-cpus", "3"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs" / "real").glob("*/evals/*/*.json"))]
     assert sorted(r["dataset"] for r in recs) == ["got10k:GOT-10k"] * 2 + ["synthetic"] * 2, recs
-    assert {r["split"] for r in recs if r["dataset"] != "synthetic"} == {"dataset splits; val drawn from train by seed 0"}
+    assert {r["split"] for r in recs if r["dataset"] != "synthetic"} == {
+        "dataset splits; val drawn from train by seed 0"
+    }
     table = collect_mlflow(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "real")
     assert set(table.loc[table["task"] == "box_tracking", "dataset"]) == {"got10k:GOT-10k"}
     assert set(table.loc[table["task"] == "action", "dataset"]) == {"synthetic"}
-    rep = subprocess.run([sys.executable, "-m", "orchestrator", "report", str(spec), "--bootstrap", "20"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=600)
+    rep = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "report", str(spec), "--bootstrap", "20"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rep.returncode == 0, rep.stdout + rep.stderr
     fits = json.loads(next((tmp_path / "runs" / "real" / "report").glob("fits.json")).read_text())
     labels = {s["label"] for s in fits["series"]}
