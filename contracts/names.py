@@ -7,6 +7,8 @@ sweep4d.rung_key=<rung>-<hash6>). Eval metrics are logged at the checkpoint's st
 
 from __future__ import annotations
 
+from contracts.tasks import SYNTHETIC
+
 ROLE_TAG = "sweep4d.role"  # "sweep" | "rung"
 SPEC_HASH_TAG = "sweep4d.spec_hash"
 RUNG_KEY_TAG = "sweep4d.rung_key"
@@ -19,15 +21,31 @@ RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung
 RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
 
 
-def eval_metric_key(task: str, mode: str, metric: str) -> str:
-    """`eval/<task>/<metric>` for frozen features, `finetune/<task>/<metric>` for finetuned."""
+DATASET_TAG = (
+    "sweep4d.dataset.{task}"  # on a rung run: the eval dataset of <task> (its label, or "synthetic")
+)
+# eval/<task>:<dataset>/<metric>: a real dataset's metrics never share a key (so a series) with synthetic ones.
+# (MLflow keys allow only / \w . - : and space; a dataset label is "<format>:<name>", contracts.spec.EvalData.)
+DATASET_SEP = ":"
+
+
+def eval_metric_key(task: str, mode: str, metric: str, dataset: str = SYNTHETIC) -> str:
+    """`eval/<task>/<metric>` for frozen features, `finetune/<task>/<metric>` for finetuned; with a
+    dataset other than the synthetic world, `eval/<task>:<dataset>/<metric>`."""
     prefix = "eval" if mode == "frozen" else "finetune"
-    return f"{prefix}/{task}/{metric}"
+    where = task if dataset == SYNTHETIC else f"{task}{DATASET_SEP}{dataset}"
+    return f"{prefix}/{where}/{metric}"
 
 
 def parse_eval_metric_key(key: str) -> tuple[str, str, str] | None:
-    """Inverse of eval_metric_key -> (task, mode, metric), or None for other metrics."""
+    """Inverse of eval_metric_key -> (task, mode, metric), or None for other metrics (dataset: eval_key_dataset)."""
     parts = key.split("/")
     if len(parts) != 3 or parts[0] not in ("eval", "finetune"):
         return None
-    return parts[1], ("frozen" if parts[0] == "eval" else "finetune"), parts[2]
+    return parts[1].split(DATASET_SEP)[0], ("frozen" if parts[0] == "eval" else "finetune"), parts[2]
+
+
+def eval_key_dataset(key: str) -> str:
+    """The dataset an eval metric key was scored on ("synthetic" when the key names none)."""
+    parts = key.split("/")
+    return parts[1].partition(DATASET_SEP)[2] or SYNTHETIC if len(parts) == 3 else SYNTHETIC

@@ -40,6 +40,10 @@ class MAEConfig:
     mask_ratio: float = 0.95
     norm_target: bool = False
     mup: MupBase | None = None  # None: standard parametrisation
+    # Numerics of an imported Flax ViT (models.fourds): LayerNorm epsilon and GELU form ("tanh" is
+    # Flax's default approximation). Left out of to_dict at these defaults, so rung hashes keep.
+    ln_eps: float = 1e-5
+    gelu: str = "none"  # torch.nn.GELU's `approximate`: "none" (exact erf) or "tanh"
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -63,6 +67,9 @@ class MAEConfig:
         d = asdict(self)
         if self.mup is None:  # standard parametrisation keeps the dict (and so rung hashes) it always had
             del d["mup"]
+        for k, default in (("ln_eps", 1e-5), ("gelu", "none")):
+            if d[k] == default:
+                del d[k]
         return d
 
     @classmethod

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from contracts.cost import decoder_params, encoder_params, flops_per_clip
 from contracts.errors import UserError
 from contracts.shapes import SIZES, MAEConfig, MupBase, ViTShape
-from contracts.tasks import MODES, TASK_NAMES, TASKS
+from contracts.tasks import EVAL_FORMATS, MODES, SYNTHETIC, TASK_NAMES, TASKS
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -176,6 +176,37 @@ class Readout(_Strict):
     seed: int = 0
 
 
+class EvalData(_Strict):
+    """One task's eval dataset on disk (data4d.evalsets reads it; README, "Eval datasets", has the layouts)."""
+
+    format: str  # a key of contracts.tasks.EVAL_FORMATS, which also says the task it serves
+    path: str
+    stride: PosInt = 1  # frame stride of a clip (clips start at a video's first frame)
+    seed: int = 0  # the split of a dataset without split files of its own
+    query_mode: Literal["first", "strided"] = "first"  # point tracking: TAP-Vid's query sampling
+    points: PosInt = 32  # point tracking: queries per clip
+
+    @property
+    def label(self) -> str:
+        """What results call this dataset: "<format>:<file or folder name>" (MLflow-key safe)."""
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(self.path.rstrip("/")).stem or "data")
+        return f"{self.format}:{name}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str, EvalData]:
+        """`FORMAT:PATH` (the CLI's --data) -> (task, EvalData); SpecError for an unknown format."""
+        fmt, sep, path = text.partition(":")
+        if not sep or not path:
+            raise SpecError(f"--data {text!r}: expected FORMAT:PATH, e.g. tapvid:/data/tapvid_davis.pkl")
+        if fmt not in EVAL_FORMATS:
+            raise SpecError(f"--data {text!r}: unknown format {fmt!r}; formats: {', '.join(EVAL_FORMATS)}")
+        return EVAL_FORMATS[fmt], cls(format=fmt, path=path)
+
+
+def dataset_label(data: EvalData | None) -> str:
+    return SYNTHETIC if data is None else data.label
+
+
 class Evals(_Strict):
     tasks: list[Literal[TASK_NAMES]] = list(TASK_NAMES)  # type: ignore[valid-type]
     modes: list[Literal[MODES]] = ["frozen"]  # type: ignore[valid-type]
@@ -185,6 +216,9 @@ class Evals(_Strict):
     task_readout: dict[Literal[TASK_NAMES], Readout] = {}  # type: ignore[valid-type]
     cpus: PosInt = 1  # resources of one eval job
     gpus: NonNegInt = 0
+    # Per-task datasets on disk, e.g. {point_tracking: {format: tapvid, path: /data/tapvid_davis.pkl}};
+    # a task not named here is scored on the synthetic world.
+    data: dict[Literal[TASK_NAMES], EvalData] = {}  # type: ignore[valid-type]
 
     def readout_for(self, task: str) -> Readout:
         """The readout settings `task` is trained with: the shared `readout`, then the task's own
@@ -602,6 +636,21 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
         )
     if d.source != "synthetic" and not d.path:
         out.append((("data", "path"), f"source '{d.source}' needs a path to the data"))
+    for task, ed in spec.evals.data.items():
+        if ed.format not in EVAL_FORMATS:
+            out.append(
+                (
+                    ("evals", "data", task, "format"),
+                    f"unknown format {ed.format!r}; formats: {', '.join(EVAL_FORMATS)}",
+                )
+            )
+        elif EVAL_FORMATS[ed.format] != task:
+            out.append(
+                (
+                    ("evals", "data", task, "format"),
+                    f"format {ed.format!r} is data for {EVAL_FORMATS[ed.format]}, not {task}",
+                )
+            )
     pt = spec.pretraining
     out += _check_shape(("pretraining", "decoder"), pt.decoder.width, pt.decoder.heads)
     if pt.steps and pt.clips_seen:

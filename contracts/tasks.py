@@ -41,6 +41,19 @@ TASKS: dict[str, TaskInfo] = {
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 MODES = ("frozen", "finetune")
 
+# Eval datasets on disk (`evals.data.<task>` in a spec, `sweep eval --data FORMAT:PATH`): each format
+# and the task it serves (data4d.evalsets reads them; README, "Eval datasets", gives each layout).
+SYNTHETIC = "synthetic"  # the default: data4d's SyntheticWorld, for every task
+EVAL_FORMATS: dict[str, str] = {
+    "tapvid": "point_tracking",  # TAP-Vid pickles: DAVIS (one dict of videos) or Kinetics (shards of lists)
+    "realestate10k": "camera_pose",  # camera files + frames
+    "scannet": "depth",  # ScanNet-style RGB-D scene folders
+    "ssv2": "action",  # Something-Something v2: label JSONs + videos
+    "folder": "action",  # class_name/video files
+    "got10k": "box_tracking",  # GOT-10k sequences: groundtruth.txt, absence.label
+    "lasot": "box_tracking",  # LaSOT sequences: groundtruth.txt, full_occlusion.txt, out_of_view.txt
+}
+
 BASELINE_PREFIX = "baseline_"
 # Substrings that mark an error-like metric (lower is better); every other metric is a score
 # (accuracies, Jaccard, IoU, delta thresholds). Substrings rather than whole names, so that

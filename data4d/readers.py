@@ -290,9 +290,40 @@ def load_pickle(path):
     """Restricted unpickling (arrays, dicts, lists, str, bytes, numbers) of a data file."""
     try:
         with open(path, "rb") as f:
-            return _NumpyOnly(f).load()
+            data = _NumpyOnly(f).load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError) as e:
         raise DataError(f"{path}: cannot load pickle ({e})") from e
+    bad = _not_plain(data)
+    if bad is not None:
+        raise DataError(
+            f"{path}: the pickle holds {bad}; only arrays, dicts, lists, strings and numbers are allowed"
+        )
+    return data
+
+
+_PLAIN = (str, bytes, int, float, bool, type(None), np.generic)
+
+
+def _not_plain(x, where="") -> str | None:
+    """Where the unpickled `x` holds something other than arrays, dicts, lists, strings, numbers, or None."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if not isinstance(k, str | int):
+                return f"a {type(k).__name__} key at {where or 'the top'}"
+            bad = _not_plain(v, f"{where}[{k!r}]")
+            if bad:
+                return bad
+    elif isinstance(x, list | tuple):
+        for i, v in enumerate(x):
+            bad = _not_plain(v, f"{where}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(x, np.ndarray):
+        if x.dtype.hasobject:
+            return f"an object array at {where or 'the top'}"
+    elif not isinstance(x, _PLAIN):
+        return f"a {type(x).__name__} at {where or 'the top'}"
+    return None
 
 
 class TapVid:
@@ -563,3 +594,95 @@ class SomethingSomethingV2:
             raise DataError(f"{path}: video not found")
         video, _ = decode_video(str(path), path, self.frames, self.resolution, self.stride)
         return {"video": video, "label": label, "template": template, "id": vid}
+
+
+def _numbers(path):
+    """Numbers of a text file separated by commas, tabs or spaces -> (rows, cols) float array."""
+    try:
+        text = Path(path).read_text().replace(",", " ").replace("\t", " ")
+        rows = [[float(x) for x in line.split()] for line in text.splitlines() if line.strip()]
+        return np.array(rows, np.float64).reshape(len(rows), -1)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse numbers ({e})") from e
+
+
+class SOTSequences:
+    """Single-object tracking sequences, one folder each, found under `root` by their groundtruth.txt:
+
+    GOT-10k: <seq>/00000001.jpg ..., groundtruth.txt (x,y,w,h per frame), absence.label (1 = absent);
+    LaSOT:   <seq>/img/00000001.jpg ..., groundtruth.txt, full_occlusion.txt and out_of_view.txt
+             (one line of comma-separated 0/1). Boxes are (x, y) of the top-left corner and size in pixels.
+    Frames 0, stride, 2 stride, ... (the last repeated when the sequence is short). Returns boxes (1, T, 4)
+    as x0, y0, x1, y1 and box_visible (1, T) in output pixels.
+    """
+
+    def __init__(self, sequences, frames, stride=1, resolution=None):
+        self.sequences, self.frames, self.stride, self.resolution = (
+            list(sequences),
+            frames,
+            stride,
+            resolution,
+        )
+
+    @staticmethod
+    def find(root):
+        return sorted(p.parent for p in Path(root).rglob("groundtruth.txt"))
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def absent(self, seq, n):
+        flags = np.zeros(n, bool)
+        for name in ("absence.label", "full_occlusion.txt", "out_of_view.txt"):
+            if (seq / name).exists():
+                f = _numbers(seq / name).ravel()
+                if len(f) < n:
+                    raise DataError(f"{seq / name}: {len(f)} flags for {n} frames")
+                flags |= f[:n] > 0
+        return flags
+
+    def __getitem__(self, i):
+        seq = Path(self.sequences[i])
+        images = _numbered(seq / "img" if (seq / "img").is_dir() else seq, IMAGE_EXTS)
+        gt = _numbers(seq / "groundtruth.txt")
+        if gt.shape[1] != 4 or not len(images):
+            raise DataError(
+                f"{seq}: expected frames and x,y,w,h per line of groundtruth.txt, got {gt.shape[1]} numbers"
+            )
+        n = min(len(images), len(gt))
+        idx = np.minimum(np.arange(self.frames) * self.stride, n - 1)
+        video, fit = [], None
+        for k in idx:
+            img = _image(images[k]).convert("RGB")
+            fit = fit or Fit(img.height, img.width, self.resolution)
+            video.append(fit.image(img))
+        x, y, w, h = gt[idx].T
+        out, vis = fit.boxes(np.stack([x, y, x + w, y + h], -1))
+        vis &= (w > 0) & (h > 0) & np.isfinite(gt[idx]).all(-1) & ~self.absent(seq, len(gt))[idx]
+        return {
+            "video": np.stack(video),
+            "boxes": np.where(vis[:, None], out, 0)[None].astype(np.float32),
+            "box_visible": vis[None],
+            "name": seq.name,
+        }
+
+
+class ClassFolder:
+    """Action clips as <class_name>/<video>: the label is the class's index among `classes` (sorted names)."""
+
+    def __init__(self, items, classes, frames, resolution, stride=1):
+        self.items, self.classes = list(items), list(classes)
+        self.frames, self.resolution, self.stride = frames, resolution, stride
+
+    @staticmethod
+    def find(root):
+        """(video path, class name) of every video in a class folder under root."""
+        return sorted((p, p.parent.name) for p in Path(root).glob("*/*") if p.suffix.lower() in VIDEO_EXTS)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        path, name = self.items[i]
+        video, _ = decode_video(str(path), path, self.frames, self.resolution, self.stride)
+        return {"video": video, "label": self.classes.index(name)}

@@ -5,12 +5,15 @@
 
 Eval data are SyntheticWorld clips (seed 0, splits train / val / test) at the
 encoder's own frames and resolution (the rung dict's `model`), with the world knobs
-of `data.world`. The readout trains with AdamW and a cosine schedule on train, the
+of `data.world`; a task named in `datasets` ({task: contracts.spec.EvalData}) reads
+that dataset from disk instead (data4d.evalsets: its own splits or a seeded one, the
+same frames and resolution, every geometric label transformed with the frames). The readout trains with AdamW and a cosine schedule on train, the
 epoch with the best val headline metric (task.headline) is kept, and test metrics
 are reported beside the trivial baseline's (`baseline_<name>`).
 
 Modes: "frozen" reads features from the block at readout.depth_fraction of a fixed
-encoder; they are computed once per (checkpoint, split) and kept in `evals.cache.CACHE`,
+encoder; they are computed once per (checkpoint, dataset, split) in batches under no_grad
+(bf16 autocast on a GPU) and kept in `evals.cache.CACHE`,
 so epochs and tasks in one process share them. "finetune" trains the encoder too,
 at readout.lr * readout.finetune_lr_scale.
 
@@ -23,15 +26,17 @@ point tracking 25-50 s, most of it readout training.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from contracts.spec import Data, Readout, World
+from contracts.spec import Data, EvalData, Readout, World
 from contracts.tasks import MODES, higher_is_better
 from contracts.tasks import TASKS as CATALOG
+from data4d.evalsets import load_splits
 from data4d.world import SyntheticWorld
 from evals.action import Action
 from evals.box_tracking import BoxTracking
@@ -70,6 +75,31 @@ def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCac
     return (cache or CACHE).get(key, build)
 
 
+def load_dataset_clips(
+    cfg: MAEConfig, data: EvalData, task: str, sizes: dict[str, int], cache: ArrayCache | None = None
+) -> tuple[dict[str, Clips], dict, str]:
+    """A task's train/val/test Clips from a dataset on disk (cached), what they are
+    ({"dataset", "split", "num_classes"?}), and the key that names them in the feature cache."""
+    key = f"{cfg.frames}x{cfg.size}/{task}/{data.model_dump_json()}/{json.dumps(sizes, sort_keys=True)}"
+
+    def build() -> dict[str, np.ndarray]:
+        clips, info = load_splits(data, task, cfg.frames, cfg.size, sizes)
+        entry = {f"{s}.{k}": v for s, c in clips.items() for k, v in c.items()}
+        return entry | {
+            "split_rule": np.array(info["split"]),
+            "num_classes": np.array(info.get("num_classes", -1)),
+        }
+
+    e = (cache or CACHE).get("data/" + key, build)
+    clips = {
+        s: {k.partition(".")[2]: np.asarray(v) for k, v in e.items() if k.startswith(s + ".")} for s in SPLITS
+    }
+    info = {"dataset": data.label, "split": str(e["split_rule"])}
+    if int(e["num_classes"]) >= 0:
+        info["num_classes"] = int(e["num_classes"])
+    return clips, info, key
+
+
 def encoder_features(
     encoder: Encoder, video: np.ndarray, depth_fraction: float, grad: bool = False, batch_size: int = 32
 ) -> torch.Tensor:
@@ -80,8 +110,9 @@ def encoder_features(
         x = normalize_video(torch.from_numpy(np.asarray(video[i : i + batch_size])).to(device))
         if grad:  # Encoder.features is no_grad; finetuning runs the same blocks with autograd on
             out.append(encoder.run_blocks(encoder.embed(x), upto=encoder.feature_block(depth_fraction)))
-        else:
-            out.append(encoder.features(x, depth_fraction))
+        else:  # frozen: bf16 on a GPU, so a 3.8B encoder's features fit and run fast
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(encoder.features(x, depth_fraction).float())
     return torch.cat(out)
 
 
@@ -113,9 +144,13 @@ def evaluate(
     device: str = "cpu",
     progress: Callable[[dict], None] | None = None,
     cache_features: bool = True,
+    datasets: dict[str, EvalData] | None = None,
+    info: dict | None = None,
 ) -> dict[str, float]:
     """Metrics and `baseline_` metrics on test for one task (see module docstring)."""
-    return evaluate_many(export_path, [task], mode, readout, data, device, progress, cache_features)[task]
+    return evaluate_many(
+        export_path, [task], mode, readout, data, device, progress, cache_features, datasets, info
+    )[task]
 
 
 def evaluate_many(
@@ -127,8 +162,12 @@ def evaluate_many(
     device: str = "cpu",
     progress: Callable[[dict], None] | None = None,
     cache_features: bool = True,
+    datasets: dict[str, EvalData] | None = None,
+    info: dict | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Several tasks on one checkpoint, sharing its clips and frozen features."""
+    """Several tasks on one checkpoint, sharing its clips and frozen features. `datasets` names a
+    dataset on disk per task (others read the synthetic world); `info`, when given, is filled with
+    {task: {"dataset": label, "split": how the splits were made}}."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or mode not in MODES:
         raise ValueError(
@@ -138,19 +177,35 @@ def evaluate_many(
     cfg = encoder.cfg
     world = getattr(data, "world", World())
     sizes = dict(zip(SPLITS, (readout.train_clips, readout.val_clips, readout.test_clips), strict=True))
-    clips = {s: load_clips(cfg, world, s, n) for s, n in sizes.items()}
+    synthetic = {}  # the world's splits, loaded once for every task that reads them
 
-    def cached(split: str) -> np.ndarray:
-        key = f"{cfg.frames}x{cfg.size}/{world.model_dump_json()}/{split}/{sizes[split]}"
-        return frozen_features(export_path, encoder, key, clips[split]["video"], readout.depth_fraction)
+    def task_clips(name: str) -> tuple[dict[str, Clips], dict, str]:
+        if name in (datasets or {}):
+            return load_dataset_clips(cfg, datasets[name], name, sizes)
+        if not synthetic:
+            synthetic.update({s: load_clips(cfg, world, s, n) for s, n in sizes.items()})
+        return (
+            synthetic,
+            {"dataset": "synthetic", "split": "synthetic world splits"},
+            f"{cfg.frames}x{cfg.size}/{world.model_dump_json()}",
+        )
 
     results = {}
     for name in tasks:
-        task = TASKS[name](cfg, clips["train"])
+        clips, about, clips_key = task_clips(name)
+        if info is not None:
+            info[name] = {"dataset": about["dataset"], "split": about["split"]}
+
+        def cached(split: str, clips=clips, clips_key=clips_key) -> np.ndarray:
+            key = f"{clips_key}/{split}/{sizes[split]}"
+            return frozen_features(export_path, encoder, key, clips[split]["video"], readout.depth_fraction)
+
+        extra = {"num_classes": about["num_classes"]} if name == "action" and "num_classes" in about else {}
+        task = TASKS[name](cfg, clips["train"], **extra)
         if mode == "finetune":
             enc = copy.deepcopy(encoder)  # every task starts from the checkpoint
 
-            def feats(split, idx, train, enc=enc):
+            def feats(split, idx, train, enc=enc, clips=clips):
                 return encoder_features(
                     enc, clips[split]["video"][idx.numpy()], readout.depth_fraction, grad=train
                 )
@@ -162,7 +217,7 @@ def evaluate_many(
         else:  # frozen, recomputed every time: what the cache saves (benchmarks/eval_cache.py)
             enc = None
 
-            def feats(split, idx, train):
+            def feats(split, idx, train, clips=clips):
                 return encoder_features(encoder, clips[split]["video"][idx.numpy()], readout.depth_fraction)
 
         results[name] = fit_and_score(task, feats, clips, readout, enc, device, progress)

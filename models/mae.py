@@ -75,13 +75,13 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, shape: ViTShape, base: ViTShape | None = None):
+    def __init__(self, shape: ViTShape, base: ViTShape | None = None, eps: float = 1e-5, gelu: str = "none"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(shape.width)
+        self.norm1 = nn.LayerNorm(shape.width, eps=eps)
         self.attn = Attention(shape.width, shape.heads, attention_scale(shape, base))
-        self.norm2 = nn.LayerNorm(shape.width)
+        self.norm2 = nn.LayerNorm(shape.width, eps=eps)
         self.mlp = nn.Sequential(
-            nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width)
+            nn.Linear(shape.width, shape.mlp), nn.GELU(approximate=gelu), nn.Linear(shape.mlp, shape.width)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +105,10 @@ class Encoder(nn.Module):
         # parameters are partitioned as soon as its __init__ returns.
         self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, cfg.num_tokens, D), std=0.02))
         base = cfg.mup.encoder if cfg.mup else None
-        self.blocks = nn.ModuleList(Block(cfg.encoder, base) for _ in range(cfg.encoder.depth))
-        self.norm = nn.LayerNorm(D)
+        self.blocks = nn.ModuleList(
+            Block(cfg.encoder, base, cfg.ln_eps, cfg.gelu) for _ in range(cfg.encoder.depth)
+        )
+        self.norm = nn.LayerNorm(D, eps=cfg.ln_eps)
         self.activation_checkpointing = False
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:

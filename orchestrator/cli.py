@@ -17,7 +17,7 @@ from rich.table import Table
 
 from contracts.errors import UserError
 from contracts.spec import SpecError, human_count, load_spec, lr_tag
-from contracts.tasks import MODES, TASK_NAMES
+from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Scaling-law sweeps for 4D video representations."
@@ -493,9 +493,17 @@ def eval_(
     ],
     mode: Annotated[str, typer.Option(help="frozen | finetune")] = "frozen",
     spec: Annotated[Path | None, typer.Option(help="take readout and data settings from this spec")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help=f"FORMAT:PATH, a dataset on disk for the task its format serves ({', '.join(EVAL_FORMATS)}); "
+            "other tasks read the synthetic world",
+        ),
+    ] = None,
 ):
     """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
-    from contracts.spec import Data, Evals
+    from contracts.spec import Data, EvalData, Evals
     from models.export import ExportError, export_dir
 
     bad = [t for t in task if t not in TASK_NAMES]
@@ -503,6 +511,13 @@ def eval_(
         raise SpecError(
             f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASK_NAMES)}; modes: {', '.join(MODES)}"
         )
+    on_disk = dict(EvalData.parse(d) for d in data or [])
+    unused = [t for t in on_disk if t not in task]
+    if unused:
+        raise SpecError(f"--data gives data for {', '.join(unused)}, which no --task names")
+    for d in on_disk.values():
+        if not Path(d.path).exists():
+            raise SpecError(f"--data {d.format}:{d.path}: no such file or folder")
     rung_json = export_dir(checkpoint) / "rung.json"
     if not rung_json.is_file():
         raise ExportError(
@@ -510,26 +525,63 @@ def eval_(
         )
     if spec is not None:
         s = load_spec(spec)
-        evals, data = s.evals, s.data
+        evals, world = s.evals, s.data
     else:
-        evals, data = Evals(), Data(**json.loads(rung_json.read_text())["data"])
+        evals, world = Evals(), Data(**json.loads(rung_json.read_text()).get("data", {}))
+    datasets = {**evals.data, **on_disk}
     from evals.run import evaluate
 
-    results = {}
+    results, about = {}, {}
     for name in task:  # clips and frozen features are cached, so tasks still share them
         with out.status(f"evaluating {checkpoint} on {name} ({mode})"):
             results[name] = evaluate(
-                str(checkpoint), name, mode=mode, readout=evals.readout_for(name), data=data
+                str(checkpoint),
+                name,
+                mode=mode,
+                readout=evals.readout_for(name),
+                data=world,
+                datasets=datasets,
+                info=about,
             )
     t = Table(title=f"{checkpoint} ({mode})")
-    for col in ("task", "metric", "value", "trivial baseline"):
+    for col in ("task", "dataset", "split", "metric", "value", "trivial baseline"):
         t.add_column(col)
     for name, metrics in results.items():
         for k, v in metrics.items():
             if not k.startswith("baseline_"):
                 base = metrics.get(f"baseline_{k}")
-                t.add_row(name, k, f"{v:.4f}", "-" if base is None else f"{base:.4f}")
+                t.add_row(
+                    name,
+                    about[name]["dataset"],
+                    about[name]["split"],
+                    k,
+                    f"{v:.4f}",
+                    "-" if base is None else f"{base:.4f}",
+                )
     out.print(t)
+
+
+@app.command("import-4ds")
+@user_errors_exit_2
+def import_4ds(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="a released 4DS backbone .npz (representations4d), e.g. scaling4d_dist_b.npz"),
+    ],
+    size: Annotated[str, typer.Option(help="B (4DS-B-dist-e, 88M) or e (4DS-e, 3.8B)")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="where to write the export (encoder.safetensors, rung.json)")
+    ],
+):
+    """Import a released 4DS encoder as our export, every key and shape checked; evaluate it with `sweep eval`."""
+    from models.fourds import import_4ds as run_import
+
+    rung = run_import(checkpoint, size, out_dir)
+    m = rung["model"]
+    out.print(
+        f"{checkpoint} -> {out_dir}: 4DS-{size}, {m['frames']}x{m['size']}x{m['size']} clips; "
+        f"evaluate with: sweep eval {out_dir} --task depth --data scannet:PATH"
+    )
 
 
 @world_app.command("preview")

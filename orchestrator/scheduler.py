@@ -22,8 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
-from contracts.names import FAILURE_TAG, GIT_TAG, SEARCH_TAG, SPEC_HASH_TAG, eval_metric_key
-from contracts.spec import Data, Readout, RungConfig, SpecError, SweepSpec, load_spec
+from contracts.names import (
+    DATASET_TAG,
+    FAILURE_TAG,
+    GIT_TAG,
+    SEARCH_TAG,
+    SPEC_HASH_TAG,
+    SYNTHETIC,
+    eval_metric_key,
+)
+from contracts.spec import Data, EvalData, Readout, RungConfig, SpecError, SweepSpec, load_spec
 from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import RungOutcome, fit_rung
@@ -136,18 +144,36 @@ def alive_node_resources() -> list[dict]:
 # ------------------------------------------------------------------ eval task
 
 
-def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict, threads: int) -> dict:
-    """Runs as a Ray task wherever resources allow."""
+def _eval_task(
+    export_path: str,
+    task: str,
+    mode: str,
+    readout: dict,
+    data: dict,
+    threads: int,
+    dataset: dict | None = None,
+) -> dict:
+    """Runs as a Ray task wherever resources allow. `dataset`: the task's evals.data entry (None: synthetic)."""
     import ray
     import torch
 
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
-    metrics = evaluate(export_path, task, mode=mode, readout=Readout(**readout), data=Data(**data))
+    datasets, info = ({task: EvalData(**dataset)} if dataset else {}), {}
+    metrics = evaluate(
+        export_path,
+        task,
+        mode=mode,
+        readout=Readout(**readout),
+        data=Data(**data),
+        datasets=datasets,
+        info=info,
+    )
     return {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "seconds": time.time() - t0,
         "node_id": ray.get_runtime_context().get_node_id(),
+        **info[task],
     }
 
 
@@ -479,6 +505,7 @@ class Sweep:
                     continue
                 job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
                 export = RungPaths.for_rung(rr.rung, self.root).checkpoint(step)
+                on_disk = ev.data[task].model_dump() if task in ev.data else None
                 job.ref = remote.remote(
                     str(export),
                     task,
@@ -486,6 +513,7 @@ class Sweep:
                     ev.readout_for(task).model_dump(),
                     self.spec.data.model_dump(),
                     ev.cpus,
+                    on_disk,
                 )
                 job.attempts += 1
                 job.started = time.time()
@@ -534,7 +562,11 @@ class Sweep:
             self._log_eval(rr, job.step, job.task, job.mode, rec, path)
 
     def _log_eval(self, rr: RungRun, step: int, task: str, mode: str, rec: dict, path: Path) -> None:
-        metrics = {eval_metric_key(task, mode, k): v for k, v in rec["metrics"].items()}
+        dataset = rec.get(
+            "dataset", SYNTHETIC
+        )  # its own metric keys, so never one series with synthetic numbers
+        metrics = {eval_metric_key(task, mode, k, dataset): v for k, v in rec["metrics"].items()}
+        self.tracker.set_tags.remote(rr.run_id, {DATASET_TAG.format(task=task): dataset})
         self.tracker.log_metrics.remote(rr.run_id, metrics, step)
         write_json(path, {**rec, "logged": True})
 

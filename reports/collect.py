@@ -2,7 +2,8 @@
 
 One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
 known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
-bounded (a per-row override of `is_bounded`). A rung that has no eval
+bounded (a per-row override of `is_bounded`), and `dataset` (what the eval was scored on:
+"synthetic", or an eval dataset's label; a series never mixes two). A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
 """
@@ -22,6 +23,8 @@ from contracts.names import (
     RUNG_TAG,
     SEARCH_TAG,
     STATUS_TAG,
+    SYNTHETIC,
+    eval_key_dataset,
     parse_eval_metric_key,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
@@ -39,7 +42,18 @@ COLUMNS = [
     "value",
     "higher_is_better",
 ]
-OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split", "se", "bounded", "search_of", "lr"]
+OPTIONAL = [
+    "clips_seen",
+    "tokens",
+    "status",
+    "failure",
+    "split",
+    "se",
+    "bounded",
+    "dataset",
+    "search_of",
+    "lr",
+]
 
 
 class ReportError(UserError):
@@ -98,6 +112,7 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
                         "mode": mode,
                         "metric": metric,
                         "value": m.value,
+                        "dataset": eval_key_dataset(key),
                         "train_flops": num["flops_per_clip"] * clips,
                         "clips_seen": clips,
                         "tokens": num["num_tokens"] * clips,
@@ -174,10 +189,18 @@ def normalize(df: pd.DataFrame, sweep: str = "") -> pd.DataFrame:
     """Fill defaults so every table has COLUMNS, with one order of columns and rows."""
     df = df.copy()
     df["rung"] = df["rung"].astype(str)
-    defaults = {"sweep": sweep, "rung_key": df["rung"], "task": "", "mode": "frozen", "train_flops": np.nan}
+    defaults = {
+        "sweep": sweep,
+        "rung_key": df["rung"],
+        "task": "",
+        "mode": "frozen",
+        "train_flops": np.nan,
+        "dataset": SYNTHETIC,
+    }
     for col, value in defaults.items():
         if col not in df.columns:
             df[col] = value
+    df["dataset"] = df["dataset"].fillna(SYNTHETIC).astype(str)
     if "step" not in df.columns:
         # Without steps, a rung's checkpoints are ordered by how much they have seen.
         order = next(

@@ -103,7 +103,17 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             color = MODE_COLORS.get(s["mode"], "0.3")
             N = np.array(s["points"].get(x, []), float)
             y = np.array(s["points"]["value"], float)
-            ax.plot(N, y, "o", color=color, ms=5, label=s["mode"], zorder=3)
+            dataset = s.get("dataset", "synthetic")  # a real dataset's series is labelled and drawn hollow
+            ax.plot(
+                N,
+                y,
+                "o",
+                color=color,
+                ms=5,
+                zorder=3,
+                mfc="none" if dataset != "synthetic" else color,
+                label=s["mode"] if dataset == "synthetic" else f"{s['mode']} [{dataset}]",
+            )
             ticks += list(N)
             if not np.isfinite(N).any():
                 continue

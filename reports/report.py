@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from contracts.names import ROLE_TAG
+from contracts.names import ROLE_TAG, SYNTHETIC
 from contracts.spec import X_AXES
 from reports import figures, forecasts, lr_search
 from reports.collect import BASELINE_PREFIX, ReportError, is_baseline, normalize, read_table
@@ -41,8 +41,9 @@ def expand_forms(fits) -> list[str]:
     return out
 
 
-def series_label(task: str, mode: str, metric: str) -> str:
-    return f"{task}/{metric} ({mode})" if task else f"{metric} ({mode})"
+def series_label(task: str, mode: str, metric: str, dataset: str = SYNTHETIC) -> str:
+    label = f"{task}/{metric} ({mode})" if task else f"{metric} ({mode})"
+    return label if dataset == SYNTHETIC else f"{label} [{dataset}]"  # eval data on disk: its own series
 
 
 def make_report(
@@ -98,10 +99,10 @@ def make_report(
     ok = ok[ok["value"].notna()]
     rungs = table.loc[~table["rung"].isin(failed)].groupby("rung")["params"].first().sort_values()
 
-    groups = list(ok.groupby(["task", "mode", "metric"], sort=True))
+    groups = list(ok.groupby(["task", "mode", "metric", "dataset"], sort=True))
     series = []
-    for i, ((task, mode, metric), g) in enumerate(groups, 1):
-        label = series_label(task, mode, metric)
+    for i, ((task, mode, metric, dataset), g) in enumerate(groups, 1):
+        label = series_label(task, mode, metric, dataset)
         hib = bool(g["higher_is_better"].iloc[0])
         bounded = bool(g["bounded"].iloc[0]) if "bounded" in g else False
         missing = [r for r in rungs.index if r not in set(g["rung"])]
@@ -112,6 +113,7 @@ def make_report(
             "task": task,
             "mode": mode,
             "metric": metric,
+            "dataset": dataset,
             "label": label,
             "higher_is_better": hib,
             "bounded": bounded,
@@ -455,13 +457,14 @@ def _final_table(table: pd.DataFrame) -> pd.DataFrame:
     t = table[table["metric"].notna()]
     if t.empty:
         return pd.DataFrame()
-    last = t.groupby(["rung", "task", "mode", "metric"])["step"].transform("max")
+    last = t.groupby(["rung", "task", "mode", "metric", "dataset"])["step"].transform("max")
     t = t[(t["step"] == last) | last.isna()]
     base = t[t["metric"].map(is_baseline)]
     t = t[~t["metric"].map(is_baseline)]
-    label = lambda d, metric: [
-        series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)
-    ]  # noqa: E731
+
+    def label(d, metric):
+        return [series_label(*k) for k in zip(d["task"], d["mode"], metric, d["dataset"], strict=True)]
+
     t = t.assign(series=label(t, t["metric"]))
     rungs = t.drop_duplicates("rung").sort_values("params")
     wide = t.pivot_table(index="series", columns="rung", values="value", aggfunc="mean")[list(rungs["rung"])]
