@@ -38,7 +38,7 @@ SPEC = SweepSpec.model_validate(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", default="32,256")
-    p.add_argument("--lrs", default="5e-4,1e-3,2e-3,4e-3,8e-3,1.6e-2")
+    p.add_argument("--lrs", default="2e-3,4e-3,8e-3,1.6e-2,3.2e-2,6.4e-2")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch", type=int, default=16)
     args = p.parse_args()
