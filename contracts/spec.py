@@ -597,7 +597,8 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
         out.append(
             (
                 ("data", "tubelet"),
-                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)",
+                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} "
+                "(frames x resolution)",
             )
         )
     if d.source != "synthetic" and not d.path:
