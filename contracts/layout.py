@@ -8,7 +8,8 @@
         report/                            `sweep report`'s output (report.html, fits.json, figures)
         <rung>-<hash6>/                    one rung: its identity hash names it (contracts.spec)
             info.json                      resolved config, identity, git commit, MLflow run id (driver)
-            status.json                    pending | running | done | failed | interrupted, reason, times (driver)
+            status.json                    pending | running | done | failed | interrupted, reason, times
+                                           (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
             metrics.jsonl                  one line per optimiser step, once even after a resume (rank 0)
             resume.json                    where the latest worker group started: step, warnings, the fit's
@@ -16,7 +17,8 @@
             restarts.jsonl                 one line per worker-group restart after a failure: attempt,
                                            max_failures, died_at_step, resumed_from, time (rank 0)
             failure.json                   why training stopped for good (a diverged loss), if it did (rank 0)
-            workers/rank<N>.json           who ran where: pid, node, ZeRO partition size, start step (each rank)
+            workers/rank<N>.json           who ran where: pid, node, ZeRO partition size, start step
+                                           (each rank)
             checkpoints/step_<8 digits>/   a sealed checkpoint (orchestrator.checkpoint):
                 deepspeed/                 the engine's ZeRO shards, one set per rank
                 export/encoder.safetensors the consolidated fp32 encoder that evals read (models.export)

@@ -24,8 +24,9 @@ RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the fai
 DATASET_TAG = (
     "sweep4d.dataset.{task}"  # on a rung run: the eval dataset of <task> (its label, or "synthetic")
 )
-# eval/<task>:<dataset>/<metric>: a real dataset's metrics never share a key (so a series) with synthetic ones.
-# (MLflow keys allow only / \w . - : and space; a dataset label is "<format>:<name>", contracts.spec.EvalData.)
+# eval/<task>:<dataset>/<metric>: a real dataset's metrics never share a key (so a series) with
+# synthetic ones. (MLflow keys allow only / \w . - : and space; a dataset label is "<format>:<name>",
+# contracts.spec.EvalData.)
 DATASET_SEP = ":"
 
 
@@ -38,7 +39,8 @@ def eval_metric_key(task: str, mode: str, metric: str, dataset: str = SYNTHETIC)
 
 
 def parse_eval_metric_key(key: str) -> tuple[str, str, str] | None:
-    """Inverse of eval_metric_key -> (task, mode, metric), or None for other metrics (dataset: eval_key_dataset)."""
+    """Inverse of eval_metric_key -> (task, mode, metric), or None for other metrics
+    (the dataset: eval_key_dataset)."""
     parts = key.split("/")
     if len(parts) != 3 or parts[0] not in ("eval", "finetune"):
         return None

@@ -177,7 +177,8 @@ class Readout(_Strict):
 
 
 class EvalData(_Strict):
-    """One task's eval dataset on disk (data4d.evalsets reads it; README, "Eval datasets", has the layouts)."""
+    """One task's eval dataset on disk (data4d.evalsets reads it; README, "Eval datasets", has the
+    layouts)."""
 
     format: str  # a key of contracts.tasks.EVAL_FORMATS, which also says the task it serves
     path: str
@@ -631,7 +632,8 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
         out.append(
             (
                 ("data", "tubelet"),
-                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)",
+                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} "
+                "(frames x resolution)",
             )
         )
     if d.source != "synthetic" and not d.path:

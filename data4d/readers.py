@@ -517,7 +517,8 @@ class RealEstate10K:
 
 class BoxTracks:
     """Box tracks: one JSON per video,
-    {"video": "<file beside the JSON>", "objects": [{"id", "category", "boxes": [[x0, y0, x1, y1] | null per frame]}]}
+    {"video": "<file beside the JSON>",
+     "objects": [{"id", "category", "boxes": [[x0, y0, x1, y1] | null per frame]}]}
     in source pixels. Returns boxes (O, T, 4) and box_visible (O, T) in output pixels.
     """
 

@@ -41,7 +41,8 @@ class CameraPose(Task):
 
     def loss(self, out, batch):
         # The end-point error itself (Euclidean, in pose-vector units) over the later frames: frame 0 is the
-        # identity by definition, and an MSE on standardised targets would spend the readout on tiny rotations.
+        # identity by definition, and an MSE on standardised targets would spend the readout on tiny
+        # rotations.
         err = (out.view(len(out), -1, 6) - batch["target"])[:, 1:] * self.std
         return err.pow(2).sum(-1).add(1e-8).sqrt().mean()
 

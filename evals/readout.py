@@ -106,7 +106,8 @@ def token_centres(grid: tuple[int, int, int]) -> torch.Tensor:
 
 
 def at_every_time(xy: torch.Tensor, t: int) -> torch.Tensor:
-    """Places (..., 2) as (x, y) in [-1, 1] -> `where` (..., t, 3): that place at each of t token time steps."""
+    """Places (..., 2) as (x, y) in [-1, 1] -> `where` (..., t, 3): that place at each of t token time
+    steps."""
     times = (torch.arange(t, dtype=xy.dtype) + 0.5) / t * 2 - 1
     return torch.cat(
         [xy[..., None, :].expand(*xy.shape[:-1], t, 2), times.expand(*xy.shape[:-1], t)[..., None]], -1

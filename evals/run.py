@@ -7,9 +7,10 @@ Eval data are SyntheticWorld clips (seed 0, splits train / val / test) at the
 encoder's own frames and resolution (the rung dict's `model`), with the world knobs
 of `data.world`; a task named in `datasets` ({task: contracts.spec.EvalData}) reads
 that dataset from disk instead (data4d.evalsets: its own splits or a seeded one, the
-same frames and resolution, every geometric label transformed with the frames). The readout trains with AdamW and a cosine schedule on train, the
-epoch with the best val headline metric (task.headline) is kept, and test metrics
-are reported beside the trivial baseline's (`baseline_<name>`).
+same frames and resolution, every geometric label transformed with the frames). The readout
+trains with AdamW and a cosine schedule on train, the epoch with the best val headline metric
+(task.headline) is kept, and test metrics are reported beside the trivial baseline's
+(`baseline_<name>`).
 
 Modes: "frozen" reads features from the block at readout.depth_fraction of a fixed
 encoder; they are computed once per (checkpoint, dataset, split) in batches under no_grad

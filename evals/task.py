@@ -59,6 +59,7 @@ class Task:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x over mask (broadcast to x); 0 when the mask is empty, so a batch without targets adds no loss."""
+    """Mean of x over mask (broadcast to x); 0 when the mask is empty, so a batch without targets adds
+    no loss."""
     mask = mask.expand_as(x).to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1.0)

@@ -81,7 +81,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 def convert(
     params: dict[str, np.ndarray], size: str, path: Path | str = "checkpoint"
 ) -> tuple[dict[str, torch.Tensor], MAEConfig]:
-    """4DS parameters (flat "/" keys) -> (our Encoder state dict, its MAEConfig); ExportError naming the key."""
+    """4DS parameters (flat "/" keys) -> (our Encoder state dict, its MAEConfig); ExportError naming
+    the key."""
     if size not in IMPORTABLE:
         raise ExportError(f"--size {size!r}: the released 4DS backbones are sizes {', '.join(IMPORTABLE)}")
     shape = SIZES[size]

@@ -249,7 +249,8 @@ def _free(device: torch.device) -> None:
 
 
 def doubling_search(fits: Callable[[int], bool], start: int = 8, limit: int = 4096) -> int | None:
-    """Largest start x 2^k <= limit with fits(b) true, stopping at the first that does not; None if start fails."""
+    """Largest start x 2^k <= limit with fits(b) true, stopping at the first that does not; None if
+    start fails."""
     best, b = None, start
     while b <= limit and fits(b):
         best, b = b, 2 * b
@@ -259,7 +260,8 @@ def doubling_search(fits: Callable[[int], bool], start: int = 8, limit: int = 40
 def max_micro_batch(
     cfg: MAEConfig, device: torch.device, precision: str, start: int = 8, limit: int = 4096
 ) -> int | None:
-    """Largest micro-batch whose eager training step fits on the GPU (None on CPU, or if even `start` does not).
+    """Largest micro-batch whose eager training step fits on the GPU (None on CPU, or if even `start`
+    does not).
 
     A doubling search, so the answer is within 2x of the true limit. Eager, because
     a compiled model would recompile for every batch size; compiled steps usually
@@ -336,7 +338,8 @@ def run_bench(
     precision: str | None = None,
     log: Callable[[str], None] | None = print,
 ) -> list[dict]:
-    """Time the training step of each rung (ours, then the peer); one dict per (rung, impl) with COLUMNS as keys.
+    """Time the training step of each rung (ours, then the peer); one dict per (rung, impl) with COLUMNS
+    as keys.
 
     Defaults: rungs S, B, L (["tiny"] with `tiny`); the first CUDA device else the
     CPU; bf16 on CUDA, fp32 on CPU; batch 64 on CUDA, 2 on CPU (8 with `tiny`).
@@ -423,7 +426,8 @@ def run_bench(
                 }
             )
             say(
-                f"{rung} {impl}: {r['step_ms']:.1f} ms/step, {clips_per_s:.1f} clips/s, {achieved / 1e12:.3g} TFLOP/s"
+                f"{rung} {impl}: {r['step_ms']:.1f} ms/step, {clips_per_s:.1f} clips/s, "
+                f"{achieved / 1e12:.3g} TFLOP/s"
             )
         if len(results) == 2:
             results[0]["vs_peer"] = results[0]["clips_per_s"] / results[1]["clips_per_s"]

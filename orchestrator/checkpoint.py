@@ -90,7 +90,8 @@ def list_steps(run_dir: Path) -> list[Found]:
 
 
 def latest_valid(run_dir: Path, start_from: Path | None = None) -> tuple[Found | None, list[str]]:
-    """Newest checkpoint that matches its manifest (at or before `start_from` if given), plus warnings for skipped ones."""
+    """Newest checkpoint that matches its manifest (at or before `start_from` if given), plus warnings
+    for skipped ones."""
     warnings: list[str] = []
     candidates = list_steps(run_dir)
     if start_from is not None:

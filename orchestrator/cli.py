@@ -145,8 +145,9 @@ def plan(
     for p in plans:
         if not p.fits:
             err.print(
-                f"[yellow]warning:[/] rung {p.name} needs ~{_gib(p.mem_per_gpu_bytes)} per GPU on {p.gpus} GPUs, more than "
-                f"{gpu_memory_gib:g} GiB: give it more GPUs, a smaller micro_batch_size, or activation_checkpointing"
+                f"[yellow]warning:[/] rung {p.name} needs ~{_gib(p.mem_per_gpu_bytes)} per GPU on "
+                f"{p.gpus} GPUs, more than {gpu_memory_gib:g} GiB: give it more GPUs, a smaller "
+                "micro_batch_size, or activation_checkpointing"
             )
 
 
@@ -194,8 +195,8 @@ def check_transfer(
     out.print(t)
     worst = {par: max(abs(r.slope) for r in rows if r.parametrization == par) for par in ("sp", "mup")}
     out.print(
-        f"largest |slope|: μP {worst['mup']:.2f}, standard {worst['sp']:.2f}. Near 0 means activations do not "
-        f"grow with width, so an LR tuned on a narrow rung transfers to wide ones."
+        f"largest |slope|: μP {worst['mup']:.2f}, standard {worst['sp']:.2f}. Near 0 means activations do "
+        f"not grow with width, so an LR tuned on a narrow rung transfers to wide ones."
     )
 
 
@@ -279,7 +280,10 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
         raise typer.Exit(130)
     s = sweep.summary()
     t = Table(
-        title=f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} in {duration(s['wall_s'])}"
+        title=(
+            f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} "
+            f"in {duration(s['wall_s'])}"
+        )
     )
     for col in ("rung", "state", "waited", "trained in", "evals", "failure"):
         t.add_column(col)
@@ -343,8 +347,8 @@ def report(
     fit: Annotated[
         list[str] | None,
         typer.Option(
-            help="auto | powerlaw | saturating | chinchilla (repeat or comma-separate). Default: the spec's report.fits "
-            "if it sets them, else auto: every size law backtested per series, the best selected"
+            help="auto | powerlaw | saturating | chinchilla (repeat or comma-separate). Default: the spec's "
+            "report.fits if it sets them, else auto: every size law backtested per series, the best selected"
         ),
     ] = None,
     from_file: Annotated[
@@ -354,7 +358,8 @@ def report(
     predict: Annotated[
         str | None,
         typer.Option(
-            help="register forecasts at a size (22B, 300M) or a rung name: predictions.json, hashed, scored when it lands"
+            help="register forecasts at a size (22B, 300M) or a rung name: predictions.json, hashed, "
+            "scored when it lands"
         ),
     ] = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 1000,
@@ -398,7 +403,8 @@ def report(
             info = read_json(recent / "sweep.json") if recent else None
             if not info:
                 raise ReportError(
-                    f"no sweep found under {runs_dir}/: run `sweep run SPEC` first, or pass a spec or --from FILE"
+                    f"no sweep found under {runs_dir}/: run `sweep run SPEC` first, "
+                    "or pass a spec or --from FILE"
                 )
             sweep, uri = recent.name, info["tracking_uri"]
         report_dir = out_dir or runs_dir / sweep / "report"
@@ -432,7 +438,8 @@ def report(
             forecasts.log_to_mlflow(uri, sweep, reg | {"path": Path(reg["path"])}, result["target"])
     fitted = sum(e.get("status") == "fitted" for ser in result.get("series", []) for e in ser.get("fits", []))
     out.print(
-        f"report: {report_dir / 'report.html'} ({fitted} fitted laws; figures scaling.png, compute.png; fits.json)"
+        f"report: {report_dir / 'report.html'} ({fitted} fitted laws; "
+        "figures scaling.png, compute.png; fits.json)"
     )
     sel = Table(title="selected form per series (expanding-window backtest)")
     for col in ("series", "selected", "backtest error", "trend"):
@@ -497,8 +504,8 @@ def eval_(
         list[str] | None,
         typer.Option(
             "--data",
-            help=f"FORMAT:PATH, a dataset on disk for the task its format serves ({', '.join(EVAL_FORMATS)}); "
-            "other tasks read the synthetic world",
+            help="FORMAT:PATH, a dataset on disk for the task its format serves "
+            f"({', '.join(EVAL_FORMATS)}); other tasks read the synthetic world",
         ),
     ] = None,
 ):
@@ -573,7 +580,8 @@ def import_4ds(
         Path, typer.Option("--out", help="where to write the export (encoder.safetensors, rung.json)")
     ],
 ):
-    """Import a released 4DS encoder as our export, every key and shape checked; evaluate it with `sweep eval`."""
+    """Import a released 4DS encoder as our export, every key and shape checked; evaluate it with
+    `sweep eval`."""
     from models.fourds import import_4ds as run_import
 
     rung = run_import(checkpoint, size, out_dir)

@@ -53,7 +53,8 @@ def rung_table(rows: list[dict], title: str) -> Table:
 
 
 class SweepDisplay:
-    """Call with snapshot rows each tick. Plain mode prints a line per rung when it changes, at most every 10 s."""
+    """Call with snapshot rows each tick. Plain mode prints a line per rung when it changes, at most
+    every 10 s."""
 
     def __init__(self, title: str, console: Console | None = None):
         self.console = console or Console()
@@ -88,8 +89,8 @@ class SweepDisplay:
                 loss = f" loss {r['loss']:.4f}" if r.get("loss") is not None else ""
                 rate = f" {r['clips_per_s']:.1f} clips/s" if r.get("clips_per_s") else ""
                 print(
-                    f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {duration(r.get('eta_s'))} "
-                    f"evals {r['evals_done']}/{r['evals_total']}",
+                    f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} "
+                    f"ETA {duration(r.get('eta_s'))} evals {r['evals_done']}/{r['evals_total']}",
                     flush=True,
                     file=sys.stdout,
                 )

@@ -125,7 +125,8 @@ def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict
         if not _fits(nodes, _bundle(r), r.workers):
             need = f"{r.workers} workers x {_bundle(r)}"
             problems.append(
-                f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true"
+                f"rung {r.name} needs {need} but {have}; "
+                "lower its gpus/cpu_workers or set cluster.autoscaling: true"
             )
     ev = spec.evals
     if ev.tasks and not _fits(nodes, {"CPU": ev.cpus, **({"GPU": ev.gpus} if ev.gpus else {})}, 1):
@@ -153,7 +154,8 @@ def _eval_task(
     threads: int,
     dataset: dict | None = None,
 ) -> dict:
-    """Runs as a Ray task wherever resources allow. `dataset`: the task's evals.data entry (None: synthetic)."""
+    """Runs as a Ray task wherever resources allow. `dataset`: the task's evals.data entry
+    (None: synthetic)."""
     import ray
     import torch
 
@@ -320,7 +322,8 @@ class Sweep:
             )
         res = ray.cluster_resources()
         self.say(
-            f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+            f"Ray: {len(alive_node_resources())} node(s), "
+            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
         )
 
     def _open_tracking(self) -> None:
@@ -415,7 +418,8 @@ class Sweep:
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
             self.say(
-                "interrupted: stopping launches, cancelling evals; rungs resume from their last checkpoint next time"
+                "interrupted: stopping launches, cancelling evals; "
+                "rungs resume from their last checkpoint next time"
             )
             for job in self.jobs.values():
                 if job.ref is not None:
@@ -547,7 +551,8 @@ class Sweep:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 if job.attempts < EVAL_ATTEMPTS:
                     self.say(
-                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying"
+                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} "
+                        f"failed ({reason}); retrying"
                     )
                     path.unlink(missing_ok=True)
                 else:

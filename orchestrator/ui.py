@@ -22,7 +22,8 @@ class UIError(UserError):
 
 
 def resolve_store(spec: Path | None, runs_root: Path) -> tuple[str, str | None]:
-    """(tracking URI, sweep name or None) from a spec, else from the most recent sweep, else the default store."""
+    """(tracking URI, sweep name or None) from a spec, else from the most recent sweep, else the default
+    store."""
     if spec is not None:
         s = load_spec(spec)
         return absolute_tracking_uri(s.tracking.uri), s.name
@@ -104,9 +105,11 @@ def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -
 
             exp = MlflowClient(uri).get_experiment_by_name(sweep)
             if exp is not None:
-                # /runs in the training view: MLflow 3 otherwise lands on its GenAI overview (traces), empty here.
+                # /runs in the training view: MLflow 3 otherwise lands on its GenAI overview (traces),
+                # empty here.
                 say(
-                    f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                    f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}/runs"
+                    "?workflowType=machine_learning"
                 )
         say("Ctrl-C stops the server.")
         return proc.wait()

@@ -171,7 +171,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         if col not in df.columns:
             need = "model (or rung)" if col == "rung" else col
             raise ReportError(
-                f"{path}: missing column {need!r}; a results table needs model (or rung), params, metric, value"
+                f"{path}: missing column {need!r}; "
+                "a results table needs model (or rung), params, metric, value"
             )
     for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen", "se"):
         if col in df.columns:

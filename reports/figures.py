@@ -254,7 +254,8 @@ def chinchilla_figure(items: list[tuple[dict, dict]]):
             ax.plot(d, v, color=cmap((np.log(n) - lN[0]) / span), lw=1.2, label=format_size(n))
         p = e["fit"]["params"]
         ax.set_title(
-            f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3f} β={p['beta']:.3f}",
+            f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} "
+            f"α={p['alpha']:.3f} β={p['beta']:.3f}",
             fontsize=8,
         )
         ax.set_xscale("log")

@@ -133,8 +133,9 @@ def analyse(table: pd.DataFrame, metric: str | None = None) -> dict | None:
         if opt["edge"]:
             side = "smallest" if opt["edge"] == "low" else "largest"
             warnings.append(
-                f"the best LR of {base} ({opt['best_lr']:.3g}) is the {side} of its grid: the optimum may lie "
-                f"beyond it; widen the grid {'down' if opt['edge'] == 'low' else 'up'} before trusting the law"
+                f"the best LR of {base} ({opt['best_lr']:.3g}) is the {side} of its grid: "
+                f"the optimum may lie beyond it; widen the grid {'down' if opt['edge'] == 'low' else 'up'} "
+                "before trusting the law"
             )
     sizes.sort(key=lambda s: s["params"])
     law = fit_lr_law(sizes)
@@ -178,13 +179,15 @@ def lines(search: dict) -> list[str]:
     for s in search["sizes"]:
         grid = ", ".join(f"{lr:.3g}: {v:.4g}" for lr, v in s["grid"])
         out.append(
-            f"  {s['rung']} ({format_size(s['params'])}): best {s['best_lr']:.3g} (optimum ~{s['optimal_lr']:.3g})"
+            f"  {s['rung']} ({format_size(s['params'])}): best {s['best_lr']:.3g} "
+            f"(optimum ~{s['optimal_lr']:.3g})"
             f"{' at the edge of its grid' if s['edge'] else ''}; grid {grid}"
         )
     law = search["law"]
     if law["status"] == "fitted":
         out.append(
-            f"  optimal LR ~ N^{law['b']:.3f} (95% interval of the exponent [{law['b_lo']:.3f}, {law['b_hi']:.3f}])"
+            f"  optimal LR ~ N^{law['b']:.3f} "
+            f"(95% interval of the exponent [{law['b_lo']:.3f}, {law['b_hi']:.3f}])"
             + ("; from optima on the edge of their grids, so only a rough guide" if law["uses_edges"] else "")
         )
         for s in search["suggested"]:

@@ -167,7 +167,8 @@ def make_report(
         )
         if measured:
             notes.append(
-                f"{target['size']} already has results: a forecast of it is not a forecast, so none was registered"
+                f"{target['size']} already has results: a forecast of it is not a forecast, "
+                "so none was registered"
             )
         else:
             reg = forecasts.register(forecasts.registration(result, target), out, store)
@@ -252,7 +253,8 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, bounded, delta, bootstrap, seed, l
             for r, s, v in zip(excl["rung"], excl["step"], excl["value"], strict=True)
         )
         notes.append(
-            f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; left out of this log-space fit"
+            f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; "
+            "left out of this log-space fit"
         )
     keep = ~bad
     # Eval standard errors, where the table has them for every point: weights and interval noise.
@@ -403,7 +405,10 @@ def _extrap_text(f: dict) -> str:
     e = f.get("extrapolation") or {}
     if "rel_error" not in e:
         return e.get("error", "–")
-    return f"{e['rel_error']:+.2%} at {format_size(e['held_out_N'])} (pred {_fmt(e['predicted'])}, actual {_fmt(e['actual'])})"
+    return (
+        f"{e['rel_error']:+.2%} at {format_size(e['held_out_N'])} "
+        f"(pred {_fmt(e['predicted'])}, actual {_fmt(e['actual'])})"
+    )
 
 
 def _summary(entry: dict) -> str:
@@ -525,7 +530,10 @@ def _finding(s: dict, scored: list[dict]) -> str:
         line += f"; selected {sel['form']} (backtest error {_pct(sel['errors'][sel['form']])})"
     for r in (r for r in scored if r["series"] == s["label"] and r["observed"] is not None):
         inside = {True: "inside", False: "OUTSIDE", None: "no interval"}[r.get("inside")]
-        line += f"; forecast of {r['size']} ({r['created'][:10]}) scored: observed {_fmt(r['observed'])}, {inside}"
+        line += (
+            f"; forecast of {r['size']} ({r['created'][:10]}) scored: "
+            f"observed {_fmt(r['observed'])}, {inside}"
+        )
     return line
 
 
@@ -579,8 +587,8 @@ def coverage_text(fc: dict) -> str:
     if not fc["scored"]:
         return f"{fc['pending']} registered forecast(s), none scored yet (their rungs have no results)."
     return (
-        f"Coverage: {fc['inside']}/{fc['scored']} ({fc['coverage']:.0%}) scored forecasts landed inside their 95% "
-        f"interval; {fc['pending']} pending."
+        f"Coverage: {fc['inside']}/{fc['scored']} ({fc['coverage']:.0%}) scored forecasts landed inside "
+        f"their 95% interval; {fc['pending']} pending."
     )
 
 
@@ -631,8 +639,9 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
     out: list[tuple] = [
         (
             "p",
-            f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; {result['bootstrap']} bootstrap resamples "
-            f"(seed {result['seed']}); {result['checkpoint']} checkpoint per rung; intervals are 95% prediction intervals.",
+            f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; "
+            f"{result['bootstrap']} bootstrap resamples (seed {result['seed']}); "
+            f"{result['checkpoint']} checkpoint per rung; intervals are 95% prediction intervals.",
         ),
         *[("img", p) for p in lead],
         ("h2", "Findings"),
@@ -660,8 +669,9 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
             ("h2", "Form selection by backtest"),
             (
                 "p",
-                "Each size law fitted on the smallest k rungs predicts rung k + 1, for every k leaving at least 3 "
-                "rungs to fit; the form with the lowest mean error is selected (a more flexible form must win by 20%).",
+                "Each size law fitted on the smallest k rungs predicts rung k + 1, "
+                "for every k leaving at least 3 rungs to fit; "
+                "the form with the lowest mean error is selected (a more flexible form must win by 20%).",
             ),
             ("table", SELECTION_HEADER, sel),
         ]
@@ -715,7 +725,8 @@ def _html(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
         elif kind == "img":  # embedded, so the file stands alone (mail it, log it as one artifact)
             p = body[0]
             parts.append(
-                f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+                f'<figure><img alt="{esc(p.stem)}" '
+                f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
                 f"<figcaption>{esc(p.stem)}</figcaption></figure>"
             )
         elif kind == "ul":
@@ -728,13 +739,15 @@ def _html(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
             )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>")
     style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f4f4f4}img{max-width:100%}"
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+        "th{background:#f4f4f4}img{max-width:100%}"
     )
     title = f"Scaling report: {esc(result['sweep'])}"
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
-        f"<body><h1>{title}</h1>{''.join(parts)}</body></html>\n"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{style}</style></head><body><h1>{title}</h1>{''.join(parts)}</body></html>\n"
     )
 
 

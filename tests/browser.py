@@ -115,7 +115,8 @@ def page_text(driver) -> str:
 
 
 def wait_for_text(driver, *needles: str, timeout: float = 60, what: str | None = None) -> str:
-    """Wait until every needle is in the rendered page text; return that text. On timeout, say what was missing."""
+    """Wait until every needle is in the rendered page text; return that text. On timeout, say what was
+    missing."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -1,4 +1,5 @@
-"""`sweep bench`: runs on CPU with the GPU table's columns, and its fast path computes the plain path's loss."""
+"""`sweep bench`: runs on CPU with the GPU table's columns, and its fast path computes the plain path's
+loss."""
 
 import io
 import sys
@@ -172,7 +173,7 @@ def test_step_updates_the_weights_and_clears_the_grads(one_thread):
     assert all(p.grad is None for p in model.parameters())
 
 
-# ------------------------------------------------------------------ the peer (only where transformers is installed)
+# -------------------------------------------------------- the peer (only where transformers is installed)
 
 
 def test_peer_costs_the_same_flops_per_clip_as_ours(one_thread):

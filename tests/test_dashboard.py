@@ -91,7 +91,8 @@ class UI:
         return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGINT, group: bool = True) -> int:
-        """SIGINT to the process group is what Ctrl-C in a terminal sends; SIGTERM alone is what `kill` sends."""
+        """SIGINT to the process group is what Ctrl-C in a terminal sends; SIGTERM alone is what `kill`
+        sends."""
         os.killpg(self.proc.pid, sig) if group else os.kill(self.proc.pid, sig)
         try:
             code = self.proc.wait(30)
@@ -256,7 +257,8 @@ def test_missing_store_is_exit_2_naming_the_path(tmp_path):
 
 
 def test_sigterm_stops_the_server_too(served):
-    """`kill PID` (a service manager, `timeout`, a CI runner) must not orphan the MLflow server on its port."""
+    """`kill PID` (a service manager, `timeout`, a CI runner) must not orphan the MLflow server on its
+    port."""
     ui = UI(served["root"], "spec.yaml")
     assert ui.server, "no MLflow server process found under sweep ui"
     assert ui.stop(signal.SIGTERM, group=False) == 0

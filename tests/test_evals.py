@@ -154,7 +154,8 @@ def test_clear_errors(export, tmp_path):
 
 
 def test_depth_readout_beats_the_mean_depth_baseline(export):
-    """Even a random-init encoder's features carry appearance, which predicts depth (sky vs ground vs objects)."""
+    """Even a random-init encoder's features carry appearance, which predicts depth (sky vs ground vs
+    objects)."""
     m = evaluate(
         export,
         "depth",
@@ -182,7 +183,8 @@ def test_point_tracking_reads_frames_in_order_and_tunes_its_visibility_threshold
     task = PointTracking(cfg, clips)
     M, P, T = clips["occluded"].shape
     assert task.num_queries == P * cfg.grid[0]
-    # Outputs that decode to the true tracks, with p(visible) 0.3 for visible points and 0.1 for occluded ones.
+    # Outputs that decode to the true tracks, with p(visible) 0.3 for visible points and 0.1 for occluded
+    # ones.
     q = task.inputs(clips)
     per_frame = torch.zeros(M, P, T, 4)
     per_frame[..., :2] = (q["tracks"] - q["query_xy"][:, :, None]) / task.patch

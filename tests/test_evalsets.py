@@ -1,5 +1,6 @@
 """Eval datasets on disk: a fixture per format written here in that format's own layout (not by our
-readers), read into the clip contract with hand-checked labels, and scored end to end by `sweep eval --data`."""
+readers), read into the clip contract with hand-checked labels, and scored end to end by
+`sweep eval --data`."""
 
 import io
 import json

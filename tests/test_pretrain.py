@@ -227,8 +227,8 @@ def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
     spec.write_text(
         textwrap.dedent(SPEC).replace(
             "evals: {tasks: []}",
-            "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, "
-            "val_clips: 8, test_clips: 8}}",
+            "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, "
+            "train_clips: 16, val_clips: 8, test_clips: 8}}",
         )
     )
     result = CliRunner().invoke(

@@ -330,7 +330,8 @@ def test_final_results_table_has_rungs_as_columns_smallest_first_and_the_baselin
 
 @pytest.mark.parametrize("x", typing.get_args(Report.model_fields["x"].annotation))
 def test_every_x_the_spec_accepts_makes_a_report(tmp_path, monkeypatch, x):
-    """`report.x`: every value the spec's validator accepts gives a report whose laws are fitted against it."""
+    """`report.x`: every value the spec's validator accepts gives a report whose laws are fitted against
+    it."""
     from typer.testing import CliRunner
 
     from orchestrator.cli import app

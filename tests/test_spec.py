@@ -1,4 +1,5 @@
-"""The sweep spec: valid specs resolve per rung; malformed ones are one clear error, exit 2, nothing written."""
+"""The sweep spec: valid specs resolve per rung; malformed ones are one clear error, exit 2, nothing
+written."""
 
 import subprocess
 import sys
@@ -71,7 +72,11 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
 
 
 def test_task_readout_changes_only_the_fields_it_names(tmp_path):
-    evals = "evals:\n  readout: {width: 32, epochs: 4}\n  task_readout: {point_tracking: {epochs: 20, lr: 5.0e-4}}\n"
+    evals = (
+        "evals:\n"
+        "  readout: {width: 32, epochs: 4}\n"
+        "  task_readout: {point_tracking: {epochs: 20, lr: 5.0e-4}}\n"
+    )
     ev = load_spec(write(tmp_path, GOOD + evals)).evals
     tracking, depth = ev.readout_for("point_tracking"), ev.readout_for("depth")
     assert (tracking.epochs, tracking.lr, tracking.width) == (

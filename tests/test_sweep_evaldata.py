@@ -17,7 +17,8 @@ BOXES = [[30, 10, 20, 15]] * 6
 
 
 def write_got10k(root):
-    """GOT-10k's layout: train/ and val/ sequence folders of 00000001.jpg ..., groundtruth.txt, absence.label."""
+    """GOT-10k's layout: train/ and val/ sequence folders of 00000001.jpg ..., groundtruth.txt,
+    absence.label."""
     for split, n in (("train", 3), ("val", 1)):
         for k in range(n):
             seq = root / split / f"GOT-10k_{split}_{k + 1:06d}"
@@ -48,7 +49,8 @@ def test_mini_sweep_scores_box_tracking_on_got10k_and_reports_the_dataset(tmp_pa
         evals:
           tasks: [box_tracking, action]
           checkpoints: final
-          readout: {{width: 16, heads: 2, epochs: 1, batch_size: 4, train_clips: 8, val_clips: 4, test_clips: 4}}
+          readout: {{width: 16, heads: 2, epochs: 1, batch_size: 4,
+                    train_clips: 8, val_clips: 4, test_clips: 4}}
           data:
             box_tracking: {{format: got10k, path: {tmp_path / "GOT-10k"}}}
         """)

@@ -54,7 +54,8 @@ def test_lr_warms_up_linearly_then_follows_a_cosine_to_the_floor():
     rung = rung_with({"steps": 20, "schedule": {"warmup_steps": 4, "min_lr_ratio": 0.1}})
     # Warmup: step s (0-based) runs at (s + 1) / warmup of the base LR.
     assert [lr_factor(s, rung) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    # Cosine over the 16 steps after warmup: full LR at its start, halfway down at its middle, the floor at the end.
+    # Cosine over the 16 steps after warmup: full LR at its start, halfway down at its middle, the floor
+    # at the end.
     assert lr_factor(4, rung) == pytest.approx(1.0)
     assert lr_factor(12, rung) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_factor(8, rung) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.sqrt(0.5)))  # cos(pi/4)
@@ -272,7 +273,8 @@ def test_rung_state(status, rank0_time, trained, alive, expected):
 STATUS_SPEC = """\
 name: st
 data: {frames: 4, resolution: 16, tubelet: [2, 8, 8]}
-pretraining: {batch_size: 8, steps: 16, checkpoint_interval: 8, decoder: {width: 16, depth: 1, mlp: 32, heads: 2}}
+pretraining: {batch_size: 8, steps: 16, checkpoint_interval: 8, \
+decoder: {width: 16, depth: 1, mlp: 32, heads: 2}}
 ladder:
   - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
 evals: {tasks: [depth], checkpoints: final}

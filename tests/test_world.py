@@ -155,7 +155,8 @@ def test_deterministic_across_processes():
     code = (
         "import hashlib, numpy as np; from data4d import SyntheticWorld;"
         "c = SyntheticWorld(frames=4, size=24, seed=7, split='test')[12345];"
-        "print(hashlib.sha256(b''.join(np.ascontiguousarray(c[k]).tobytes() for k in sorted(c) if k != 'label')).hexdigest())"
+        "print(hashlib.sha256(b''.join(np.ascontiguousarray(c[k]).tobytes() "
+        "for k in sorted(c) if k != 'label')).hexdigest())"
     )
     outs = [
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
