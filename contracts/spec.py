@@ -174,6 +174,9 @@ class Readout(_Strict):
     val_clips: PosInt = 64
     test_clips: PosInt = 64
     seed: int = 0
+    # Readouts trained per eval, with seeds seed .. seed + seeds - 1: the metric is their mean, and
+    # its standard error adds the spread between seeds to the bootstrap's over test clips (evals.run).
+    seeds: PosInt = 1
 
 
 class Evals(_Strict):
