@@ -1,8 +1,10 @@
 """The results table that reports read: from a sweep's MLflow runs, or from a CSV/Parquet file.
 
 One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
-known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
-bounded (a per-row override of `is_bounded`). A rung that has no eval
+known, clips_seen, tokens, status, failure, split, se (the eval's standard error, from the
+metric's `<metric>_se` beside it in MLflow) and bounded (a per-row override of `is_bounded`).
+The held-out pretraining loss (`val/loss`) is one more series: task "pretraining", mode
+"pretrain", metric "val_loss" (contracts.names.VAL_LOSS_ROW), at every checkpoint. A rung that has no eval
 metric at all (it failed before its first checkpoint) keeps one row with an empty
 metric, so that the report can name it instead of silently losing it.
 """
@@ -21,7 +23,10 @@ from contracts.names import (
     RUNG_KEY_TAG,
     RUNG_TAG,
     STATUS_TAG,
+    VAL_LOSS_METRIC,
+    VAL_LOSS_ROW,
     parse_eval_metric_key,
+    se_of,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
 
@@ -61,18 +66,27 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
             "status": tags.get(STATUS_TAG),
             "failure": tags.get(FAILURE_TAG),
         }
-        found = False
+        values: dict[tuple, dict[int, float]] = {}  # (task, mode, metric) -> {step: value}
+        errors: dict[tuple, dict[int, float]] = {}  # the same for standard errors
         for key in run.data.metrics:
-            parsed = parse_eval_metric_key(key)
+            parsed = VAL_LOSS_ROW if key == VAL_LOSS_METRIC else parse_eval_metric_key(key)
             if parsed is None:
                 continue
             task, mode, metric = parsed
+            of = se_of(metric) if key != VAL_LOSS_METRIC else None
+            into = errors.setdefault((task, mode, of), {}) if of else values.setdefault(parsed, {})
             for m in client.get_metric_history(run.info.run_id, key):
+                into[m.step] = m.value
+        found = False
+        for (task, mode, metric), history in values.items():
+            se = errors.get((task, mode, metric), {})
+            for step, value in history.items():
                 found = True
-                clips = num["batch_size"] * m.step
+                clips = num["batch_size"] * step
                 rows.append(rung | {
-                    "step": m.step, "task": task, "mode": mode, "metric": metric, "value": m.value,
-                    "train_flops": num["flops_per_clip"] * clips, "clips_seen": clips, "tokens": num["num_tokens"] * clips,
+                    "step": step, "task": task, "mode": mode, "metric": metric, "value": value,
+                    "se": se.get(step, np.nan), "train_flops": num["flops_per_clip"] * clips, "clips_seen": clips,
+                    "tokens": num["num_tokens"] * clips,
                 })
         if not found:
             rows.append(rung | {"step": np.nan, "task": None, "mode": None, "metric": None, "value": np.nan})
