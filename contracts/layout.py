@@ -10,8 +10,8 @@
             info.json                      resolved config, identity, git commit, MLflow run id (driver)
             status.json                    pending | running | done | failed | interrupted, reason, times (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
-            metrics.jsonl                  one line per optimiser step, once even after a resume; a checkpoint's
-                                           step also holds val/loss, the held-out MAE loss (rank 0)
+            metrics.jsonl                  one line per optimiser step, once even after a resume; a
+                                           checkpoint's step also holds val/loss, the held-out loss (rank 0)
             resume.json                    where the latest worker group started: step, warnings, the fit's
                                            launch id, attempt (rank 0)
             restarts.jsonl                 one line per worker-group restart after a failure: attempt,

@@ -25,8 +25,8 @@ SE_SUFFIX = "_se"
 
 
 def se_name(metric: str) -> str:
-    """The name a metric's standard error is logged under: `<metric>_se` (`baseline_iou` -> `baseline_iou_se`),
-    so its MLflow key is eval_metric_key(task, mode, se_name(metric))."""
+    """The name a metric's standard error is logged under: `<metric>_se` (`baseline_iou` ->
+    `baseline_iou_se`), so its MLflow key is eval_metric_key(task, mode, se_name(metric))."""
     return metric + SE_SUFFIX
 
 

@@ -310,7 +310,8 @@ class RungConfig:
         return self.flops_per_clip * self.batch_size * self.steps
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.identity() | {"sweep": self.sweep, "name": self.name, "key": self.key, "val_clips": self.val_clips}
+        d = self.identity() | {"sweep": self.sweep, "name": self.name, "key": self.key}
+        d["val_clips"] = self.val_clips
         d["runtime"] = {
             "gpus": self.gpus,
             "workers": self.workers,

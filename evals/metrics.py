@@ -56,7 +56,8 @@ def clip_mean(values: np.ndarray) -> ClipSums:
     return ClipSums(np.where(ok, v, 0.0), ok.astype(np.float64))
 
 
-def bootstrap_draws(parts: dict[str, ClipSums], resamples: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap_draws(parts: dict[str, ClipSums], resamples: int = 1000,
+                    seed: int = 0) -> dict[str, np.ndarray]:
     """Each metric recomputed on `resamples` resamples of the clips (with replacement) -> (resamples,)
     per name. One (resamples, M) matrix of clip counts, shared by every metric: a few ms for M = 128.
     The same seed draws the same resamples, so draws of two readouts of one test set are paired."""
@@ -227,7 +228,8 @@ def pose_matrix(vec: np.ndarray) -> np.ndarray:
     return out
 
 
-def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray, per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
+def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray,
+                 per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
     """Errors of predicted vs true relative poses (M, ..., 4, 4), averaged over every pair
     (per_clip: over each clip's pairs, as a mean over clips).
 
@@ -245,7 +247,8 @@ def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray, per_clip: bool = Fals
     zero_p, zero_g = np_ < 1e-9, ng < 1e-9
     cos_t = (tp * tg).sum(-1) / np.maximum(np_ * ng, 1e-18)
     cos_t = np.where(zero_p & zero_g, 1.0, np.where(zero_p | zero_g, 0.0, np.clip(cos_t, -1, 1)))
-    out = {"epe": epe, "rot_err_deg": np.degrees(np.arccos(cos_r)), "trans_err_deg": np.degrees(np.arccos(cos_t))}
+    out = {"epe": epe, "rot_err_deg": np.degrees(np.arccos(cos_r)),
+           "trans_err_deg": np.degrees(np.arccos(cos_t))}
     if per_clip:
         return {k: clip_mean(v.reshape(len(v), -1).mean(1)) for k, v in out.items()}
     return {k: float(v.mean()) for k, v in out.items()}

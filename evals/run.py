@@ -1,6 +1,7 @@
 """Train a readout on an exported encoder and score it: the one place evals are run.
 
-    evaluate(export, "depth")                      -> {"abs_rel": …, "abs_rel_se": …, …, "baseline_abs_rel": …, …}
+    evaluate(export, "depth")                      -> {"abs_rel": …, "abs_rel_se": …, …,
+                                                       "baseline_abs_rel": …, "baseline_abs_rel_se": …, …}
     evaluate_many(export, ["depth", "action"])     -> {"depth": {…}, "action": {…}}
 
 Eval data are SyntheticWorld clips (seed 0, splits train / val / test) at the
@@ -162,7 +163,8 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
             encoder.load_state_dict(start)
         out = train_readout(task, feats, clips, readout, seed, encoder, device, progress)
         values.append(task.metrics(out, clips["test"]))
-        draws.append(bootstrap_draws(task.metrics(out, clips["test"], per_clip=True), BOOTSTRAP, BOOTSTRAP_SEED))
+        parts = task.metrics(out, clips["test"], per_clip=True)
+        draws.append(bootstrap_draws(parts, BOOTSTRAP, BOOTSTRAP_SEED))
     test, se = {}, {}
     for k in values[0]:
         v = np.array([m[k] for m in values], np.float64)

@@ -420,7 +420,8 @@ def held_out(worker: Worker) -> HeldOut | None:
     mine = mine if count else torch.zeros(1, dtype=torch.long)
     batch = rung.micro_batch_size
     calls = math.ceil(math.ceil(n / worker.world) / batch)
-    return HeldOut(held_out_clips(rung.data, mine.tolist()), count, visible[mine], masked[mine], n, batch, calls)
+    video = held_out_clips(rung.data, mine.tolist())
+    return HeldOut(video, count, visible[mine], masked[mine], n, batch, calls)
 
 
 def val_loss(engine, worker: Worker, held: HeldOut) -> float:
@@ -436,7 +437,8 @@ def val_loss(engine, worker: Worker, held: HeldOut) -> float:
             if part.start >= held.count:
                 part, weight = slice(0, 1), 0.0
             video = normalize_video(held.video[part].to(device)).to(worker.dtype)
-            losses = engine.module(video, held.visible[part].to(device), held.masked[part].to(device), per_clip=True)
+            visible, masked = held.visible[part].to(device), held.masked[part].to(device)
+            losses = engine.module(video, visible, masked, per_clip=True)
             total += losses.double().sum().cpu() * weight
     engine.train()
     total = total.to(device)
@@ -531,8 +533,9 @@ def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
         save_encoder(encoder, rung.to_dict(), staging / EXPORT)
         if probe is not None:
             save_file(probe, str(staging / EXPORT / PROBE))
-        held = {"val_loss": metrics["val_loss"]} if "val_loss" in metrics else {}  # the val/loss logged at this step
-        ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": worker.world, "time": time.time(), **held})
+        held = {"val_loss": metrics["val_loss"]} if "val_loss" in metrics else {}  # val/loss at this step
+        extra = {"world_size": worker.world, "time": time.time(), **held}
+        ckpt.seal(staging, final_dir, step, rung.key, extra=extra)
     dist.barrier()
     train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
                  checkpoint_dir_name=f"checkpoints/step_{step:08d}",

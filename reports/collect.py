@@ -85,8 +85,8 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
                 clips = num["batch_size"] * step
                 rows.append(rung | {
                     "step": step, "task": task, "mode": mode, "metric": metric, "value": value,
-                    "se": se.get(step, np.nan), "train_flops": num["flops_per_clip"] * clips, "clips_seen": clips,
-                    "tokens": num["num_tokens"] * clips,
+                    "se": se.get(step, np.nan), "train_flops": num["flops_per_clip"] * clips,
+                    "clips_seen": clips, "tokens": num["num_tokens"] * clips,
                 })
         if not found:
             rows.append(rung | {"step": np.nan, "task": None, "mode": None, "metric": None, "value": np.nan})

@@ -2,7 +2,8 @@
 
 - scaling:    one panel per task metric against parameters (log axis, size labels), the
               held-out pretraining loss first; measured points with their standard errors as
-              error bars, whether the trend is resolved, every fitted size law (one line style each; the selected
+              error bars, whether the trend is resolved,
+              every fitted size law (one line style each; the selected
               one with its 95% band), extrapolated (faint) to the next rung or the --predict
               target, registered forecasts as interval markers and their outcomes as stars;
               bounded metrics drawn inside [0, 1]; frozen and finetune as two series.
@@ -36,7 +37,8 @@ def panel_metrics(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
     """The (task, metric) pairs worth a panel: each task's headline metric where it has one,
     otherwise all of the task's metrics (an unknown task, or a --from table)."""
     have = set(pairs)
-    return sorted(((t, m) for t, m in have if m == (headline(t) or m) or (t, headline(t)) not in have), key=_first)
+    keep = ((t, m) for t, m in have if m == (headline(t) or m) or (t, headline(t)) not in have)
+    return sorted(keep, key=_first)
 
 
 def _first(key: tuple[str, str]) -> tuple:
@@ -117,8 +119,9 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             N = _floats(s["points"].get(x, []))
             y = _floats(s["points"]["value"])
             se = _floats(s["points"].get("se", [None] * len(y)))
-            ax.errorbar(N, y, yerr=np.where(np.isfinite(se), se, 0) if np.isfinite(se).any() else None, fmt="o",
-                        color=color, ms=5, capsize=3, elinewidth=1, label=s["mode"], zorder=3)
+            yerr = np.where(np.isfinite(se), se, 0) if np.isfinite(se).any() else None
+            ax.errorbar(N, y, yerr=yerr, fmt="o", color=color, ms=5, capsize=3, elinewidth=1, label=s["mode"],
+                        zorder=3)
             ticks += list(N)
             if not np.isfinite(N).any():
                 continue
@@ -182,8 +185,10 @@ def compute_figure(table: pd.DataFrame):
         hib = bool(g["higher_is_better"].iloc[0])
         for rung, r in g.groupby("rung", sort=False):
             se = r["se"].to_numpy(float) if "se" in r and r["se"].notna().any() else None
-            ax.errorbar(r["train_flops"], r["value"], yerr=None if se is None else np.nan_to_num(se), fmt="o-", ms=3, lw=1,
-                        capsize=2, elinewidth=0.8, color=colors.get(rung, "0.5"), label=f"{rung} ({format_size(params[rung])})")
+            yerr = None if se is None else np.nan_to_num(se)
+            ax.errorbar(r["train_flops"], r["value"], yerr=yerr, fmt="o-", ms=3, lw=1, capsize=2,
+                        elinewidth=0.8, color=colors.get(rung, "0.5"),
+                        label=f"{rung} ({format_size(params[rung])})")
         # Frontier: the best value reached with at most this much compute, by any rung.
         best = np.maximum.accumulate(g["value"]) if hib else np.minimum.accumulate(g["value"])
         ax.step(g["train_flops"], best, where="post", color="k", ls="--", lw=1, label="frontier")

@@ -90,7 +90,7 @@ def test_every_task_trains_and_reports_its_metrics_and_baselines(export, task):
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values()), m
     assert [p["epoch"] for p in seen] == [1, 2] and all(math.isfinite(p["loss"]) for p in seen)
     names = [k for k in m if not k.endswith("_se")]
-    assert {f"{k}_se" for k in names} == set(m) - set(names)  # every metric and baseline has its standard error
+    assert {f"{k}_se" for k in names} == set(m) - set(names)  # every metric and baseline has an se
     assert all(m[f"{k}_se"] >= 0 for k in names)
     for k in NAMES[task]:
         higher_is_better(k)  # every name has a direction

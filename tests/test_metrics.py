@@ -170,7 +170,8 @@ def test_bootstrap_se_of_a_bernoulli_mean_is_sqrt_p_1_minus_p_over_n(p):
     n = 128
     hits = np.zeros(n)
     hits[: round(p * n)] = 1.0  # top-1 hits of n test clips
-    se = bootstrap_se(classification_metrics(np.eye(2)[(1 - hits).astype(int)], np.zeros(n, int), per_clip=True))
+    logits = np.eye(2)[(1 - hits).astype(int)]  # class 0 scores highest exactly on the hits
+    se = bootstrap_se(classification_metrics(logits, np.zeros(n, int), per_clip=True))
     assert se["top1"] == pytest.approx(np.sqrt(p * (1 - p) / n), rel=0.10)
 
 
@@ -194,8 +195,8 @@ def test_per_clip_sums_give_back_every_metric():
     cases = [
         (tapvid_metrics, (q, occ, gt, pred_occ, gt + rng.normal(scale=3, size=gt.shape))),
         (depth_metrics, (rng.uniform(0.5, 10, (3, 4, 8, 8)), rng.uniform(0.5, 10, (3, 4, 8, 8)))),
-        (pose_metrics, (relative_pose(random_extrinsics(2))[None, 1:], relative_pose(random_extrinsics(3))[None, 1:])),
-        (box_metrics, (rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5], rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5],
+        (pose_metrics, tuple(relative_pose(random_extrinsics(s))[None, 1:] for s in (2, 3))),
+        (box_metrics, (*(rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5] for _ in range(2)),
                        rng.random((3, 2, 4)) < 0.7)),
         (classification_metrics, (rng.normal(size=(9, 10)), rng.integers(0, 10, 9))),
     ]

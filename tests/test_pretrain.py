@@ -71,7 +71,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def val_losses(run_dir: Path) -> dict[int, float]:
-    """The held-out loss per checkpoint step, from metrics.jsonl; each must match its checkpoint's manifest."""
+    """The held-out loss per checkpoint step, from metrics.jsonl; each matches its checkpoint's manifest."""
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)

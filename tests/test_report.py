@@ -268,10 +268,13 @@ def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is
     for i, (name, N) in enumerate(RUNGS.items()):
         tags = {ROLE_TAG: "rung", RUNG_TAG: name, RUNG_KEY_TAG: f"{name}-abc123", STATUS_TAG: "done"}
         run = client.create_run(exp, run_name=name, tags=tags).info.run_id
-        for k, v in {"encoder_params": N, "flops_per_clip": 1e3 * N, "batch_size": 8, "steps": 20, "num_tokens": 64}.items():
+        params = {"encoder_params": N, "flops_per_clip": 1e3 * N, "batch_size": 8, "steps": 20,
+                  "num_tokens": 64}
+        for k, v in params.items():
             client.log_param(run, k, v)
         for step in (10, 20):
-            client.log_metric(run, VAL_LOSS_METRIC, 3 * N**-0.1 * (1 + 0.01 * (-1) ** i) * (20 / step) ** 0.3, step=step)
+            loss = 3 * N**-0.1 * (1 + 0.01 * (-1) ** i) * (20 / step) ** 0.3
+            client.log_metric(run, VAL_LOSS_METRIC, loss, step=step)
             for metric, value, se in (("top1", flat[i], 0.04), ("baseline_top1", 0.1, 0.02)):
                 client.log_metric(run, eval_metric_key("action", "frozen", metric), value, step=step)
                 client.log_metric(run, eval_metric_key("action", "frozen", f"{metric}_se"), se, step=step)
@@ -281,7 +284,8 @@ def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is
     val = t[t["metric"] == "val_loss"]
     assert len(val) == 8 and set(val["task"]) == {"pretraining"} and not val["higher_is_better"].any()
     assert val["se"].isna().all()
-    assert (t.loc[t["metric"] == "top1", "se"] == 0.04).all() and (t.loc[t["metric"] == "baseline_top1", "se"] == 0.02).all()
+    assert (t.loc[t["metric"] == "top1", "se"] == 0.04).all()
+    assert (t.loc[t["metric"] == "baseline_top1", "se"] == 0.02).all()
 
     res = run_report(t, tmp_path / "report", fits=["powerlaw"], bootstrap=100)["result"]
     by = {s["metric"]: s for s in res["series"]}
@@ -289,9 +293,11 @@ def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is
     assert by["top1"]["points"]["se"] == [0.04] * 4
     assert by["top1"]["trend"]["resolved"] is False
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "action/top1 (frozen): trend NOT resolved" in md or "action/top1 (frozen): trend points the WRONG way" in md
+    finding = next(line for line in md.splitlines() if line.startswith("- action/top1 (frozen): "))
+    assert "trend NOT resolved" in finding or "trend points the WRONG way" in finding
     table = md.split("## Final-checkpoint results")[1]
-    assert "no trend resolved" in next(line for line in table.splitlines() if line.startswith("| action/top1 (frozen)"))
+    row = next(line for line in table.splitlines() if line.startswith("| action/top1 (frozen)"))
+    assert "no trend resolved" in row
     assert "0.52 ± 0.04" in table
     fig = figures.scaling_figure(res, t)
     first, action = fig.axes[0], fig.axes[1]

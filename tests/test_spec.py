@@ -64,9 +64,12 @@ def test_held_out_clips_keep_existing_hashes_at_their_default(tmp_path):
     from contracts.spec import RungConfig
 
     base = load_spec(write(tmp_path, GOOD)).rungs()[0]
-    same = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  val_clips: 128"), "d.yaml")).rungs()[0]
-    fewer = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  val_clips: 32"), "v.yaml")).rungs()[0]
-    assert "val_clips" not in base.identity() and base.key == same.key  # rungs from before val/loss keep their dir
+    def with_val(n):
+        text = GOOD.replace("steps: 10", f"steps: 10\n  val_clips: {n}")
+        return load_spec(write(tmp_path, text, f"{n}.yaml")).rungs()[0]
+
+    same, fewer = with_val(128), with_val(32)
+    assert "val_clips" not in base.identity() and base.key == same.key  # older rungs keep their dir
     assert fewer.key != base.key and RungConfig.from_dict(fewer.to_dict()) == fewer
     assert RungConfig.from_dict(base.to_dict()).val_clips == 128
 
