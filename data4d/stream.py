@@ -23,8 +23,15 @@ from data4d.world import SyntheticWorld
 def synthetic_world(data, seed, split):
     """The spec's synthetic world (`data`: contracts.spec.Data) at its clip size, one split."""
     w = data.world
-    return SyntheticWorld(frames=data.frames, size=data.resolution, seed=seed, split=split,
-                          objects=w.objects, points=w.points, focal=w.focal)
+    return SyntheticWorld(
+        frames=data.frames,
+        size=data.resolution,
+        seed=seed,
+        split=split,
+        objects=w.objects,
+        points=w.points,
+        focal=w.focal,
+    )
 
 
 def held_out_clips(data, indices, seed=0):

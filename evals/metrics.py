@@ -56,8 +56,9 @@ def clip_mean(values: np.ndarray) -> ClipSums:
     return ClipSums(np.where(ok, v, 0.0), ok.astype(np.float64))
 
 
-def bootstrap_draws(parts: dict[str, ClipSums], resamples: int = 1000,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def bootstrap_draws(
+    parts: dict[str, ClipSums], resamples: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Each metric recomputed on `resamples` resamples of the clips (with replacement) -> (resamples,)
     per name. One (resamples, M) matrix of clip counts, shared by every metric: a few ms for M = 128.
     The same seed draws the same resamples, so draws of two readouts of one test set are paired."""
@@ -127,7 +128,9 @@ def tapvid_metrics(
     scale = TAPVID_SIZE / size
     gt_tracks, pred_tracks = np.asarray(gt_tracks) * scale, np.asarray(pred_tracks) * scale
     visible, pred_visible = ~np.asarray(gt_occluded, bool), ~np.asarray(pred_occluded, bool)
-    evaluated = eval_frames(np.asarray(query_points)[..., 0].round().astype(int), visible.shape[-1], query_mode)
+    evaluated = eval_frames(
+        np.asarray(query_points)[..., 0].round().astype(int), visible.shape[-1], query_mode
+    )
 
     def per_video(x: np.ndarray) -> np.ndarray:  # (B, N, T) bool -> (B,) counts over evaluated frames
         return (x & evaluated).sum(axis=(1, 2))
@@ -152,8 +155,9 @@ def tapvid_metrics(
 # ------------------------------------------------------------------ depth
 
 
-def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None,
-                  per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
+def depth_metrics(
+    gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """Standard monocular-depth errors pooled over all valid pixels of all frames.
 
     gt, pred (...) metric depths of the same shape (per_clip: (M, ...), clips first); valid
@@ -167,7 +171,9 @@ def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = N
         return _depth_sums(gt, pred, np.asarray(valid, bool))
     g, p = gt[valid], np.maximum(pred[valid], 1e-6)  # (M,)
     if g.size == 0:
-        return {k: float("nan") for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")}
+        return {
+            k: float("nan") for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
+        }
     ratio = np.maximum(g / p, p / g)
     return {
         "abs_rel": float(np.mean(np.abs(g - p) / g)),
@@ -190,8 +196,12 @@ def _depth_sums(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> dict[str
 
     n = valid.reshape(M, -1).sum(1).astype(np.float64)
     ratio = np.maximum(g / p, p / g)
-    sums = {"abs_rel": (total(np.abs(g - p) / g), False), "sq_rel": (total((g - p) ** 2 / g), False),
-            "rmse": (total((g - p) ** 2), True), "rmse_log": (total((np.log(g) - np.log(p)) ** 2), True)}
+    sums = {
+        "abs_rel": (total(np.abs(g - p) / g), False),
+        "sq_rel": (total((g - p) ** 2 / g), False),
+        "rmse": (total((g - p) ** 2), True),
+        "rmse_log": (total((np.log(g) - np.log(p)) ** 2), True),
+    }
     sums |= {f"delta{k}": (total(ratio < 1.25**k), False) for k in (1, 2, 3)}
     return {k: ClipSums(v, n, root) for k, (v, root) in sums.items()}
 
@@ -228,8 +238,9 @@ def pose_matrix(vec: np.ndarray) -> np.ndarray:
     return out
 
 
-def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray,
-                 per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
+def pose_metrics(
+    pred_rel: np.ndarray, gt_rel: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """Errors of predicted vs true relative poses (M, ..., 4, 4), averaged over every pair
     (per_clip: over each clip's pairs, as a mean over clips).
 
@@ -247,8 +258,11 @@ def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray,
     zero_p, zero_g = np_ < 1e-9, ng < 1e-9
     cos_t = (tp * tg).sum(-1) / np.maximum(np_ * ng, 1e-18)
     cos_t = np.where(zero_p & zero_g, 1.0, np.where(zero_p | zero_g, 0.0, np.clip(cos_t, -1, 1)))
-    out = {"epe": epe, "rot_err_deg": np.degrees(np.arccos(cos_r)),
-           "trans_err_deg": np.degrees(np.arccos(cos_t))}
+    out = {
+        "epe": epe,
+        "rot_err_deg": np.degrees(np.arccos(cos_r)),
+        "trans_err_deg": np.degrees(np.arccos(cos_t)),
+    }
     if per_clip:
         return {k: clip_mean(v.reshape(len(v), -1).mean(1)) for k, v in out.items()}
     return {k: float(v.mean()) for k, v in out.items()}
@@ -271,8 +285,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def box_metrics(pred: np.ndarray, gt: np.ndarray, present: np.ndarray,
-                per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
+def box_metrics(
+    pred: np.ndarray, gt: np.ndarray, present: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """Mean IoU over the (track, frame) pairs where the object is present.
 
     pred, gt (..., 4) x0y0x1y1; present (...) bool (per_clip: (M, ...), clips first).
@@ -286,8 +301,9 @@ def box_metrics(pred: np.ndarray, gt: np.ndarray, present: np.ndarray,
     return {"iou": float(iou[present].mean()) if present.any() else float("nan")}
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray,
-                           per_clip: bool = False) -> dict[str, float] | dict[str, ClipSums]:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """logits (B, C), labels (B,) -> top1, and top5 when there are more than 5 classes."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     order = np.argsort(-logits, axis=-1)

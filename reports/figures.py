@@ -63,7 +63,12 @@ def write_all(result: dict, table: pd.DataFrame, out: Path) -> list[Path]:
     if result["series"]:
         files += _save(scaling_figure(result, table), out / "scaling")
         files += _save(compute_figure(table), out / "compute")
-    chin = [(s, e) for s in result["series"] for e in s["fits"] if e["form"] == "chinchilla" and e["status"] == "fitted"]
+    chin = [
+        (s, e)
+        for s in result["series"]
+        for e in s["fits"]
+        if e["form"] == "chinchilla" and e["status"] == "fitted"
+    ]
     if chin:
         files += _save(chinchilla_figure(chin), out / "chinchilla")
     return files
@@ -120,8 +125,18 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             y = _floats(s["points"]["value"])
             se = _floats(s["points"].get("se", [None] * len(y)))
             yerr = np.where(np.isfinite(se), se, 0) if np.isfinite(se).any() else None
-            ax.errorbar(N, y, yerr=yerr, fmt="o", color=color, ms=5, capsize=3, elinewidth=1, label=s["mode"],
-                        zorder=3)
+            ax.errorbar(
+                N,
+                y,
+                yerr=yerr,
+                fmt="o",
+                color=color,
+                ms=5,
+                capsize=3,
+                elinewidth=1,
+                label=s["mode"],
+                zorder=3,
+            )
             ticks += list(N)
             if not np.isfinite(N).any():
                 continue
@@ -134,29 +149,71 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             for e in (e for e in s["fits"] if e["form"] in FORM_STYLES and e["status"] == "fitted"):
                 style, chosen = FORM_STYLES[e["form"]], e["form"] == selected
                 label = f"{s['mode']} {e['form']}" + (" (selected)" if chosen else "")
-                for grid, alpha in ((np.geomspace(lo_n, hi_n, 100), 1.0), (np.geomspace(hi_n, end, 60), 0.45)):
+                for grid, alpha in (
+                    (np.geomspace(lo_n, hi_n, 100), 1.0),
+                    (np.geomspace(hi_n, end, 60), 0.45),
+                ):
                     v, lo, hi = predict(e["fit"], grid)
-                    ax.plot(grid, v, style, color=color, lw=1.6 if chosen else 1.0, alpha=alpha, label=label if alpha == 1 else None)
+                    ax.plot(
+                        grid,
+                        v,
+                        style,
+                        color=color,
+                        lw=1.6 if chosen else 1.0,
+                        alpha=alpha,
+                        label=label if alpha == 1 else None,
+                    )
                     if chosen and np.isfinite(lo).all():
                         ax.fill_between(grid, lo, hi, color=color, alpha=0.12, lw=0)
             for r in (r for r in forecasts if r["series"] == s["label"]):
-                ax.errorbar([r["N"]], [r["value"]], yerr=[[r["value"] - r["lo"]], [r["hi"] - r["value"]]], fmt="D", ms=5,
-                            color=color, mfc="white", capsize=3, zorder=4, label=f"forecast {r['created'][:10]}")
+                ax.errorbar(
+                    [r["N"]],
+                    [r["value"]],
+                    yerr=[[r["value"] - r["lo"]], [r["hi"] - r["value"]]],
+                    fmt="D",
+                    ms=5,
+                    color=color,
+                    mfc="white",
+                    capsize=3,
+                    zorder=4,
+                    label=f"forecast {r['created'][:10]}",
+                )
                 if r["observed"] is not None:
-                    ax.plot([r["N"]], [r["observed"]], "*", color="k" if r.get("inside") else "#e377c2", ms=10, zorder=5,
-                            label="outcome")
+                    ax.plot(
+                        [r["N"]],
+                        [r["observed"]],
+                        "*",
+                        color="k" if r.get("inside") else "#e377c2",
+                        ms=10,
+                        zorder=5,
+                        label="outcome",
+                    )
                 ticks.append(r["N"])
         base = table[(table["task"] == task) & (table["metric"] == BASELINE_PREFIX + metric)]
         for mode, b in base.groupby("mode"):
-            ax.axhline(b["value"].mean(), ls=":", color=MODE_COLORS.get(mode, "0.3"), lw=1, label=f"baseline ({mode})")
+            ax.axhline(
+                b["value"].mean(),
+                ls=":",
+                color=MODE_COLORS.get(mode, "0.3"),
+                lw=1,
+                label=f"baseline ({mode})",
+            )
         _size_ticks(ax, ticks)
         if any(s.get("bounded") for s in panel):  # a fraction: the axis stays inside [0, 1]
             lo_y, hi_y = ax.get_ylim()
             ax.set_ylim(max(lo_y, 0.0), min(hi_y, 1.0))
         hib = panel[0]["higher_is_better"]
         said = [(f"{s['mode']}: " if len(panel) > 1 else "") + trend_text(s) for s in panel]
-        ax.text(0.02, 0.02, "\n".join(said), transform=ax.transAxes, fontsize=7, va="bottom", ha="left",
-                color="0.15" if all(s.get("trend", {}).get("resolved") for s in panel) else "#b22222")
+        ax.text(
+            0.02,
+            0.02,
+            "\n".join(said),
+            transform=ax.transAxes,
+            fontsize=7,
+            va="bottom",
+            ha="left",
+            color="0.15" if all(s.get("trend", {}).get("resolved") for s in panel) else "#b22222",
+        )
         ax.set_title(_title(task, metric, hib), fontsize=10)
         ax.set_xlabel("encoder parameters" if x == "params" else "training FLOPs", fontsize=9)
         ax.grid(alpha=0.3)
@@ -173,7 +230,14 @@ def compute_figure(table: pd.DataFrame):
     keys = sorted({(a, b) for a, b in zip(t["task"], t["metric"], strict=True)}, key=_first)
     fig, axes = _panels(max(len(keys), 1))
     if not keys:
-        axes[0].text(0.5, 0.5, "no training FLOPs in the results table", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no training FLOPs in the results table",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
         return fig
     params = t.groupby("rung")["params"].first().sort_values()
     cmap = plt.get_cmap("viridis")
@@ -186,9 +250,18 @@ def compute_figure(table: pd.DataFrame):
         for rung, r in g.groupby("rung", sort=False):
             se = r["se"].to_numpy(float) if "se" in r and r["se"].notna().any() else None
             yerr = None if se is None else np.nan_to_num(se)
-            ax.errorbar(r["train_flops"], r["value"], yerr=yerr, fmt="o-", ms=3, lw=1, capsize=2,
-                        elinewidth=0.8, color=colors.get(rung, "0.5"),
-                        label=f"{rung} ({format_size(params[rung])})")
+            ax.errorbar(
+                r["train_flops"],
+                r["value"],
+                yerr=yerr,
+                fmt="o-",
+                ms=3,
+                lw=1,
+                capsize=2,
+                elinewidth=0.8,
+                color=colors.get(rung, "0.5"),
+                label=f"{rung} ({format_size(params[rung])})",
+            )
         # Frontier: the best value reached with at most this much compute, by any rung.
         best = np.maximum.accumulate(g["value"]) if hib else np.minimum.accumulate(g["value"])
         ax.step(g["train_flops"], best, where="post", color="k", ls="--", lw=1, label="frontier")
@@ -209,7 +282,9 @@ def chinchilla_figure(items: list[tuple[dict, dict]]):
         Ns = np.sort(pts["params"].unique())
         lN = np.log(Ns)
         span = max(lN[-1] - lN[0], 1e-12)
-        ax.scatter(pts["D"], pts["value"], c=(np.log(pts["params"]) - lN[0]) / span, cmap=cmap, s=10, zorder=3)
+        ax.scatter(
+            pts["D"], pts["value"], c=(np.log(pts["params"]) - lN[0]) / span, cmap=cmap, s=10, zorder=3
+        )
         # With many sizes (e.g. the Chinchilla data), draw the surface at a few of them.
         shown = Ns if len(Ns) <= 8 else Ns[np.unique(np.linspace(0, len(Ns) - 1, 6).round().astype(int))]
         d = np.geomspace(pts["D"].min(), pts["D"].max(), 100)
@@ -217,7 +292,10 @@ def chinchilla_figure(items: list[tuple[dict, dict]]):
             v, _, _ = predict(e["fit"], np.full_like(d, n), d)
             ax.plot(d, v, color=cmap((np.log(n) - lN[0]) / span), lw=1.2, label=format_size(n))
         p = e["fit"]["params"]
-        ax.set_title(f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3f} β={p['beta']:.3f}", fontsize=8)
+        ax.set_title(
+            f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3f} β={p['beta']:.3f}",
+            fontsize=8,
+        )
         ax.set_xscale("log")
         ax.set_xlabel(f"data seen ({e['D']})", fontsize=9)
         ax.grid(alpha=0.3)

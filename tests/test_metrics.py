@@ -152,8 +152,17 @@ def test_classification():
 def test_directions():
     for name in ("aj", "delta_avg", "oa", "aj_strided", "iou", "top1", "top5", "delta1", "baseline_aj"):
         assert higher_is_better(name), name
-    for name in ("epe", "epe_all", "rot_err_deg", "trans_err_deg", "abs_rel", "sq_rel", "rmse", "rmse_log",
-                 "baseline_abs_rel"):
+    for name in (
+        "epe",
+        "epe_all",
+        "rot_err_deg",
+        "trans_err_deg",
+        "abs_rel",
+        "sq_rel",
+        "rmse",
+        "rmse_log",
+        "baseline_abs_rel",
+    ):
         assert not higher_is_better(name), name
 
 
@@ -196,8 +205,13 @@ def test_per_clip_sums_give_back_every_metric():
         (tapvid_metrics, (q, occ, gt, pred_occ, gt + rng.normal(scale=3, size=gt.shape))),
         (depth_metrics, (rng.uniform(0.5, 10, (3, 4, 8, 8)), rng.uniform(0.5, 10, (3, 4, 8, 8)))),
         (pose_metrics, tuple(relative_pose(random_extrinsics(s))[None, 1:] for s in (2, 3))),
-        (box_metrics, (*(rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5] for _ in range(2)),
-                       rng.random((3, 2, 4)) < 0.7)),
+        (
+            box_metrics,
+            (
+                *(rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5] for _ in range(2)),
+                rng.random((3, 2, 4)) < 0.7,
+            ),
+        ),
         (classification_metrics, (rng.normal(size=(9, 10)), rng.integers(0, 10, 9))),
     ]
     for fn, args in cases:
