@@ -11,7 +11,8 @@
             status.json                    pending | running | done | failed | interrupted, reason, times
                                            (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
-            metrics.jsonl                  one line per optimiser step, once even after a resume (rank 0)
+            metrics.jsonl                  one line per optimiser step, once even after a resume; a
+                                           checkpoint's step also holds val/loss, the held-out loss (rank 0)
             resume.json                    where the latest worker group started: step, warnings, the fit's
                                            launch id, attempt (rank 0)
             restarts.jsonl                 one line per worker-group restart after a failure: attempt,
@@ -24,7 +25,8 @@
                 export/encoder.safetensors the consolidated fp32 encoder that evals read (models.export)
                 export/rung.json           the rung's resolved config
                 export/probe.safetensors   final checkpoint only: the engine's features of one fixed clip
-                manifest.json              written last: every file with its size and sha256
+                manifest.json              written last: every file with its size and sha256, world_size, and
+                                           val_loss (the held-out loss at this step; synthetic data only)
             checkpoints/.staging-step_<8 digits>/   a checkpoint being written; never read
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
             evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state, metrics, seconds, logged

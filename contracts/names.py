@@ -2,7 +2,9 @@
 
 MLflow layout: experiment = sweep name; one parent run per sweep
 (tag sweep4d.role=sweep); one child run per rung (tag sweep4d.role=rung,
-sweep4d.rung_key=<rung>-<hash6>). Eval metrics are logged at the checkpoint's step.
+sweep4d.rung_key=<rung>-<hash6>). Eval metrics are logged at the checkpoint's step, each
+beside its standard error (`<metric>_se`, `se_name`), and the held-out pretraining loss
+(`VAL_LOSS_METRIC`) at every checkpoint's step.
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ GIT_TAG = "sweep4d.git_commit"
 SEARCH_TAG = "sweep4d.search_of"  # an LR-grid point: the ladder rung it is a point of (spec `search`)
 RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung's worker group
 RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
+VAL_LOSS_METRIC = "val/loss"  # MAE loss on the fixed held-out clips, at every sealed checkpoint's step
+# Its row of the results table (reports.collect): task, mode, metric (lower is better: "loss").
+VAL_LOSS_ROW = ("pretraining", "pretrain", "val_loss")
+SE_SUFFIX = "_se"
+
+
+def se_name(metric: str) -> str:
+    """The name a metric's standard error is logged under: `<metric>_se` (`baseline_iou` ->
+    `baseline_iou_se`), so its MLflow key is eval_metric_key(task, mode, se_name(metric))."""
+    return metric + SE_SUFFIX
+
+
+def se_of(metric: str) -> str | None:
+    """Inverse of se_name: the metric a `<metric>_se` name is the standard error of, else None."""
+    return metric[: -len(SE_SUFFIX)] if metric.endswith(SE_SUFFIX) and len(metric) > len(SE_SUFFIX) else None
 
 
 DATASET_TAG = (

@@ -30,6 +30,7 @@ PosFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 # What the report can put on a figure's x axis: encoder parameters, or training FLOPs.
 X_AXES = ("params", "train_flops")
+VAL_CLIPS = 128  # pretraining.val_clips by default; a rung's identity holds it only when it differs
 
 
 class SpecError(UserError):
@@ -136,6 +137,10 @@ class Pretraining(_Strict):
     zero_stage: Literal[1, 2, 3] = 3
     activation_checkpointing: bool = False
     checkpoint_interval: PosInt = 1000
+    # Held-out clips whose MAE loss is logged as val/loss at every checkpoint (0: none). Synthetic data
+    # only: the first val_clips clips of the world's `val` split, with masks fixed by a seed, the same
+    # for every rung. Real sources get none: training reads every clip of them (orchestrator.trainer).
+    val_clips: NonNegInt = VAL_CLIPS
     seed: int = 0
     gpus: NonNegInt = 0  # GPUs per rung; 0 trains on CPU workers
     cpu_workers: PosInt = 2  # workers per rung when gpus == 0
@@ -174,6 +179,9 @@ class Readout(_Strict):
     val_clips: PosInt = 64
     test_clips: PosInt = 64
     seed: int = 0
+    # Readouts trained per eval, with seeds seed .. seed + seeds - 1: the metric is their mean, and
+    # its standard error adds the spread between seeds to the bootstrap's over test clips (evals.run).
+    seeds: PosInt = 1
 
 
 class EvalData(_Strict):
@@ -315,10 +323,14 @@ class RungConfig:
     activation_checkpointing: bool
     checkpoint_interval: int
     search_of: str | None = None  # an LR-grid point of this ladder rung (`search` in the spec)
+    val_clips: int = VAL_CLIPS  # measured at every checkpoint; in the identity only when not the default
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide this rung's result; its hash names its run directory."""
-        return {
+        """The fields that decide this rung's result; its hash names its run directory. val_clips
+        decides what val/loss measures, so a non-default one is part of it; the default is left out
+        so that rungs from before val/loss existed keep their hash (and directory)."""
+        extra = {"val_clips": self.val_clips} if self.val_clips != VAL_CLIPS else {}
+        return extra | {
             "model": self.model.to_dict(),
             "data": self.data.model_dump(mode="json"),
             "optimizer": self.optimizer.model_dump(mode="json"),
@@ -368,6 +380,7 @@ class RungConfig:
             "key": self.key,
             "search_of": self.search_of,
         }
+        d["val_clips"] = self.val_clips
         d["runtime"] = {
             "gpus": self.gpus,
             "workers": self.workers,
@@ -394,6 +407,7 @@ class RungConfig:
             precision=d["precision"],
             seed=d["seed"],
             search_of=d.get("search_of"),
+            val_clips=d.get("val_clips", VAL_CLIPS),
             **rt,
         )
 
@@ -503,6 +517,7 @@ def resolve_rung(spec: SweepSpec, r: Rung, base: Rung) -> RungConfig:
         zero_stage=pt.zero_stage,
         activation_checkpointing=pt.activation_checkpointing,
         checkpoint_interval=r.checkpoint_interval or pt.checkpoint_interval,
+        val_clips=pt.val_clips,
     )
 
 

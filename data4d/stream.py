@@ -5,6 +5,9 @@ clips: global position g = step * global_batch + rank * per_rank_batch + j. A
 resumed run therefore sees exactly the batches an uninterrupted one would have.
 For real data, position g maps to a clip through a per-epoch permutation seeded
 by (seed, epoch), and the clip's start frame is drawn from (seed, g).
+
+`held_out_clips` is the fixed held-out set the trainer measures val/loss on: the same
+world as pretraining, its `val` split, which pretraining never reads.
 """
 
 import queue
@@ -17,6 +20,27 @@ from data4d.readers import VideoFolder, WebDataset
 from data4d.world import SyntheticWorld
 
 
+def synthetic_world(data, seed, split):
+    """The spec's synthetic world (`data`: contracts.spec.Data) at its clip size, one split."""
+    w = data.world
+    return SyntheticWorld(
+        frames=data.frames,
+        size=data.resolution,
+        seed=seed,
+        split=split,
+        objects=w.objects,
+        points=w.points,
+        focal=w.focal,
+    )
+
+
+def held_out_clips(data, indices, seed=0):
+    """Videos (len(indices), T, S, S, 3) uint8: clips `indices` of the world's val split (seed 0, as
+    the evals' splits), the same bytes for every rung and every pretraining seed."""
+    world = synthetic_world(data, seed, "val")
+    return torch.from_numpy(np.stack([world[int(i)]["video"] for i in indices]))
+
+
 class PretrainStream:
     def __init__(self, data, seed, per_rank_batch, rank=0, world_size=1):
         self.data, self.seed = data, seed
@@ -24,11 +48,7 @@ class PretrainStream:
         self.global_batch = per_rank_batch * world_size
         self._perm = (None, None)  # (epoch, permutation) of real-data clips
         if data.source == "synthetic":
-            w = data.world
-            self.source = SyntheticWorld(
-                frames=data.frames, size=data.resolution, seed=seed, split="pretrain",
-                objects=w.objects, points=w.points, focal=w.focal,
-            )  # fmt: skip
+            self.source = synthetic_world(data, seed, "pretrain")
         else:
             kind = {"video_folder": VideoFolder, "webdataset": WebDataset}[data.source]
             if not data.path:

@@ -37,12 +37,11 @@ class Action(Task):
     def loss(self, out, batch):
         return F.cross_entropy(out[:, 0], batch["label"])
 
-    def metrics(self, out, clips):
-        return classification_metrics(out[:, 0].numpy(), clips["label"])
+    def metrics(self, out, clips, per_clip=False):
+        return classification_metrics(out[:, 0].numpy(), clips["label"], per_clip)
 
-    def baseline(self, clips):
+    def baseline(self, clips, per_clip=False):
         # Ties in frequency are broken by a tiny index-ordered offset so the ranking is deterministic.
         scores = self.freq - 1e-9 * np.arange(len(self.freq))
-        return classification_metrics(
-            np.broadcast_to(scores, (len(clips["label"]), len(scores))), clips["label"]
-        )
+        logits = np.broadcast_to(scores, (len(clips["label"]), len(scores)))
+        return classification_metrics(logits, clips["label"], per_clip)

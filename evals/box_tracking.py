@@ -58,11 +58,11 @@ class BoxTracking(Task):
         )  # (B, O, T)
         return masked_mean(err, batch["scored"])
 
-    def metrics(self, out, clips):
+    def metrics(self, out, clips, per_clip=False):
         first = torch.from_numpy(clips["boxes"][:, :, 0]).float()
-        return box_metrics(self.decode(out, first).numpy(), clips["boxes"], self.scored(clips))
+        return box_metrics(self.decode(out, first).numpy(), clips["boxes"], self.scored(clips), per_clip)
 
-    def baseline(self, clips):
+    def baseline(self, clips, per_clip=False):
         """The box never moves."""
         pred = np.broadcast_to(clips["boxes"][:, :, :1], clips["boxes"].shape)
-        return box_metrics(pred, clips["boxes"], self.scored(clips))
+        return box_metrics(pred, clips["boxes"], self.scored(clips), per_clip)

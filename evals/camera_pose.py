@@ -46,18 +46,21 @@ class CameraPose(Task):
         err = (out.view(len(out), -1, 6) - batch["target"])[:, 1:] * self.std
         return err.pow(2).sum(-1).add(1e-8).sqrt().mean()
 
-    def metrics(self, out, clips):
+    def metrics(self, out, clips, per_clip=False):
         pred = pose_matrix(
             (out.view(len(out), -1, 6) * self.std + self.mean).double().numpy()
         )  # (M, T, 4, 4)
-        return self._score(clips, pred)
+        return self._score(clips, pred, per_clip)
 
-    def baseline(self, clips):
+    def baseline(self, clips, per_clip=False):
         """The camera never moves: identity relative poses."""
-        return self._score(clips, np.broadcast_to(np.eye(4), clips["extrinsics"].shape))
+        return self._score(clips, np.broadcast_to(np.eye(4), clips["extrinsics"].shape), per_clip)
 
-    def _score(self, clips, pred):
+    def _score(self, clips, pred, per_clip=False):
         gt = relative_pose(clips["extrinsics"])  # (M, T, 4, 4)
-        last = pose_metrics(pred[:, -1], gt[:, -1])
-        every = pose_metrics(pred[:, 1:].reshape(-1, 4, 4), gt[:, 1:].reshape(-1, 4, 4))
+        last = pose_metrics(pred[:, -1], gt[:, -1], per_clip)
+        if per_clip:  # each clip's T - 1 pairs, as one term of a mean over clips
+            every = pose_metrics(pred[:, 1:], gt[:, 1:], per_clip)
+        else:
+            every = pose_metrics(pred[:, 1:].reshape(-1, 4, 4), gt[:, 1:].reshape(-1, 4, 4))
         return last | {f"{k}_all": v for k, v in every.items()}

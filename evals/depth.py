@@ -67,11 +67,11 @@ class Depth(Task):
     def loss(self, out, batch):
         return masked_mean((out - batch["target"]).abs(), batch["valid"])
 
-    def metrics(self, out, clips):
+    def metrics(self, out, clips, per_clip=False):
         pred = self.unpatchify(out + self.prior).double().exp().numpy()
-        return depth_metrics(clips["depth"], pred, valid_depth(clips["depth"]))
+        return depth_metrics(clips["depth"], pred, valid_depth(clips["depth"]), per_clip)
 
-    def baseline(self, clips):
+    def baseline(self, clips, per_clip=False):
         """The train set's mean depth per pixel, for every clip."""
         pred = np.broadcast_to(self.mean_depth, clips["depth"].shape)
-        return depth_metrics(clips["depth"], pred, valid_depth(clips["depth"]))
+        return depth_metrics(clips["depth"], pred, valid_depth(clips["depth"]), per_clip)

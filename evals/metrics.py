@@ -4,9 +4,13 @@
 Shapes in comments: B clips (videos), N points / tracks, T frames, M samples.
 Every function returns plain floats keyed by the names the sweep logs as
 `eval/<task>/<name>`; `contracts.tasks.higher_is_better(name)` says which way each one points.
+With `per_clip=True` it returns the same names as `ClipSums` instead: each metric as
+per-clip sums whose ratio is the metric, which is what `bootstrap_draws` resamples.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -24,6 +28,66 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+# ------------------------------------------------------------------ standard errors
+
+
+@dataclass(frozen=True)
+class ClipSums:
+    """One metric as per-clip sums over M clips: the metric is sum(num) / sum(den) (its square root
+    when `root`). A mean over clips has den 1 per clip (0 for a clip with nothing to score); a metric
+    pooled over pixels or (object, frame) pairs has each clip's sum and count."""
+
+    num: np.ndarray  # (M,)
+    den: np.ndarray  # (M,)
+    root: bool = False
+
+    def value(self) -> float:
+        d = float(np.sum(self.den))
+        v = float(np.sum(self.num)) / d if d > 0 else float("nan")
+        return float(np.sqrt(v)) if self.root else v
+
+
+def clip_mean(values: np.ndarray) -> ClipSums:
+    """Per-clip values (M,), nan where a clip has nothing to score -> their mean as ClipSums."""
+    v = np.asarray(values, np.float64)
+    ok = np.isfinite(v)
+    return ClipSums(np.where(ok, v, 0.0), ok.astype(np.float64))
+
+
+def bootstrap_draws(
+    parts: dict[str, ClipSums], resamples: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Each metric recomputed on `resamples` resamples of the clips (with replacement) -> (resamples,)
+    per name. One (resamples, M) matrix of clip counts, shared by every metric: a few ms for M = 128.
+    The same seed draws the same resamples, so draws of two readouts of one test set are paired."""
+    if not parts:
+        return {}
+    names = list(parts)
+    M = len(parts[names[0]].num)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, M, size=(resamples, M)) + M * np.arange(resamples)[:, None]
+    counts = np.bincount(idx.ravel(), minlength=resamples * M).reshape(resamples, M).astype(np.float64)
+    num = counts @ np.stack([np.asarray(parts[k].num, np.float64) for k in names], 1)  # (resamples, K)
+    den = counts @ np.stack([np.asarray(parts[k].den, np.float64) for k in names], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    root = np.array([parts[k].root for k in names])
+    v[:, root] = np.sqrt(v[:, root])
+    return {k: v[:, i] for i, k in enumerate(names)}
+
+
+def draws_se(draws: np.ndarray) -> float:
+    """The bootstrap standard error: the spread of the draws (resamples with nothing to score left out)."""
+    d = np.asarray(draws, np.float64)
+    d = d[np.isfinite(d)]
+    return float(d.std(ddof=1)) if d.size > 1 else float("nan")
+
+
+def bootstrap_se(parts: dict[str, ClipSums], resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """The standard error of every metric of `parts`, from a bootstrap over clips."""
+    return {k: draws_se(d) for k, d in bootstrap_draws(parts, resamples, seed).items()}
 
 
 # ------------------------------------------------------------------ point tracking
@@ -51,7 +115,8 @@ def tapvid_metrics(
     pred_tracks: np.ndarray,
     query_mode: str = "first",
     size: float = TAPVID_SIZE,
-) -> dict[str, float]:
+    per_clip: bool = False,
+) -> dict[str, float] | dict[str, ClipSums]:
     """TAP-Vid point-tracking metrics, computed per video and then averaged over videos.
 
     query_points (B, N, 3) as (t, y, x); gt/pred_occluded (B, N, T) bool;
@@ -70,7 +135,7 @@ def tapvid_metrics(
     def per_video(x: np.ndarray) -> np.ndarray:  # (B, N, T) bool -> (B,) counts over evaluated frames
         return (x & evaluated).sum(axis=(1, 2))
 
-    out = {"oa": _nanmean(_div(per_video(visible == pred_visible), per_video(np.ones_like(visible))))}
+    out = {"oa": _div(per_video(visible == pred_visible), per_video(np.ones_like(visible)))}  # (B,) per video
     sq_dist = ((pred_tracks - gt_tracks) ** 2).sum(-1)  # (B, N, T)
     within_avg, jaccard_avg = [], []
     for d in DELTAS:
@@ -79,26 +144,31 @@ def tapvid_metrics(
         tp = within & visible & pred_visible
         fp = pred_visible & (~visible | ~within)
         jaccard = _div(per_video(tp), per_video(visible) + per_video(fp))  # (B,)
-        out[f"pts_within_{d}"], out[f"jaccard_{d}"] = _nanmean(frac_within), _nanmean(jaccard)
+        out[f"pts_within_{d}"], out[f"jaccard_{d}"] = frac_within, jaccard
         within_avg.append(frac_within)
         jaccard_avg.append(jaccard)
-    out["delta_avg"] = _nanmean(np.mean(within_avg, axis=0))
-    out["aj"] = _nanmean(np.mean(jaccard_avg, axis=0))
-    return out
+    out["delta_avg"] = np.mean(within_avg, axis=0)
+    out["aj"] = np.mean(jaccard_avg, axis=0)
+    return {k: clip_mean(v) if per_clip else _nanmean(v) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------ depth
 
 
-def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None) -> dict[str, float]:
+def depth_metrics(
+    gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = None, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """Standard monocular-depth errors pooled over all valid pixels of all frames.
 
-    gt, pred (...) metric depths of the same shape; valid defaults to finite gt > 0.
-    Predictions are clamped to a tiny positive value so the log and ratios stay defined.
+    gt, pred (...) metric depths of the same shape (per_clip: (M, ...), clips first); valid
+    defaults to finite gt > 0. Predictions are clamped to a tiny positive value so the log and
+    ratios stay defined.
     """
     gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
     if valid is None:
         valid = np.isfinite(gt) & (gt > 0)
+    if per_clip:
+        return _depth_sums(gt, pred, np.asarray(valid, bool))
     g, p = gt[valid], np.maximum(pred[valid], 1e-6)  # (M,)
     if g.size == 0:
         return {
@@ -114,6 +184,26 @@ def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = N
         "delta2": float(np.mean(ratio < 1.25**2)),
         "delta3": float(np.mean(ratio < 1.25**3)),
     }
+
+
+def _depth_sums(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> dict[str, ClipSums]:
+    """depth_metrics as per-clip sums over each clip's valid pixels, and their counts."""
+    M = gt.shape[0]
+    g, p = np.where(valid, gt, 1.0), np.where(valid, np.maximum(pred, 1e-6), 1.0)
+
+    def total(x):  # (M, ...) -> (M,) sum over the clip's valid pixels
+        return np.where(valid, x, 0.0).reshape(M, -1).sum(1)
+
+    n = valid.reshape(M, -1).sum(1).astype(np.float64)
+    ratio = np.maximum(g / p, p / g)
+    sums = {
+        "abs_rel": (total(np.abs(g - p) / g), False),
+        "sq_rel": (total((g - p) ** 2 / g), False),
+        "rmse": (total((g - p) ** 2), True),
+        "rmse_log": (total((np.log(g) - np.log(p)) ** 2), True),
+    }
+    sums |= {f"delta{k}": (total(ratio < 1.25**k), False) for k in (1, 2, 3)}
+    return {k: ClipSums(v, n, root) for k, (v, root) in sums.items()}
 
 
 # ------------------------------------------------------------------ camera pose
@@ -148,8 +238,11 @@ def pose_matrix(vec: np.ndarray) -> np.ndarray:
     return out
 
 
-def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray) -> dict[str, float]:
-    """Errors of predicted vs true relative poses (M, 4, 4), averaged over the M pairs.
+def pose_metrics(
+    pred_rel: np.ndarray, gt_rel: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
+    """Errors of predicted vs true relative poses (M, ..., 4, 4), averaged over every pair
+    (per_clip: over each clip's pairs, as a mean over clips).
 
     epe: mean Euclidean distance between the 6-D `pose_vector`s (axis-angle ⊕ translation);
     rot_err_deg: angle of the rotation taking the prediction to the truth;
@@ -165,11 +258,14 @@ def pose_metrics(pred_rel: np.ndarray, gt_rel: np.ndarray) -> dict[str, float]:
     zero_p, zero_g = np_ < 1e-9, ng < 1e-9
     cos_t = (tp * tg).sum(-1) / np.maximum(np_ * ng, 1e-18)
     cos_t = np.where(zero_p & zero_g, 1.0, np.where(zero_p | zero_g, 0.0, np.clip(cos_t, -1, 1)))
-    return {
-        "epe": float(epe.mean()),
-        "rot_err_deg": float(np.degrees(np.arccos(cos_r)).mean()),
-        "trans_err_deg": float(np.degrees(np.arccos(cos_t)).mean()),
+    out = {
+        "epe": epe,
+        "rot_err_deg": np.degrees(np.arccos(cos_r)),
+        "trans_err_deg": np.degrees(np.arccos(cos_t)),
     }
+    if per_clip:
+        return {k: clip_mean(v.reshape(len(v), -1).mean(1)) for k, v in out.items()}
+    return {k: float(v.mean()) for k, v in out.items()}
 
 
 # ------------------------------------------------------------------ boxes and classes
@@ -189,21 +285,29 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def box_metrics(pred: np.ndarray, gt: np.ndarray, present: np.ndarray) -> dict[str, float]:
+def box_metrics(
+    pred: np.ndarray, gt: np.ndarray, present: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """Mean IoU over the (track, frame) pairs where the object is present.
 
-    pred, gt (..., 4) x0y0x1y1; present (...) bool.
+    pred, gt (..., 4) x0y0x1y1; present (...) bool (per_clip: (M, ...), clips first).
     """
     present = np.asarray(present, bool)
     iou = box_iou(pred, gt)
+    if per_clip:
+        M = len(present)
+        num = np.where(present, iou, 0.0).reshape(M, -1).sum(1)
+        return {"iou": ClipSums(num, present.reshape(M, -1).sum(1).astype(np.float64))}
     return {"iou": float(iou[present].mean()) if present.any() else float("nan")}
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, per_clip: bool = False
+) -> dict[str, float] | dict[str, ClipSums]:
     """logits (B, C), labels (B,) -> top1, and top5 when there are more than 5 classes."""
     logits, labels = np.asarray(logits), np.asarray(labels)
     order = np.argsort(-logits, axis=-1)
-    out = {"top1": float(np.mean(order[:, 0] == labels))}
+    hits = {"top1": order[:, 0] == labels}
     if logits.shape[-1] > 5:
-        out["top5"] = float(np.mean((order[:, :5] == labels[:, None]).any(-1)))
-    return out
+        hits["top5"] = (order[:, :5] == labels[:, None]).any(-1)
+    return {k: clip_mean(v.astype(np.float64)) if per_clip else float(np.mean(v)) for k, v in hits.items()}

@@ -93,9 +93,9 @@ class PointTracking(Task):
             + masked_mean(bce(far, is_far, reduction="none"), visible)
         )
 
-    def metrics(self, out, clips):
+    def metrics(self, out, clips, per_clip=False):
         xy, occ, far = self.decode(out, self.query_xy(clips))
-        return self._score(clips, xy.numpy(), (self.p_visible(occ, far) < self.threshold).numpy())
+        return self._score(clips, xy.numpy(), (self.p_visible(occ, far) < self.threshold).numpy(), per_clip)
 
     @staticmethod
     def p_visible(occ: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
@@ -111,14 +111,14 @@ class PointTracking(Task):
         }
         self.threshold = float(max(scores, key=scores.get))
 
-    def baseline(self, clips):
+    def baseline(self, clips, per_clip=False):
         """The point never moves and is always visible."""
         xy = self.query_points(clips)[..., [2, 1]]  # (M, P, 2)
         pred = np.broadcast_to(xy[:, :, None], clips["tracks"].shape)
-        return self._score(clips, pred, np.zeros_like(clips["occluded"]))
+        return self._score(clips, pred, np.zeros_like(clips["occluded"]), per_clip)
 
-    def _score(self, clips, pred_xy, pred_occ):
+    def _score(self, clips, pred_xy, pred_occ, per_clip=False):
         args = (self.query_points(clips), clips["occluded"], clips["tracks"], pred_occ, pred_xy)
-        first = tapvid_metrics(*args, query_mode="first", size=self.S)
-        strided = tapvid_metrics(*args, query_mode="strided", size=self.S)
+        first = tapvid_metrics(*args, query_mode="first", size=self.S, per_clip=per_clip)
+        strided = tapvid_metrics(*args, query_mode="strided", size=self.S, per_clip=per_clip)
         return first | {f"{k}_strided": strided[k] for k in ("aj", "delta_avg", "oa")}

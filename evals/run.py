@@ -1,6 +1,7 @@
 """Train a readout on an exported encoder and score it: the one place evals are run.
 
-    evaluate(export, "depth")                      -> {"abs_rel": …, …, "baseline_abs_rel": …, …}
+    evaluate(export, "depth")                      -> {"abs_rel": …, "abs_rel_se": …, …,
+                                                       "baseline_abs_rel": …, "baseline_abs_rel_se": …, …}
     evaluate_many(export, ["depth", "action"])     -> {"depth": {…}, "action": {…}}
 
 Eval data are SyntheticWorld clips (seed 0, splits train / val / test) at the
@@ -11,6 +12,13 @@ same frames and resolution, every geometric label transformed with the frames). 
 trains with AdamW and a cosine schedule on train, the epoch with the best val headline metric
 (task.headline) is kept, and test metrics are reported beside the trivial baseline's
 (`baseline_<name>`).
+
+Standard errors. Every metric (and baseline metric) comes with `<name>_se`: the spread of the
+metric recomputed on BOOTSTRAP resamples of the test clips (evals.metrics.bootstrap_draws; a pooled
+metric such as depth's AbsRel is re-pooled over each resample's clips). With readout.seeds = n > 1
+the readout is trained n times (seeds seed .. seed + n - 1); the metric is the mean over seeds, and
+se² = (bootstrap variance of that mean, the same resamples for every seed) + (variance between seeds) / n:
+the test set's noise, shared by the seeds, plus the readout's, which the mean divides by n.
 
 Modes: "frozen" reads features from the block at readout.depth_fraction of a fixed
 encoder; they are computed once per (checkpoint, dataset, split) in batches under no_grad
@@ -34,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from contracts.names import se_name
 from contracts.spec import Data, EvalData, Readout, World
 from contracts.tasks import MODES, higher_is_better
 from contracts.tasks import TASKS as CATALOG
@@ -44,6 +53,7 @@ from evals.box_tracking import BoxTracking
 from evals.cache import CACHE, ArrayCache
 from evals.camera_pose import CameraPose
 from evals.depth import Depth
+from evals.metrics import bootstrap_draws, bootstrap_se, draws_se
 from evals.point_tracking import PointTracking
 from evals.readout import AttentionReadout
 from evals.task import Clips, Task
@@ -54,6 +64,8 @@ from models.mae import Encoder, MAEConfig, normalize_video
 TASKS: dict[str, type[Task]] = {t.name: t for t in (PointTracking, CameraPose, Depth, BoxTracking, Action)}
 assert set(TASKS) == set(CATALOG), "evals/run.py TASKS must implement exactly the catalog's tasks"
 SPLITS = ("train", "val", "test")
+BOOTSTRAP = 1000  # resamples of the test clips per standard error (a 1000 x 128 count matrix: milliseconds)
+BOOTSTRAP_SEED = 0  # the same resamples for every readout seed, rung and checkpoint
 
 
 def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCache | None = None) -> Clips:
@@ -235,10 +247,50 @@ def fit_and_score(
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, float]:
     """Train a readout for `task` on train (and `encoder` too, when given), pick the best epoch on val,
-    return test metrics and the baseline's. feats(split, idx (B,), train) -> (B, N, D)."""
+    return test metrics and the baseline's, each with its standard error (module docstring), for
+    readout.seeds seeds. feats(split, idx (B,), train) -> (B, N, D)."""
+    seeds = [readout.seed + i for i in range(readout.seeds)]
+    start = copy.deepcopy(encoder.state_dict()) if encoder is not None and len(seeds) > 1 else None
+    values, draws = [], []
+    for seed in seeds:
+        if start is not None:  # every seed finetunes from the checkpoint
+            encoder.load_state_dict(start)
+        out = train_readout(task, feats, clips, readout, seed, encoder, device, progress)
+        values.append(task.metrics(out, clips["test"]))
+        parts = task.metrics(out, clips["test"], per_clip=True)
+        draws.append(bootstrap_draws(parts, BOOTSTRAP, BOOTSTRAP_SEED))
+    test, se = {}, {}
+    for k in values[0]:
+        v = np.array([m[k] for m in values], np.float64)
+        test[k] = float(v.mean())
+        boot = draws_se(np.mean([d[k] for d in draws], axis=0)) if k in draws[0] else math.nan
+        spread = v.var(ddof=1) / len(v) if len(v) > 1 else 0.0
+        se[se_name(k)] = float(math.sqrt(boot**2 + spread))
+    base = task.baseline(clips["test"])
+    base_se = bootstrap_se(task.baseline(clips["test"], per_clip=True), BOOTSTRAP, BOOTSTRAP_SEED)
+    return (
+        {k: float(v) for k, v in test.items()}
+        | se
+        | {f"baseline_{k}": float(v) for k, v in base.items()}
+        | {se_name(f"baseline_{k}"): float(v) for k, v in base_se.items()}
+    )
+
+
+def train_readout(
+    task: Task,
+    feats: Callable,
+    clips: dict[str, Clips],
+    readout: Readout,
+    seed: int,
+    encoder: Encoder | None = None,
+    device: str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Train one readout with `seed`, keep its best epoch on val, tune the task on val ->
+    its test outputs (M, Q, O)."""
     cfg = task.cfg
     inputs = {s: task.inputs(clips[s]) for s in SPLITS}
-    torch.manual_seed(readout.seed)
+    torch.manual_seed(seed)
     head = AttentionReadout(
         cfg.encoder.width,
         cfg.grid,
@@ -257,7 +309,7 @@ def fit_and_score(
     M = len(clips["train"]["video"])
     total = readout.epochs * math.ceil(M / readout.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
-    order = torch.Generator().manual_seed(readout.seed)
+    order = torch.Generator().manual_seed(seed)
     modules = [m for m in (head, encoder) if m is not None]
 
     def batch(split, idx):
@@ -302,6 +354,7 @@ def fit_and_score(
                     "task": task.name,
                     "epoch": epoch + 1,
                     "epochs": readout.epochs,
+                    "seed": seed,
                     "loss": float(np.mean(losses)),
                     f"val_{task.headline}": val,
                 }
@@ -309,6 +362,4 @@ def fit_and_score(
     for m, state in zip(modules, best_state, strict=True):
         m.load_state_dict(state)
     task.tune(predict("val"), clips["val"])
-    test = task.metrics(predict("test"), clips["test"])
-    base = task.baseline(clips["test"])
-    return {k: float(v) for k, v in test.items()} | {f"baseline_{k}": float(v) for k, v in base.items()}
+    return predict("test")

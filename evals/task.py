@@ -46,14 +46,15 @@ class Task:
         """out (B, Q, O) from the readout -> scalar loss."""
         raise NotImplementedError
 
-    def metrics(self, out: torch.Tensor, clips: Clips) -> dict[str, float]:
-        """Readout outputs for every clip of a split (M, Q, O) -> metrics against its ground truth."""
+    def metrics(self, out: torch.Tensor, clips: Clips, per_clip: bool = False) -> dict[str, float]:
+        """Readout outputs for every clip of a split (M, Q, O) -> metrics against its ground truth
+        (per_clip: as `evals.metrics.ClipSums`, what the bootstrap of the standard errors resamples)."""
         raise NotImplementedError
 
     def tune(self, out: torch.Tensor, clips: Clips) -> None:
         """Set any decision threshold from the chosen epoch's val outputs (M, Q, O); most tasks have none."""
 
-    def baseline(self, clips: Clips) -> dict[str, float]:
+    def baseline(self, clips: Clips, per_clip: bool = False) -> dict[str, float]:
         """The trivial baseline's metrics on `clips` (names without the `baseline_` prefix)."""
         raise NotImplementedError
 

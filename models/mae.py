@@ -184,15 +184,18 @@ class VideoMAE(nn.Module):
         return x.reshape(B, (T // t) * (H // h) * (W // w), t * h * w * C)
 
     def forward(
-        self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor
+        self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor, per_clip: bool = False
     ) -> torch.Tensor:
-        """Mean squared error on the masked tubelets' pixels."""
+        """Mean squared error on the masked tubelets' pixels (per_clip: each clip's, (B,); every clip
+        has as many masked pixels, so their mean is the batch's)."""
         latent = self.encoder(video, visible_idx)
         pred = self.decoder(latent, visible_idx, masked_idx)
         target = _take(self.patchify(video), masked_idx)
         if self.cfg.norm_target:
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
+        if per_clip:
+            return F.mse_loss(pred.float(), target.float(), reduction="none").mean((1, 2))
         return F.mse_loss(pred.float(), target.float())
 
 

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.errors import UserError
+from contracts.names import se_name, se_of
 from contracts.spec import SpecError, human_count, load_spec, lr_tag
 from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
 
@@ -551,19 +552,24 @@ def eval_(
                 info=about,
             )
     t = Table(title=f"{checkpoint} ({mode})")
-    for col in ("task", "dataset", "split", "metric", "value", "trivial baseline"):
+    for col in ("task", "dataset", "split", "metric", "value", "± se", "trivial baseline"):
         t.add_column(col)
+
+    def cell(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
     for name, metrics in results.items():
         for k, v in metrics.items():
-            if not k.startswith("baseline_"):
+            if not k.startswith("baseline_") and se_of(k) is None:
                 base = metrics.get(f"baseline_{k}")
                 t.add_row(
                     name,
                     about[name]["dataset"],
                     about[name]["split"],
                     k,
-                    f"{v:.4f}",
-                    "-" if base is None else f"{base:.4f}",
+                    cell(v),
+                    cell(metrics.get(se_name(k))),
+                    cell(base),
                 )
     out.print(t)
 

@@ -6,10 +6,18 @@
     engine = build_engine(worker)        the model, AdamW and LR schedule under DeepSpeed ZeRO
     start  = resume(engine, worker)      the newest valid checkpoint; a Ray Train restart noted
     sinks  = MetricSinks.open(...)       rank 0: MLflow, metrics.jsonl, progress.json
-    each step: train_step -> step_metrics -> sinks.log -> save_checkpoint when due
+    each step: train_step -> step_metrics -> [val_loss] -> sinks.log -> save_checkpoint when due
 
 Batches and masks are pure functions of (seed, step, rank), so a resumed run logs the same
 losses as one never stopped. The driver side (the TorchTrainer, outcomes): orchestrator.pretrain.
+
+Held-out loss. Before every checkpoint, `val_loss` runs the MAE on a fixed held-out set
+(`held_out`): the first `pretraining.val_clips` clips of the synthetic world's `val` split,
+which pretraining never reads, each with a mask drawn once from VAL_SEED, so every rung of a
+sweep (and every pretraining seed) is measured on the same clips and masks. It is logged as
+val/loss at the checkpoint's step (MLflow, metrics.jsonl) and sealed into the checkpoint's
+manifest. Real sources (video_folder, webdataset) have no val/loss: the stream reads every
+clip of them, and holding some out would change which clips existing rungs train on.
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ import torch.distributed as dist
 
 from contracts.cost import flops_per_clip
 from contracts.layout import DS_TAG, EXPORT, PROBE, RungPaths, read_json, read_jsonl, write_json
-from contracts.names import RESTARTS_METRIC, RESTARTS_TAG
+from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, VAL_LOSS_METRIC
 from contracts.spec import RungConfig
-from data4d.stream import PretrainStream
+from data4d.stream import PretrainStream, held_out_clips
 from models.export import save_encoder
 from models.mae import VideoMAE, fp32_draws, normalize_video, param_groups, random_masking
 from orchestrator import checkpoint as ckpt
@@ -39,6 +47,7 @@ from orchestrator import checkpoint as ckpt
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 SYSTEM_EVERY_S = 10.0
+VAL_SEED = 0  # the held-out clips' masks: the same for every rung and every pretraining seed
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -420,6 +429,60 @@ def train_step(engine, worker: Worker, step: int, clips: torch.Tensor) -> float:
     return loss_sum.item() / (worker.world * (per_rank // micro))
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """This rank's share of the held-out set: clips rank, rank + world, ... of `total`, with their
+    fixed masks, forwarded in `calls` batches of `batch` (the same count on every rank). A rank with
+    no share (more workers than clips) holds clip 0, counted 0, to forward with the others."""
+
+    video: torch.Tensor  # (max(n, 1), T, S, S, 3) uint8
+    count: int  # n: the clips of this rank's share
+    visible: torch.Tensor  # (n, K)
+    masked: torch.Tensor  # (n, N - K)
+    total: int
+    batch: int
+    calls: int
+
+
+def held_out(worker: Worker) -> HeldOut | None:
+    """The held-out set (module docstring), or None where the rung has none."""
+    rung = worker.rung
+    n = rung.val_clips
+    if n == 0 or rung.data.source != "synthetic":
+        return None
+    # Masks for all n clips from one generator: clip i's mask does not depend on the worker count.
+    visible, masked = random_masking(n, rung.model, torch.Generator().manual_seed(VAL_SEED))
+    mine = torch.arange(worker.rank, n, worker.world)
+    count = len(mine)
+    mine = mine if count else torch.zeros(1, dtype=torch.long)
+    batch = rung.micro_batch_size
+    calls = math.ceil(math.ceil(n / worker.world) / batch)
+    video = held_out_clips(rung.data, mine.tolist())
+    return HeldOut(video, count, visible[mine], masked[mine], n, batch, calls)
+
+
+def val_loss(engine, worker: Worker, held: HeldOut) -> float:
+    """Mean MAE loss over the held-out clips, in eval mode without gradients, on every rank: under
+    ZeRO-3 each forward gathers the parameters from all ranks, so every rank makes the same number
+    of calls (one out of clips forwards its first clip again, counted 0)."""
+    device = worker.device
+    total = torch.zeros((), dtype=torch.float64)
+    engine.eval()
+    with torch.no_grad():
+        for c in range(held.calls):
+            part, weight = slice(c * held.batch, (c + 1) * held.batch), 1.0
+            if part.start >= held.count:
+                part, weight = slice(0, 1), 0.0
+            video = normalize_video(held.video[part].to(device)).to(worker.dtype)
+            visible, masked = held.visible[part].to(device), held.masked[part].to(device)
+            losses = engine.module(video, visible, masked, per_clip=True)
+            total += losses.double().sum().cpu() * weight
+    engine.train()
+    total = total.to(device)
+    dist.all_reduce(total)
+    return total.item() / held.total
+
+
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import ray.train as train
@@ -429,6 +492,7 @@ def train_loop(config: dict) -> None:
     engine, scheduler = build_engine(worker)
     start = resume(engine, worker, config.get("launch"), config.get("max_failures", 0))
     record_worker(engine, worker, start.step)
+    held = held_out(worker)
     sinks = None
     if worker.rank == 0:
         tracker = config.get("tracker")
@@ -448,6 +512,9 @@ def train_loop(config: dict) -> None:
         failure = divergence(loss, done)
         if failure:
             metrics.pop("train/loss")
+        due = done % rung.checkpoint_interval == 0 or done == rung.steps
+        if due and held is not None and not failure:  # every rank: the forward needs all of them
+            metrics[VAL_LOSS_METRIC] = val_loss(engine, worker, held)
         if sinks:
             sinks.log(done, metrics, loss)
         if failure:
@@ -457,8 +524,9 @@ def train_loop(config: dict) -> None:
             # Ends the run without an exception: a divergence would only repeat if Ray retried it.
             train.report({"step": done, "loss": loss})
             return
-        if done % rung.checkpoint_interval == 0 or done == rung.steps:
-            save_checkpoint(engine, worker, done, {"step": done, "loss": loss})
+        if due:
+            held_loss = {"val_loss": metrics[VAL_LOSS_METRIC]} if VAL_LOSS_METRIC in metrics else {}
+            save_checkpoint(engine, worker, done, {"step": done, "loss": loss, **held_loss})
         t0 = time.perf_counter()
 
 
@@ -503,7 +571,9 @@ def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
         save_encoder(encoder, rung.to_dict(), staging / EXPORT)
         if probe is not None:
             save_file(probe, str(staging / EXPORT / PROBE))
-        ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": worker.world, "time": time.time()})
+        held = {"val_loss": metrics["val_loss"]} if "val_loss" in metrics else {}  # val/loss at this step
+        extra = {"world_size": worker.world, "time": time.time(), **held}
+        ckpt.seal(staging, final_dir, step, rung.key, extra=extra)
     dist.barrier()
     train.report(
         metrics,

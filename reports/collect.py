@@ -1,11 +1,13 @@
 """The results table that reports read: from a sweep's MLflow runs, or from a CSV/Parquet file.
 
 One row per (rung, checkpoint step, task, mode, metric), columns COLUMNS plus, where
-known, clips_seen, tokens, status, failure, split, se (the eval's standard error) and
-bounded (a per-row override of `is_bounded`), and `dataset` (what the eval was scored on:
-"synthetic", or an eval dataset's label; a series never mixes two). A rung that has no eval
-metric at all (it failed before its first checkpoint) keeps one row with an empty
-metric, so that the report can name it instead of silently losing it.
+known, clips_seen, tokens, status, failure, split, se (the eval's standard error, from the
+metric's `<metric>_se` beside it in MLflow), bounded (a per-row override of `is_bounded`), and
+`dataset` (what the eval was scored on: "synthetic", or an eval dataset's label; a series never
+mixes two). The held-out pretraining loss (`val/loss`) is one more series: task "pretraining",
+mode "pretrain", metric "val_loss" (contracts.names.VAL_LOSS_ROW), at every checkpoint. A rung
+that has no eval metric at all (it failed before its first checkpoint) keeps one row with an
+empty metric, so that the report can name it instead of silently losing it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from contracts.names import (
     SEARCH_TAG,
     STATUS_TAG,
     SYNTHETIC,
+    VAL_LOSS_METRIC,
+    VAL_LOSS_ROW,
     eval_key_dataset,
     parse_eval_metric_key,
+    se_of,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
 
@@ -95,24 +100,35 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
             "search_of": tags.get(SEARCH_TAG),  # an LR-grid point of this ladder rung, else None
             "lr": _number(params.get("lr")),
         }
-        found = False
+        values: dict[tuple, dict[int, float]] = {}  # (task, mode, metric) -> {step: value}
+        errors: dict[tuple, dict[int, float]] = {}  # the same for standard errors
         for key in run.data.metrics:
-            parsed = parse_eval_metric_key(key)
+            parsed = VAL_LOSS_ROW if key == VAL_LOSS_METRIC else parse_eval_metric_key(key)
             if parsed is None:
                 continue
             task, mode, metric = parsed
+            dataset = eval_key_dataset(key)  # synthetic for val/loss too
+            of = se_of(metric) if key != VAL_LOSS_METRIC else None
+            where = (task, mode, of or metric, dataset)
+            into = errors.setdefault(where, {}) if of else values.setdefault(where, {})
             for m in client.get_metric_history(run.info.run_id, key):
+                into[m.step] = m.value
+        found = False
+        for (task, mode, metric, dataset), history in values.items():
+            se = errors.get((task, mode, metric, dataset), {})
+            for step, value in history.items():
                 found = True
-                clips = num["batch_size"] * m.step
+                clips = num["batch_size"] * step
                 rows.append(
                     rung
                     | {
-                        "step": m.step,
+                        "step": step,
                         "task": task,
                         "mode": mode,
                         "metric": metric,
-                        "value": m.value,
-                        "dataset": eval_key_dataset(key),
+                        "value": value,
+                        "se": se.get(step, np.nan),
+                        "dataset": dataset,
                         "train_flops": num["flops_per_clip"] * clips,
                         "clips_seen": clips,
                         "tokens": num["num_tokens"] * clips,

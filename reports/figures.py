@@ -1,12 +1,14 @@
 """Report figures (PNG + SVG), in the style of the 4DS paper's scaling figure.
 
-- scaling:    one panel per task metric against parameters (log axis, size labels),
-              measured points, every fitted size law (one line style each; the selected
+- scaling:    one panel per task metric against parameters (log axis, size labels), the
+              held-out pretraining loss first; measured points with their standard errors as
+              error bars, whether the trend is resolved,
+              every fitted size law (one line style each; the selected
               one with its 95% band), extrapolated (faint) to the next rung or the --predict
               target, registered forecasts as interval markers and their outcomes as stars;
               bounded metrics drawn inside [0, 1]; frozen and finetune as two series.
-- compute:    the metric along every rung's checkpoints against training FLOPs, with the
-              compute frontier.
+- compute:    the metric along every rung's checkpoints against training FLOPs (pretraining
+              loss first), with the compute frontier.
 - chinchilla: loss against data seen per rung, with the fitted L(N, D) surface.
 """
 
@@ -21,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from contracts.names import VAL_LOSS_ROW  # noqa: E402
 from contracts.tasks import headline  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
@@ -34,7 +37,24 @@ def panel_metrics(pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
     """The (task, metric) pairs worth a panel: each task's headline metric where it has one,
     otherwise all of the task's metrics (an unknown task, or a --from table)."""
     have = set(pairs)
-    return sorted((t, m) for t, m in have if m == (headline(t) or m) or (t, headline(t)) not in have)
+    keep = ((t, m) for t, m in have if m == (headline(t) or m) or (t, headline(t)) not in have)
+    return sorted(keep, key=_first)
+
+
+def _first(key: tuple[str, str]) -> tuple:
+    """Panel order: the held-out pretraining loss first, then tasks by name."""
+    return (key[0] != VAL_LOSS_ROW[0], *key)
+
+
+def trend_text(s: dict) -> str:
+    """What the report's table and a panel say of a series' trend: "trend resolved" only when the
+    selected law's exponent points the way the metric improves and its 95% interval excludes 0
+    (reports.report.trend); anything else, an unfitted series included, is "no trend resolved"."""
+    return "trend resolved" if (s.get("trend") or {}).get("resolved") else "no trend resolved"
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], float)
 
 
 def write_all(result: dict, table: pd.DataFrame, out: Path) -> list[Path]:
@@ -101,18 +121,23 @@ def scaling_figure(result: dict, table: pd.DataFrame):
         panel = [s for s in result["series"] if (s["task"], s["metric"]) == (task, metric)]
         for s in panel:
             color = MODE_COLORS.get(s["mode"], "0.3")
-            N = np.array(s["points"].get(x, []), float)
-            y = np.array(s["points"]["value"], float)
+            N = _floats(s["points"].get(x, []))
+            y = _floats(s["points"]["value"])
+            se = _floats(s["points"].get("se", [None] * len(y)))
             dataset = s.get("dataset", "synthetic")  # a real dataset's series is labelled and drawn hollow
-            ax.plot(
+            yerr = np.where(np.isfinite(se), se, 0) if np.isfinite(se).any() else None
+            ax.errorbar(
                 N,
                 y,
-                "o",
+                yerr=yerr,
+                fmt="o",
                 color=color,
                 ms=5,
-                zorder=3,
+                capsize=3,
+                elinewidth=1,
                 mfc="none" if dataset != "synthetic" else color,
                 label=s["mode"] if dataset == "synthetic" else f"{s['mode']} [{dataset}]",
+                zorder=3,
             )
             ticks += list(N)
             if not np.isfinite(N).any():
@@ -180,6 +205,17 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             lo_y, hi_y = ax.get_ylim()
             ax.set_ylim(max(lo_y, 0.0), min(hi_y, 1.0))
         hib = panel[0]["higher_is_better"]
+        said = [(f"{s['mode']}: " if len(panel) > 1 else "") + trend_text(s) for s in panel]
+        ax.text(
+            0.02,
+            0.02,
+            "\n".join(said),
+            transform=ax.transAxes,
+            fontsize=7,
+            va="bottom",
+            ha="left",
+            color="0.15" if all(s.get("trend", {}).get("resolved") for s in panel) else "#b22222",
+        )
         ax.set_title(_title(task, metric, hib), fontsize=10)
         ax.set_xlabel("encoder parameters" if x == "params" else "training FLOPs", fontsize=9)
         ax.grid(alpha=0.3)
@@ -193,7 +229,7 @@ def scaling_figure(result: dict, table: pd.DataFrame):
 def compute_figure(table: pd.DataFrame):
     t = table[table["metric"].notna() & ~table["metric"].astype(str).str.startswith(BASELINE_PREFIX)]
     t = t[t["value"].notna() & t["train_flops"].notna() & (t["train_flops"] > 0)]
-    keys = sorted({(a, b) for a, b in zip(t["task"], t["metric"], strict=True)})
+    keys = sorted({(a, b) for a, b in zip(t["task"], t["metric"], strict=True)}, key=_first)
     fig, axes = _panels(max(len(keys), 1))
     if not keys:
         axes[0].text(
@@ -214,12 +250,17 @@ def compute_figure(table: pd.DataFrame):
         g = g[g["mode"] == mode].sort_values("train_flops")
         hib = bool(g["higher_is_better"].iloc[0])
         for rung, r in g.groupby("rung", sort=False):
-            ax.plot(
+            se = r["se"].to_numpy(float) if "se" in r and r["se"].notna().any() else None
+            yerr = None if se is None else np.nan_to_num(se)
+            ax.errorbar(
                 r["train_flops"],
                 r["value"],
-                "o-",
+                yerr=yerr,
+                fmt="o-",
                 ms=3,
                 lw=1,
+                capsize=2,
+                elinewidth=0.8,
                 color=colors.get(rung, "0.5"),
                 label=f"{rung} ({format_size(params[rung])})",
             )

@@ -18,11 +18,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from contracts.names import VAL_LOSS_ROW
 from contracts.tasks import higher_is_better
 from reports.units import format_size
 
-# The held-out pretraining loss: what picks the best LR when the table has it.
-VAL_LOSS = ("pretraining", "val_loss")
+# The held-out pretraining loss (task, metric): what picks the best LR when the table has it.
+VAL_LOSS = (VAL_LOSS_ROW[0], VAL_LOSS_ROW[2])
 Z95 = 1.959964
 
 
@@ -44,8 +45,8 @@ def _final_values(table: pd.DataFrame, task: str, metric: str) -> pd.DataFrame:
     rows = table[
         (table["task"].fillna("") == task) & (table["metric"] == metric) & table["search_of"].notna()
     ]
-    if "mode" in rows.columns:
-        rows = rows[rows["mode"].fillna("frozen") == "frozen"]
+    if "mode" in rows.columns:  # frozen evals, or the pretraining loss (its own mode)
+        rows = rows[rows["mode"].fillna("frozen").isin(["frozen", VAL_LOSS_ROW[1]])]
     last = rows.loc[rows.groupby("rung")["step"].idxmax()]
     return last[["rung", "search_of", "params", "lr", "value"]]
 

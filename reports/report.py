@@ -257,12 +257,12 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, bounded, delta, bootstrap, seed, l
             "left out of this log-space fit"
         )
     keep = ~bad
-    # Eval standard errors, where the table has them for every point: weights and interval noise.
-    se = (
-        pts["se"].to_numpy(float)[keep]
-        if form != "chinchilla" and "se" in pts and pts["se"].notna().all()
-        else None
-    )
+    # Eval standard errors, where the table has a positive one for every point: weights and interval noise.
+    se = pts["se"].to_numpy(float)[keep] if form != "chinchilla" and "se" in pts else None
+    if se is not None and not (np.isfinite(se) & (se > 0)).all():
+        if np.isfinite(se).any():
+            notes.append(f"{label} {form}: some points have no positive standard error; fitted unweighted")
+        se = None
     try:
         f = fit(
             form,
@@ -456,9 +456,10 @@ FIT_HEADER = [
 ]
 
 
-def _final_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Final-checkpoint values: one row per series, one column per rung (smallest first), and the
-    series' trivial baseline beside them (it depends on the test data only, not on the rung)."""
+def _final_table(table: pd.DataFrame, series: list[dict] | None = None) -> pd.DataFrame:
+    """Final-checkpoint values (± their standard error, where known): one row per series, one column
+    per rung (smallest first), whether its trend is resolved, and the series' trivial baseline beside
+    them (it depends on the test data only, not on the rung)."""
     t = table[table["metric"].notna()]
     if t.empty:
         return pd.DataFrame()
@@ -473,7 +474,18 @@ def _final_table(table: pd.DataFrame) -> pd.DataFrame:
     t = t.assign(series=label(t, t["metric"]))
     rungs = t.drop_duplicates("rung").sort_values("params")
     wide = t.pivot_table(index="series", columns="rung", values="value", aggfunc="mean")[list(rungs["rung"])]
+    if "se" in t and t["se"].notna().any():
+        se = t.pivot_table(index="series", columns="rung", values="se", aggfunc="mean", dropna=False)
+        se = se.reindex(index=wide.index, columns=wide.columns)
+        wide = wide.astype(object)
+        for c in wide.columns:
+            wide[c] = [
+                _fmt(v) if not np.isfinite(e) else f"{_fmt(v)} ± {_fmt(e, 2)}"
+                for v, e in zip(wide[c], se[c].astype(float), strict=True)
+            ]
     wide.columns = [f"{r} ({format_size(p)})" for r, p in zip(rungs["rung"], rungs["params"], strict=True)]
+    if series is not None:
+        wide["trend"] = pd.Series({s["label"]: figures.trend_text(s) for s in series})
     if not base.empty:
         stripped = base["metric"].str.slice(len(BASELINE_PREFIX))
         wide["trivial baseline"] = base.assign(series=label(base, stripped)).groupby("series")["value"].mean()
@@ -682,7 +694,7 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
     others = [p for p in pngs if p not in lead]
     if others:
         out += [("h2", "Figures"), *[("img", p) for p in others]]
-    wide = _final_table(table)
+    wide = _final_table(table, result["series"])
     if not wide.empty:
         out += [
             ("h2", "Final-checkpoint results"),

@@ -98,6 +98,9 @@ def test_every_task_trains_and_reports_its_metrics_and_baselines(export, task):
     assert {f"baseline_{k}" for k in NAMES[task]} <= set(m)
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values()), m
     assert [p["epoch"] for p in seen] == [1, 2] and all(math.isfinite(p["loss"]) for p in seen)
+    names = [k for k in m if not k.endswith("_se")]
+    assert {f"{k}_se" for k in names} == set(m) - set(names)  # every metric and baseline has an se
+    assert all(m[f"{k}_se"] >= 0 for k in names)
     for k in NAMES[task]:
         higher_is_better(k)  # every name has a direction
 
@@ -107,6 +110,15 @@ def test_finetune_trains_the_encoder_too(export):
     tuned = evaluate(export, "depth", mode="finetune", readout=readout(finetune_lr_scale=1.0))
     assert math.isfinite(tuned["abs_rel"]) and tuned["abs_rel"] != frozen["abs_rel"]
     assert tuned["baseline_abs_rel"] == frozen["baseline_abs_rel"]
+
+
+def test_readout_seeds_average_and_add_their_spread_to_the_standard_error(export):
+    one = [evaluate(export, "action", readout=readout(seed=s)) for s in (0, 1)]
+    both = evaluate(export, "action", readout=readout(seeds=2))
+    assert both["top1"] == pytest.approx((one[0]["top1"] + one[1]["top1"]) / 2)
+    spread = (one[0]["top1"] - one[1]["top1"]) ** 2 / 4  # the sample variance of two seeds, over n = 2
+    assert both["top1_se"] ** 2 >= spread - 1e-12
+    assert both["baseline_top1_se"] == one[0]["baseline_top1_se"]  # the baseline has no readout
 
 
 def test_cached_features_match_recomputed_ones_and_are_computed_once(tmp_path, monkeypatch):

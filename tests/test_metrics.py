@@ -6,6 +6,8 @@ from scipy.spatial.transform import Rotation
 
 from contracts.tasks import higher_is_better
 from evals.metrics import (
+    ClipSums,
+    bootstrap_se,
     box_metrics,
     classification_metrics,
     depth_metrics,
@@ -162,3 +164,58 @@ def test_directions():
         "baseline_abs_rel",
     ):
         assert not higher_is_better(name), name
+
+
+# ------------------------------------------------------------------ standard errors
+
+
+def test_bootstrap_se_is_zero_for_a_constant_metric():
+    se = bootstrap_se({"c": ClipSums(np.full(128, 0.7), np.ones(128))})
+    assert se["c"] == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+def test_bootstrap_se_of_a_bernoulli_mean_is_sqrt_p_1_minus_p_over_n(p):
+    n = 128
+    hits = np.zeros(n)
+    hits[: round(p * n)] = 1.0  # top-1 hits of n test clips
+    logits = np.eye(2)[(1 - hits).astype(int)]  # class 0 scores highest exactly on the hits
+    se = bootstrap_se(classification_metrics(logits, np.zeros(n, int), per_clip=True))
+    assert se["top1"] == pytest.approx(np.sqrt(p * (1 - p) / n), rel=0.10)
+
+
+def test_bootstrap_is_fast_and_seeded():
+    import time
+
+    rng = np.random.default_rng(0)
+    parts = {f"m{i}": ClipSums(rng.random(128), np.ones(128)) for i in range(20)}
+    t0 = time.perf_counter()
+    a = bootstrap_se(parts, seed=3)
+    assert time.perf_counter() - t0 < 0.5
+    assert a == bootstrap_se(parts, seed=3) and a != bootstrap_se(parts, seed=4)
+
+
+def test_per_clip_sums_give_back_every_metric():
+    """Each metric's ClipSums (what the bootstrap resamples) has the metric's own value."""
+    rng = np.random.default_rng(1)
+    q, occ, gt = tracks_case()
+    occ[0, :3, 2:] = True
+    pred_occ = rng.random(occ.shape) < 0.3
+    cases = [
+        (tapvid_metrics, (q, occ, gt, pred_occ, gt + rng.normal(scale=3, size=gt.shape))),
+        (depth_metrics, (rng.uniform(0.5, 10, (3, 4, 8, 8)), rng.uniform(0.5, 10, (3, 4, 8, 8)))),
+        (pose_metrics, tuple(relative_pose(random_extrinsics(s))[None, 1:] for s in (2, 3))),
+        (
+            box_metrics,
+            (
+                *(rng.uniform(0, 5, (3, 2, 4, 4)) + [0, 0, 5, 5] for _ in range(2)),
+                rng.random((3, 2, 4)) < 0.7,
+            ),
+        ),
+        (classification_metrics, (rng.normal(size=(9, 10)), rng.integers(0, 10, 9))),
+    ]
+    for fn, args in cases:
+        whole, parts = fn(*args), fn(*args, per_clip=True)
+        assert set(parts) == set(whole), fn.__name__
+        for k, v in whole.items():
+            assert parts[k].value() == pytest.approx(v, rel=1e-9, abs=1e-12), (fn.__name__, k)

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from contracts.layout import RungPaths
-from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, RUNG_KEY_TAG, STATUS_TAG
+from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, RUNG_KEY_TAG, STATUS_TAG, VAL_LOSS_METRIC
 from contracts.spec import load_spec
 from models.export import load_encoder
 from orchestrator import checkpoint as ckpt
@@ -67,6 +67,18 @@ def losses(run_dir: Path) -> dict[int, float]:
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         out[rec["step"]] = rec["train/loss"]
+    return out
+
+
+def val_losses(run_dir: Path) -> dict[int, float]:
+    """The held-out loss per checkpoint step, from metrics.jsonl; each matches its checkpoint's manifest."""
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if VAL_LOSS_METRIC in rec:
+            out[rec["step"]] = rec[VAL_LOSS_METRIC]
+    for f in ckpt.list_steps(run_dir):
+        assert json.loads((f.path / "manifest.json").read_text())["val_loss"] == out[f.step]
     return out
 
 
@@ -135,6 +147,9 @@ def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
         assert steps == list(range(1, 13)), key
     lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
     assert lrs[1] < lrs[2] and lrs[12] < lrs[3]  # warmup, then cosine decay
+    # The held-out loss at every checkpoint (and only there), the same in MLflow and on disk; it falls.
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, VAL_LOSS_METRIC)}
+    assert val == val_losses(run_dir) and sorted(val) == [4, 8, 12] and val[12] < val[4]
 
 
 def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(reference, tmp_path):
@@ -167,6 +182,7 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
         rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
     )  # a new worker resumed from a checkpoint
     assert losses(run_dir) == losses(ref_dir)  # bitwise: same loss at every step
+    assert val_losses(run_dir) == val_losses(ref_dir) and len(val_losses(ref_dir)) == 3  # and held-out loss
 
     # The restart is visible: a progress line, the rung's MLflow run, `sweep status`.
     restarts = [line for line in said if "worker died" in line]
@@ -188,6 +204,7 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
     assert steps == list(range(1, 13))
     for key in ("train/loss", "train/lr", "train/clips_per_s"):
         assert sorted(m.step for m in history(key)) == list(range(1, 13)), key
+    assert sorted((m.step, m.value) for m in history(VAL_LOSS_METRIC)) == sorted(val_losses(ref_dir).items())
 
 
 def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(reference, tmp_path):

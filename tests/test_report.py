@@ -356,3 +356,62 @@ def test_an_x_the_report_cannot_draw_is_a_spec_error(tmp_path):
     (tmp_path / "s.yaml").write_text("name: demo\nladder: [{size: S, steps: 10}]\nreport:\n  x: flops\n")
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "s.yaml")])
     assert result.exit_code == 2 and "s.yaml:4: report.x" in result.output
+
+
+def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is_unresolved(tmp_path):
+    """val/loss becomes the first panel and a fitted series; `<metric>_se` becomes the se column; a
+    metric built to have no trend (flat within its error bars) is reported "no trend resolved"."""
+    from mlflow.tracking import MlflowClient
+
+    from contracts.names import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG, VAL_LOSS_METRIC, eval_metric_key
+    from reports import figures
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
+    flat = [0.52, 0.47, 0.51, 0.49]
+    for i, (name, N) in enumerate(RUNGS.items()):
+        tags = {ROLE_TAG: "rung", RUNG_TAG: name, RUNG_KEY_TAG: f"{name}-abc123", STATUS_TAG: "done"}
+        run = client.create_run(exp, run_name=name, tags=tags).info.run_id
+        params = {
+            "encoder_params": N,
+            "flops_per_clip": 1e3 * N,
+            "batch_size": 8,
+            "steps": 20,
+            "num_tokens": 64,
+        }
+        for k, v in params.items():
+            client.log_param(run, k, v)
+        for step in (10, 20):
+            loss = 3 * N**-0.1 * (1 + 0.01 * (-1) ** i) * (20 / step) ** 0.3
+            client.log_metric(run, VAL_LOSS_METRIC, loss, step=step)
+            for metric, value, se in (("top1", flat[i], 0.04), ("baseline_top1", 0.1, 0.02)):
+                client.log_metric(run, eval_metric_key("action", "frozen", metric), value, step=step)
+                client.log_metric(run, eval_metric_key("action", "frozen", f"{metric}_se"), se, step=step)
+
+    t = collect_mlflow(uri, "demo")
+    assert not t["metric"].str.endswith("_se").any()
+    val = t[t["metric"] == "val_loss"]
+    assert len(val) == 8 and set(val["task"]) == {"pretraining"} and not val["higher_is_better"].any()
+    assert val["se"].isna().all()
+    assert (t.loc[t["metric"] == "top1", "se"] == 0.04).all()
+    assert (t.loc[t["metric"] == "baseline_top1", "se"] == 0.02).all()
+
+    res = run_report(t, tmp_path / "report", fits=["powerlaw"], bootstrap=100)["result"]
+    by = {s["metric"]: s for s in res["series"]}
+    assert by["val_loss"]["trend"]["resolved"] and by["val_loss"]["points"]["step"] == [20] * 4
+    assert by["top1"]["points"]["se"] == [0.04] * 4
+    assert by["top1"]["trend"]["resolved"] is False
+    md = (tmp_path / "report" / "report.md").read_text()
+    finding = next(line for line in md.splitlines() if line.startswith("- action/top1 (frozen): "))
+    assert "trend NOT resolved" in finding or "trend points the WRONG way" in finding
+    table = md.split("## Final-checkpoint results")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| action/top1 (frozen)"))
+    assert "no trend resolved" in row
+    assert "0.52 ± 0.04" in table
+    fig = figures.scaling_figure(res, t)
+    first, action = fig.axes[0], fig.axes[1]
+    assert first.get_title().startswith("pretraining") and "trend resolved" == first.texts[0].get_text()
+    assert action.get_title().startswith("action") and action.texts[0].get_text() == "no trend resolved"
+    fits = json.loads((tmp_path / "report" / "fits.json").read_text())
+    assert any(s["metric"] == "val_loss" for s in fits["series"])

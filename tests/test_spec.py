@@ -71,6 +71,21 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     assert len({base.key, other_lr.key, other_seed.key}) == 3
 
 
+def test_held_out_clips_keep_existing_hashes_at_their_default(tmp_path):
+    from contracts.spec import RungConfig
+
+    base = load_spec(write(tmp_path, GOOD)).rungs()[0]
+
+    def with_val(n):
+        text = GOOD.replace("steps: 10", f"steps: 10\n  val_clips: {n}")
+        return load_spec(write(tmp_path, text, f"{n}.yaml")).rungs()[0]
+
+    same, fewer = with_val(128), with_val(32)
+    assert "val_clips" not in base.identity() and base.key == same.key  # older rungs keep their dir
+    assert fewer.key != base.key and RungConfig.from_dict(fewer.to_dict()) == fewer
+    assert RungConfig.from_dict(base.to_dict()).val_clips == 128
+
+
 def test_task_readout_changes_only_the_fields_it_names(tmp_path):
     evals = (
         "evals:\n"
