@@ -129,3 +129,30 @@ def sync_sweep(sweep_dir: Path, say: Callable[[str], None] = print) -> dict[str,
             return {}
 
     return reconcile_runs(runs_on_disk(paths), reconciler, say)
+
+
+# Measurements, not results: a step trained again after a crash measures them afresh, and MLflow keeps
+# the first value it was sent while metrics.jsonl keeps the last (the step's line is rewritten).
+MEASURED = ("train/clips_per_s", "train/tokens_per_s", "train/tflops", "train/mfu", "system/")
+
+
+def differences(client, run_id: str, points: Points) -> list[str]:
+    """How a rung's MLflow run differs from its disk record: a missing or extra point, a step held
+    twice, a result whose value differs (measurements may differ in value, not in steps)."""
+    problems = []
+    keys = set(client.get_run(run_id).data.metrics) | set(points)
+    for key in sorted(keys):
+        hist = [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        steps = [s for s, _ in hist]
+        disk = points.get(key, {})
+        if len(steps) != len(set(steps)):
+            problems.append(f"{key}: {len(steps) - len(set(steps))} step(s) held twice")
+        if missing := sorted(set(disk) - set(steps)):
+            problems.append(f"{key}: MLflow lacks steps {missing[:10]}")
+        if extra := sorted(set(steps) - set(disk)):
+            problems.append(f"{key}: MLflow holds steps not on disk {extra[:10]}")
+        if not key.startswith(MEASURED):
+            wrong = sorted(s for s, v in hist if s in disk and v != disk[s] and not (v != v and disk[s] != disk[s]))
+            if wrong:
+                problems.append(f"{key}: values differ from disk at steps {wrong[:10]}")
+    return problems
