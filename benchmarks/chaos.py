@@ -9,11 +9,11 @@ ray::_eval_task worker: the driver retries the eval), tracker (the ray::Tracker 
 restarts it and the driver reconciles MLflow from disk).
 
 Checks, against an uninterrupted run of the same spec: every rung trained to its last step
-with a bitwise-equal loss curve (metrics.jsonl); every eval done, with no attempt beyond the
-ones a kill interrupted; MLflow's metric histories equal to the disk records (no missing
-point, no step twice, equal results); exactly one parent run and one child run per rung; the
-results table (`reports.collect.collect_mlflow`, what `sweep report` fits) equal.
-Exit status 0 when every check passes. Progress lines go to stdout.
+with a bitwise-equal loss curve (metrics.jsonl); every eval done, started again only when a
+kill found it running (its record's `starts`); MLflow's metric histories equal to the disk
+records (no missing point, no step twice, equal results); exactly one parent run and one
+child run per rung; the results table (`reports.collect.collect_mlflow`, what `sweep report`
+fits) equal. Exit status 0 when every check passes. Progress lines go to stdout.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 from mlflow.tracking import MlflowClient
 
-from contracts.layout import RungPaths, read_jsonl
+from contracts.layout import RungPaths, read_json, read_jsonl
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG
 from contracts.spec import load_spec
 from orchestrator.reconcile import differences, disk_points
@@ -114,7 +114,7 @@ def bury(proc: subprocess.Popen, tree: list[psutil.Process]) -> None:
 
 def running_evals(work: Path) -> set[str]:
     return {str(p.relative_to(work)) for p in work.glob("runs/chaos/*/evals/*/*.json")
-            if (json.loads(p.read_text() or "{}") if p.exists() else {}).get("state") == "running"}
+            if (read_json(p) or {}).get("state") == "running"}
 
 
 def chaos(work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, delay: tuple[float, float]) -> dict:
@@ -214,8 +214,8 @@ def check(base: Path, work: Path, made: list[dict]) -> list[str]:
             # An attempt beyond the first is allowed only for a kill that found this eval running.
             name = str((d / rel).relative_to(work))
             allowed = 1 + sum(name in k["evals_running"] for k in made if k["kind"] in INTERRUPTS_EVALS)
-            if rec.get("attempts", 0) > allowed:
-                problems.append(f"[{r.key}] eval {rel} ran {rec['attempts']} times, kills explain {allowed}")
+            if rec.get("starts", 0) > allowed:
+                problems.append(f"[{r.key}] eval {rel} started {rec.get('starts')} times, kills explain {allowed}")
     stores = {}
     for label, root in (("chaos", work), ("baseline", base)):
         client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     by_kind = {}
     for k in result["kills"]:
         by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + 1
-    attempts = sum(json.loads(p.read_text()).get("attempts", 1) - 1 for p in work.glob("runs/chaos/*/evals/*/*.json"))
+    attempts = sum(json.loads(p.read_text()).get("starts", 1) - 1 for p in work.glob("runs/chaos/*/evals/*/*.json"))
     say(f"kills made: {len(result['kills'])} ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}); "
         f"sweep runs: {result['runs']}; evals re-run after a kill: {attempts}; chaos phase {result['seconds']:.0f}s")
     problems = check(base, work, result["kills"])

@@ -30,8 +30,9 @@
             checkpoints/.staging-step_<8 digits>/   a checkpoint being written; never read
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
             evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state (running | retry |
-                                           interrupted | done | failed), attempts (every start, across
-                                           drivers), metrics, seconds, logged (MLflow confirmed the write)
+                                           interrupted | done | failed), attempts (this driver's tries),
+                                           starts (every start, across drivers), metrics, seconds,
+                                           logged (the tracker confirmed MLflow holds the metrics)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
 Every JSON record is written atomically (`write_json`: temp file + rename), so a killed

@@ -432,8 +432,10 @@ class Sweep:
                 job.ref = remote.remote(str(export), task, mode, ev.readout_for(task).model_dump(), self.spec.data.model_dump(), ev.cpus)
                 job.attempts += 1
                 job.started = time.time()
-                # Attempts count every start, across drivers (a killed driver's "running" record).
-                write_json(path, {"state": "running", "attempts": rec.get("attempts", 0) + 1, "started": job.started})
+                # attempts: this driver's tries (the retry budget); starts: every start, across drivers
+                # (a killed driver's "running" record counts), so a readout trained twice shows.
+                write_json(path, {"state": "running", "attempts": job.attempts, "starts": rec.get("starts", 0) + 1,
+                                  "started": job.started})
 
     def _recount(self) -> None:
         """Eval counts per rung, from the records on disk (the source of truth)."""
@@ -454,20 +456,20 @@ class Sweep:
             job.ref = None
             rr = self.runs[job.rung.key]
             path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
-            attempts = (read_json(path) or {}).get("attempts", job.attempts)
+            starts = (read_json(path) or {}).get("starts", job.attempts)
             try:
                 result = ray.get(ref)
             except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 if job.attempts < EVAL_ATTEMPTS:
                     self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying")
-                    write_json(path, {"state": "retry", "attempts": attempts, "reason": reason})
+                    write_json(path, {"state": "retry", "attempts": job.attempts, "starts": starts, "reason": reason})
                 else:
                     self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}")
-                    write_json(path, {"state": "failed", "attempts": attempts, "reason": reason})
+                    write_json(path, {"state": "failed", "attempts": job.attempts, "starts": starts, "reason": reason})
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
-            rec = {"state": "done", "attempts": attempts, "logged": False, **result}
+            rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}
             write_json(path, rec)
             self._log_eval(rr, job.step, job.task, job.mode, rec, path)
 
