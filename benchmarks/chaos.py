@@ -42,6 +42,7 @@ SWEEP = [sys.executable, "-m", "orchestrator"]
 KINDS = {"driver": None, "train_worker": "ray::RayTrainWorker", "eval": "ray::_eval_task", "tracker": "ray::Tracker"}
 # Kills that can interrupt an eval in flight (its record then counts a second attempt).
 INTERRUPTS_EVALS = ("driver", "eval")
+FALLBACK_AFTER_S = 45  # how long a planned kind may be absent before another kind is killed instead
 
 SPEC = """\
 name: chaos
@@ -127,20 +128,27 @@ def chaos(work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, de
         log_path = work / f"run{runs}.log"
         with open(log_path, "w") as log:
             proc = start(work, log)
-            since = time.time()
+            since = None  # the clock of the next kill starts once the driver is past Ray's start
             killed_driver = False
             while proc.poll() is None:
                 time.sleep(0.2)
+                if since is None:
+                    if "reconciled " not in log_path.read_text():
+                        continue
+                    since = time.time()
                 if len(made) >= len(plan) or time.time() - since < plan[len(made)][1]:
                     continue
                 kind, _, pick = plan[len(made)]
                 found = targets(proc, kind)
                 if not found:
                     waited = time.time() - since - plan[len(made)][1]
-                    if waited < 30:
+                    if waited < FALLBACK_AFTER_S:
                         continue
-                    # Nothing of that kind for 30 s (no evals left, training over): kill what there is.
-                    others = [k for k in kinds if k != kind and targets(proc, k)]
+                    # None of that kind for a while (no evals left, training over): kill another kind that
+                    # is alive, the driver last (only the driver is alive while Ray starts).
+                    others = [k for k in kinds if k not in (kind, "driver") and targets(proc, k)]
+                    if not others:
+                        others = [k for k in kinds if k == "driver" and waited >= 2 * FALLBACK_AFTER_S]
                     if not others:
                         continue
                     kind = others[int(pick * len(others))]

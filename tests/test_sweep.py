@@ -274,3 +274,31 @@ def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
     b_run = runs[[r.data.tags[ROLE_TAG] for r in runs].index("rung")]
     assert sorted(m.step for m in MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
                   .get_metric_history(b_run.info.run_id, "train/loss")) == list(range(1, 25))
+
+
+def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
+    spec = write_spec(tmp_path)
+    dirs = {"a": rung_dirs(tmp_path, spec)["a"]}
+    cmd = [*SWEEP, "run", str(spec), "--only", "a", "--num-cpus", "3"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        def trained_and_some_evals_logged():
+            recs = eval_records(dirs["a"])
+            return ((dirs["a"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
+                    and sum(r["state"] == "done" and r.get("logged", False) for r in recs.values()) >= 1)
+
+        wait_for(trained_and_some_evals_logged, 400, "rung a trained and an eval logged", proc)
+        proc.send_signal(signal.SIGTERM)  # a `kill`: the same flushing path as Ctrl-C
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, out
+    assert "interrupted by SIGTERM" in out, out
+    assert_mlflow_equals_disk(tmp_path, dirs)  # before any rerun: the buffer was flushed, nothing missing
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    recs = eval_records(dirs["a"])
+    assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
+    assert_mlflow_equals_disk(tmp_path, dirs)
