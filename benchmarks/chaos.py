@@ -39,7 +39,12 @@ from reports.collect import collect_mlflow
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = [sys.executable, "-m", "orchestrator"]
-KINDS = {"driver": None, "train_worker": "ray::RayTrainWorker", "eval": "ray::_eval_task", "tracker": "ray::Tracker"}
+KINDS = {
+    "driver": None,
+    "train_worker": "ray::RayTrainWorker",
+    "eval": "ray::_eval_task",
+    "tracker": "ray::Tracker",
+}
 # Kills that can interrupt an eval in flight (its record then counts a second attempt).
 INTERRUPTS_EVALS = ("driver", "eval")
 FALLBACK_AFTER_S = 45  # how long a planned kind may be absent before another kind is killed instead
@@ -78,8 +83,9 @@ def run_cmd(work: Path) -> list[str]:
 
 
 def start(work: Path, log) -> subprocess.Popen:
-    return subprocess.Popen(run_cmd(work), cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        run_cmd(work), cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def targets(proc: subprocess.Popen, kind: str) -> list[psutil.Process]:
@@ -114,11 +120,16 @@ def bury(proc: subprocess.Popen, tree: list[psutil.Process]) -> None:
 
 
 def running_evals(work: Path) -> set[str]:
-    return {str(p.relative_to(work)) for p in work.glob("runs/chaos/*/evals/*/*.json")
-            if (read_json(p) or {}).get("state") == "running"}
+    return {
+        str(p.relative_to(work))
+        for p in work.glob("runs/chaos/*/evals/*/*.json")
+        if (read_json(p) or {}).get("state") == "running"
+    }
 
 
-def chaos(work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, delay: tuple[float, float]) -> dict:
+def chaos(
+    work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, delay: tuple[float, float]
+) -> dict:
     rng = random.Random(seed)
     plan = [(rng.choice(kinds), rng.uniform(*delay), rng.random()) for _ in range(kills)]
     made, runs, outputs = [], 0, []
@@ -162,11 +173,21 @@ def chaos(work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, de
                     victim.kill()
                 except psutil.Error:
                     continue
-                made.append({"kind": kind, "planned": plan[len(made)][0], "pid": victim.pid, "run": runs,
-                             "at_s": round(time.time() - t0, 1), "evals_running": sorted(evals)})
-                say(f"kill {len(made)}/{len(plan)}: {kind} (pid {victim.pid}) in run {runs} "
-                    f"at {made[-1]['at_s']:.0f}s" + ("" if kind == made[-1]["planned"] else
-                                                     f" (planned {made[-1]['planned']}: none alive)"))
+                made.append(
+                    {
+                        "kind": kind,
+                        "planned": plan[len(made)][0],
+                        "pid": victim.pid,
+                        "run": runs,
+                        "at_s": round(time.time() - t0, 1),
+                        "evals_running": sorted(evals),
+                    }
+                )
+                say(
+                    f"kill {len(made)}/{len(plan)}: {kind} (pid {victim.pid}) in run {runs} "
+                    f"at {made[-1]['at_s']:.0f}s"
+                    + ("" if kind == made[-1]["planned"] else f" (planned {made[-1]['planned']}: none alive)")
+                )
                 since = time.time()
                 if kind == "driver":
                     bury(proc, tree)
@@ -176,15 +197,24 @@ def chaos(work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, de
         outputs.append(out)
         code = proc.returncode
         for line in out.splitlines():
-            if "restored" in line or "tracker actor was restarted" in line or "restarted from checkpoint" in line:
+            if (
+                "restored" in line
+                or "tracker actor was restarted" in line
+                or "restarted from checkpoint" in line
+            ):
                 say(f"  run {runs}: {line.strip()}")
         if code == 0 and not killed_driver:
             say(f"run {runs} completed the sweep")
             break
         if not killed_driver:
             say(f"run {runs} exited {code} (a kill it could not absorb); running the sweep again")
-    return {"kills": made, "runs": runs, "outputs": outputs, "seconds": time.time() - t0,
-            "planned": [p[0] for p in plan]}
+    return {
+        "kills": made,
+        "runs": runs,
+        "outputs": outputs,
+        "seconds": time.time() - t0,
+        "planned": [p[0] for p in plan],
+    }
 
 
 # ------------------------------------------------------------------ checks
@@ -223,7 +253,9 @@ def check(base: Path, work: Path, made: list[dict]) -> list[str]:
             name = str((d / rel).relative_to(work))
             allowed = 1 + sum(name in k["evals_running"] for k in made if k["kind"] in INTERRUPTS_EVALS)
             if rec.get("starts", 0) > allowed:
-                problems.append(f"[{r.key}] eval {rel} started {rec.get('starts')} times, kills explain {allowed}")
+                problems.append(
+                    f"[{r.key}] eval {rel} started {rec.get('starts')} times, kills explain {allowed}"
+                )
     stores = {}
     for label, root in (("chaos", work), ("baseline", base)):
         client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
@@ -236,16 +268,21 @@ def check(base: Path, work: Path, made: list[dict]) -> list[str]:
     for run in runs:
         key = run.data.tags.get(RUNG_KEY_TAG)
         if run.data.tags.get(ROLE_TAG) == "rung" and key in got:
-            problems += [f"[{key}] MLflow: {p}" for p in differences(client, run.info.run_id,
-                                                                       disk_points(RungPaths(got[key])))]
-    tables = {label: collect_mlflow(f"sqlite:///{root / 'runs' / 'mlflow.db'}", "chaos")
-              for label, root in (("chaos", work), ("baseline", base))}
+            problems += [
+                f"[{key}] MLflow: {p}"
+                for p in differences(client, run.info.run_id, disk_points(RungPaths(got[key])))
+            ]
+    tables = {
+        label: collect_mlflow(f"sqlite:///{root / 'runs' / 'mlflow.db'}", "chaos")
+        for label, root in (("chaos", work), ("baseline", base))
+    }
     cols = ["rung_key", "step", "task", "mode", "metric", "value"]
     rows = {label: sorted(map(tuple, t[cols].astype(str).values.tolist())) for label, t in tables.items()}
     if rows["chaos"] != rows["baseline"]:
         diff = set(rows["chaos"]) ^ set(rows["baseline"])
-        problems.append(f"results table differs from the uninterrupted run's in {len(diff)} rows, "
-                        f"e.g. {sorted(diff)[:3]}")
+        problems.append(
+            f"results table differs from the uninterrupted run's in {len(diff)} rows, e.g. {sorted(diff)[:3]}"
+        )
     return problems
 
 
@@ -277,27 +314,40 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     say(f"baseline: an uninterrupted run in {base}")
     with open(base / "run.log", "w") as log:
-        code = subprocess.run(run_cmd(base), cwd=base, env=env(), stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            run_cmd(base), cwd=base, env=env(), stdout=log, stderr=subprocess.STDOUT
+        ).returncode
     if code != 0:
         say(f"the uninterrupted run failed ({code}): see {base / 'run.log'}")
         return 1
-    say(f"baseline done in {time.time() - t0:.0f}s; chaos: {args.kills} kills of {', '.join(kinds)}, seed {args.seed}")
+    kinds_text = ", ".join(kinds)
+    say(f"baseline in {time.time() - t0:.0f}s; chaos: {args.kills} kills of {kinds_text}, seed {args.seed}")
     result = chaos(work, args.kills, kinds, args.seed, args.max_runs, (lo, hi))
     sync = subprocess.run([*SWEEP, "sync", "spec.yaml"], cwd=work, env=env(), capture_output=True, text=True)
-    say(f"sweep sync after the last run: {sync.stdout.strip().splitlines()[-1] if sync.stdout.strip() else sync.stderr}")
+    last = sync.stdout.strip().splitlines()[-1] if sync.stdout.strip() else sync.stderr
+    say(f"sweep sync after the last run: {last}")
     by_kind = {}
     for k in result["kills"]:
         by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + 1
-    attempts = sum(json.loads(p.read_text()).get("starts", 1) - 1 for p in work.glob("runs/chaos/*/evals/*/*.json"))
-    say(f"kills made: {len(result['kills'])} ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}); "
-        f"sweep runs: {result['runs']}; evals re-run after a kill: {attempts}; chaos phase {result['seconds']:.0f}s")
+    attempts = sum(
+        json.loads(p.read_text()).get("starts", 1) - 1 for p in work.glob("runs/chaos/*/evals/*/*.json")
+    )
+    say(
+        f"kills made: {len(result['kills'])} ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}); "
+        f"sweep runs: {result['runs']}; evals re-run after a kill: {attempts}; "
+        f"chaos phase {result['seconds']:.0f}s"
+    )
     problems = check(base, work, result["kills"])
     if len(result["kills"]) < args.kills:
-        problems.append(f"only {len(result['kills'])} of {args.kills} kills were made before the sweep completed")
+        problems.append(
+            f"only {len(result['kills'])} of {args.kills} kills were made before the sweep completed"
+        )
     for p in problems:
         say(f"FAIL {p}")
-    say(("PASS: every check" if not problems else f"{len(problems)} check(s) failed")
-        + f" ({time.time() - t0:.0f}s in all)")
+    say(
+        ("PASS: every check" if not problems else f"{len(problems)} check(s) failed")
+        + f" ({time.time() - t0:.0f}s in all)"
+    )
     return 0 if not problems else 1
 
 

@@ -21,7 +21,14 @@ from contracts.layout import RungPaths, write_json
 from orchestrator.reconcile import reconcile_runs
 from orchestrator.tracking import Tracker
 
-KEYS = ("train/loss", "train/lr", "train/grad_norm", "train/clips_per_s", "train/tokens_per_s", "train/tflops")
+KEYS = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/clips_per_s",
+    "train/tokens_per_s",
+    "train/tflops",
+)
 
 
 def write_rung(paths: RungPaths, steps: int) -> None:
@@ -34,8 +41,10 @@ def write_rung(paths: RungPaths, steps: int) -> None:
             f.write(json.dumps({"step": s, "system/cpu_utilization_percentage": 50.0}) + "\n")
     for step in range(steps // 10, steps + 1, steps // 10):
         for task in ("depth", "action"):
-            write_json(paths.eval_record(step, task, "frozen"),
-                       {"state": "done", "metrics": {"m": step / steps, "baseline_m": 0.5}})
+            write_json(
+                paths.eval_record(step, task, "frozen"),
+                {"state": "done", "metrics": {"m": step / steps, "baseline_m": 0.5}},
+            )
 
 
 def main() -> None:
@@ -61,8 +70,11 @@ def main() -> None:
             t0 = time.perf_counter()
             out = reconcile_runs(runs, fresh.reconcile, quiet.append)
             points = sum(len(v) for r in out.values() for v in r.values())
-            print(f"{label:>16}: {time.perf_counter() - t0:6.2f}s for {args.rungs} rungs x {args.steps} steps, "
-                  f"{points} points restored", flush=True)
+            print(
+                f"{label:>16}: {time.perf_counter() - t0:6.2f}s for {args.rungs} rungs x {args.steps} steps, "
+                f"{points} points restored",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

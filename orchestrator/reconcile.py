@@ -61,10 +61,21 @@ def repair_line(key: str, restored: dict[str, list[int]]) -> str | None:
     evals = sum(len(v) for k, v in restored.items() if parse_eval_metric_key(k) is not None)
     train = {s for k, v in restored.items() if k.startswith("train/") for s in v}
     system = {s for k, v in restored.items() if k.startswith("system/") for s in v}
-    other = sum(len(v) for k, v in restored.items()
-                if parse_eval_metric_key(k) is None and not k.startswith(("train/", "system/")))
-    parts = [f"{n} {what}" for n, what in ((evals, "eval metrics"), (len(train), "training steps"),
-                                           (len(system), "system samples"), (other, "other points")) if n]
+    other = sum(
+        len(v)
+        for k, v in restored.items()
+        if parse_eval_metric_key(k) is None and not k.startswith(("train/", "system/"))
+    )
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (evals, "eval metrics"),
+            (len(train), "training steps"),
+            (len(system), "system samples"),
+            (other, "other points"),
+        )
+        if n
+    ]
     if not parts:
         return None
     joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -75,8 +86,9 @@ def reconcile_rung(paths: RungPaths, run_id: str, reconciler: Reconciler) -> dic
     return reconciler(run_id, disk_points(paths))
 
 
-def reconcile_runs(runs: dict[str, tuple[RungPaths, str]], reconciler: Reconciler,
-                   say: Callable[[str], None]) -> dict[str, dict[str, list[int]]]:
+def reconcile_runs(
+    runs: dict[str, tuple[RungPaths, str]], reconciler: Reconciler, say: Callable[[str], None]
+) -> dict[str, dict[str, list[int]]]:
     """Reconcile each rung (key -> (paths, MLflow run id)); one line per rung repaired, one in all."""
     t0 = time.monotonic()
     out = {}
@@ -86,8 +98,10 @@ def reconcile_runs(runs: dict[str, tuple[RungPaths, str]], reconciler: Reconcile
         if line:
             say(line)
     points = sum(len(v) for r in out.values() for v in r.values())
-    say(f"reconciled {len(runs)} rung(s) with MLflow in {time.monotonic() - t0:.1f}s"
-        + (f": {points} points restored" if points else ": nothing missing"))
+    say(
+        f"reconciled {len(runs)} rung(s) with MLflow in {time.monotonic() - t0:.1f}s"
+        + (f": {points} points restored" if points else ": nothing missing")
+    )
     return out
 
 
@@ -113,7 +127,9 @@ def sync_sweep(sweep_dir: Path, say: Callable[[str], None] = print) -> dict[str,
     paths = SweepPaths(Path(sweep_dir))
     holder = SweepLock(paths.lock).holder()
     if holder:
-        say(f"sweep '{paths.root.name}' is running (pid {holder['pid']}): its driver reconciles MLflow itself")
+        say(
+            f"sweep '{paths.root.name}' is running (pid {holder['pid']}): its driver reconciles MLflow itself"
+        )
         return None
     info = read_json(paths.sweep_json) or {}
     if not info.get("tracking_uri"):
@@ -152,7 +168,9 @@ def differences(client, run_id: str, points: Points) -> list[str]:
         if extra := sorted(set(steps) - set(disk)):
             problems.append(f"{key}: MLflow holds steps not on disk {extra[:10]}")
         if not key.startswith(MEASURED):
-            wrong = sorted(s for s, v in hist if s in disk and v != disk[s] and not (v != v and disk[s] != disk[s]))
+            wrong = sorted(
+                s for s, v in hist if s in disk and v != disk[s] and not (v != v and disk[s] != disk[s])
+            )
             if wrong:
                 problems.append(f"{key}: values differ from disk at steps {wrong[:10]}")
     return problems

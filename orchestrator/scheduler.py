@@ -247,8 +247,10 @@ class Sweep:
 
         runs = {k: (RungPaths.for_rung(rr.rung, self.root), rr.run_id) for k, rr in self.runs.items()
                 if keys is None or k in keys}
-        return reconcile_runs(runs, lambda run_id, points: ray.get(self.tracker.reconcile.remote(run_id, points)),
-                              self.say)
+        def reconciler(run_id, points):
+            return ray.get(self.tracker.reconcile.remote(run_id, points))
+
+        return reconcile_runs(runs, reconciler, self.say)
 
     def _watch_tracker(self) -> None:
         """Ray restarts a killed tracker actor, which lost its buffer: refill MLflow from disk."""
@@ -289,7 +291,8 @@ class Sweep:
         here = ray.get_runtime_context().get_node_id()
         # The one MLflow writer, on this node because the SQLite file is here. Ray restarts it if it
         # dies and retries the calls it had not answered (its writes are idempotent).
-        self.tracker = ray.remote(num_cpus=0, max_restarts=TRACKER_RESTARTS, max_task_retries=-1)(Tracker).options(
+        actor = ray.remote(num_cpus=0, max_restarts=TRACKER_RESTARTS, max_task_retries=-1)(Tracker)
+        self.tracker = actor.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(uri, artifacts)
         self.tracker_incarnation = ray.get(self.tracker.ping.remote())
         commit = git_commit()
@@ -434,8 +437,8 @@ class Sweep:
                 job.started = time.time()
                 # attempts: this driver's tries (the retry budget); starts: every start, across drivers
                 # (a killed driver's "running" record counts), so a readout trained twice shows.
-                write_json(path, {"state": "running", "attempts": job.attempts, "starts": rec.get("starts", 0) + 1,
-                                  "started": job.started})
+                write_json(path, {"state": "running", "attempts": job.attempts,
+                                  "starts": rec.get("starts", 0) + 1, "started": job.started})
 
     def _recount(self) -> None:
         """Eval counts per rung, from the records on disk (the source of truth)."""
@@ -463,10 +466,12 @@ class Sweep:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 if job.attempts < EVAL_ATTEMPTS:
                     self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying")
-                    write_json(path, {"state": "retry", "attempts": job.attempts, "starts": starts, "reason": reason})
+                    write_json(path, {"state": "retry", "attempts": job.attempts, "starts": starts,
+                                      "reason": reason})
                 else:
                     self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}")
-                    write_json(path, {"state": "failed", "attempts": job.attempts, "starts": starts, "reason": reason})
+                    write_json(path, {"state": "failed", "attempts": job.attempts, "starts": starts,
+                                      "reason": reason})
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
             rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}

@@ -136,7 +136,8 @@ class Tracker:
             held: dict[str, set[int]] = {}
             with store.ManagedSessionMaker() as session:
                 store._get_run(run_uuid=run_id, session=session)  # an unknown run raises, as get_run does
-                for key, step in session.query(SqlMetric.key, SqlMetric.step).filter(SqlMetric.run_uuid == run_id):
+                rows = session.query(SqlMetric.key, SqlMetric.step).filter(SqlMetric.run_uuid == run_id)
+                for key, step in rows:
                     held.setdefault(key, set()).add(int(step))
             return held
         keys = self.client.get_run(run_id).data.metrics

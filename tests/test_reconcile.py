@@ -14,7 +14,14 @@ from orchestrator.cli import app
 from orchestrator.reconcile import disk_points, reconcile_runs, repair_line, sync_sweep
 from orchestrator.tracking import Tracker
 
-TRAIN_KEYS = ("train/loss", "train/lr", "train/grad_norm", "train/clips_per_s", "train/tokens_per_s", "train/tflops")
+TRAIN_KEYS = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/clips_per_s",
+    "train/tokens_per_s",
+    "train/tflops",
+)
 
 
 def write_rung(paths: RungPaths, steps: int, checkpoints: list[int]) -> None:
@@ -30,15 +37,23 @@ def write_rung(paths: RungPaths, steps: int, checkpoints: list[int]) -> None:
         f.write(json.dumps({"attempt": 1, "died_at_step": 7, "resumed_from": 4}) + "\n")
     for step in checkpoints:
         for task in ("depth", "action"):
-            write_json(paths.eval_record(step, task, "frozen"),
-                       {"state": "done", "attempts": 1, "logged": True,
-                        "metrics": {"top1": step / 100, "baseline_top1": 0.1}})
+            write_json(
+                paths.eval_record(step, task, "frozen"),
+                {
+                    "state": "done",
+                    "attempts": 1,
+                    "logged": True,
+                    "metrics": {"top1": step / 100, "baseline_top1": 0.1},
+                },
+            )
     write_json(paths.eval_record(checkpoints[-1] + 8, "depth", "frozen"), {"state": "running", "attempts": 1})
 
 
 def history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
-            for k in client.get_run(run_id).data.metrics}
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+        for k in client.get_run(run_id).data.metrics
+    }
 
 
 def as_history(points) -> dict[str, list[tuple[int, float]]]:
@@ -79,9 +94,18 @@ def test_reconcile_restores_what_mlflow_lacks_and_never_duplicates(tmp_path):
 
 def test_repair_line_names_what_was_restored():
     assert repair_line("m1", {}) is None
-    assert repair_line("m1", {"eval/depth/abs_rel": [30, 60], "eval/action/top1": [30, 60, 90],
-                              "train/loss": list(range(1, 38)), "train/lr": list(range(1, 38))}) == \
-        "[m1] restored 5 eval metrics and 37 training steps to MLflow"
+    assert (
+        repair_line(
+            "m1",
+            {
+                "eval/depth/abs_rel": [30, 60],
+                "eval/action/top1": [30, 60, 90],
+                "train/loss": list(range(1, 38)),
+                "train/lr": list(range(1, 38)),
+            },
+        )
+        == "[m1] restored 5 eval metrics and 37 training steps to MLflow"
+    )
 
 
 def test_sweep_sync_repairs_every_rung_and_respects_a_live_driver(tmp_path, monkeypatch):
@@ -98,11 +122,16 @@ def test_sweep_sync_repairs_every_rung_and_respects_a_live_driver(tmp_path, monk
         write_rung(paths, 20, [8, 16])
         run_ids[name] = tracker.client.create_run(exp).info.run_id
         write_json(paths.info, {"mlflow_run_id": run_ids[name]})
-    (tmp_path / "spec.yaml").write_text("name: u\npretraining: {steps: 20}\nladder:\n  - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}\n")
+    (tmp_path / "spec.yaml").write_text(
+        "name: u\npretraining: {steps: 20}\nladder:\n  - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}\n"
+    )
 
     result = CliRunner().invoke(app, ["sync", "spec.yaml"])
     assert result.exit_code == 0, result.output
-    assert "[a-000000] restored 8 eval metrics, 20 training steps and 2 system samples to MLflow" in result.output
+    assert (
+        "[a-000000] restored 8 eval metrics, 20 training steps and 2 system samples to MLflow"
+        in result.output
+    )
     assert "[b-000000] restored" in result.output
     for name, run_id in run_ids.items():
         assert history(tracker.client, run_id) == as_history(disk_points(sweep.rung(name)))

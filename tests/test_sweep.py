@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from contracts.layout import RungPaths
+from contracts.layout import RungPaths, read_json
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG, eval_metric_key
 from contracts.spec import load_spec
 from orchestrator.cli import app
@@ -153,7 +153,8 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     # 2 tasks x 2 checkpoints x (metric + baseline per task) eval points, steps 6..16 of training.
-    assert f"[{dirs['a'].name}] restored " in rerun.stdout and " 11 training steps" in rerun.stdout, rerun.stdout
+    restored = f"[{dirs['a'].name}] restored "
+    assert restored in rerun.stdout and " 11 training steps" in rerun.stdout, rerun.stdout
     assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
     resume = json.loads((dirs["b"] / "resume.json").read_text())
@@ -249,11 +250,12 @@ def ray_children(pid: int, title: str) -> list:
 def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
     spec = write_spec(tmp_path, SPEC.replace("steps: 48", "steps: 24"))
     dirs = {"b": rung_dirs(tmp_path, spec)["b"]}
-    proc = subprocess.Popen([*SWEEP, "run", str(spec), "--only", "b", "--num-cpus", "3"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = [*SWEEP, "run", str(spec), "--only", "b", "--num-cpus", "3"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
         def mid_rung():
-            prog = json.loads((dirs["b"] / "progress.json").read_text()) if (dirs["b"] / "progress.json").exists() else {}
+            prog = read_json(dirs["b"] / "progress.json") or {}
             return 6 <= prog.get("step", 0) < 20 and ray_children(proc.pid, "ray::Tracker")
 
         wait_for(mid_rung, 400, "rung b mid-way", proc)
