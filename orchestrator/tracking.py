@@ -56,6 +56,10 @@ class Tracker:
         self.incarnation = uuid.uuid4().hex  # a restarted actor gets a new one (the driver watches it)
 
     def ping(self) -> str:
+        """The driver's once-a-tick call: also flushes a buffer older than FLUSH_EVERY_S, which
+        otherwise waits for the next write (training over, evals still running)."""
+        if self._pending and time.monotonic() - self._last_flush > FLUSH_EVERY_S:
+            self.flush()
         return self.incarnation
 
     # ------------------------------------------------------------ runs, found before created
