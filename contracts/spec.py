@@ -378,13 +378,13 @@ def scaled_hyperparameters(spec: SweepSpec, r: Rung, base: Rung, workers: int) -
     if sc.lr.rule == "inverse_width":
         lr *= base_shape.width / shape.width
     elif sc.lr.rule == "power":
-        lr *= ratio ** sc.lr.exponent  # type: ignore[operator]
+        lr *= ratio**sc.lr.exponent  # type: ignore[operator]
     warmup = pt.schedule.warmup_steps
     if sc.warmup.rule == "power":
-        warmup = round(warmup * ratio ** sc.warmup.exponent)  # type: ignore[operator]
+        warmup = round(warmup * ratio**sc.warmup.exponent)  # type: ignore[operator]
     batch = pt.batch_size
     if sc.batch.rule == "power":
-        batch = max(workers, round(batch * ratio ** sc.batch.exponent / workers) * workers)  # type: ignore[operator]
+        batch = max(workers, round(batch * ratio**sc.batch.exponent / workers) * workers)  # type: ignore[operator]
     d = _shape_config(spec, base_shape).decoder
     return {
         "lr": r.lr if r.lr is not None else lr,
@@ -403,7 +403,9 @@ def resolve_rung(spec: SweepSpec, r: Rung, base: Rung) -> RungConfig:
     clips = r.clips_seen or (None if r.steps else pt.clips_seen)
     steps = r.steps or (math.ceil(clips / batch) if clips else pt.steps)
     precision = pt.precision if pt.precision != "auto" else ("bf16" if gpus > 0 else "fp32")
-    optimizer = pt.optimizer if hp["lr"] == pt.optimizer.lr else pt.optimizer.model_copy(update={"lr": hp["lr"]})
+    optimizer = (
+        pt.optimizer if hp["lr"] == pt.optimizer.lr else pt.optimizer.model_copy(update={"lr": hp["lr"]})
+    )
     schedule = pt.schedule
     if hp["warmup_steps"] != schedule.warmup_steps:
         schedule = schedule.model_copy(update={"warmup_steps": hp["warmup_steps"]})
@@ -445,7 +447,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         problem = getattr(e, "problem", None) or str(e)
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}:1: the spec must be a mapping of sections (name, data, pretraining, ladder, ...)")
+        raise SpecError(
+            f"{path}:1: the spec must be a mapping of sections (name, data, pretraining, ladder, ...)"
+        )
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
@@ -460,7 +464,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     problems = _cross_checks(spec)
     if problems:
         raise SpecError(
-            "invalid sweep spec\n  " + "\n  ".join(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {m}" for loc, m in problems)
+            "invalid sweep spec\n  "
+            + "\n  ".join(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {m}" for loc, m in problems)
         )
     return spec
 
@@ -510,9 +515,16 @@ def _check_scaling(spec: SweepSpec) -> list[tuple[tuple, str]]:
     for name in ("lr", "warmup", "batch"):
         rule = getattr(sc, name)
         if rule.rule == "power" and rule.exponent is None:
-            out.append((where + (name, "exponent"), "rule 'power' needs an exponent (value = base * (N / N_base)^exponent)"))
+            out.append(
+                (
+                    where + (name, "exponent"),
+                    "rule 'power' needs an exponent (value = base * (N / N_base)^exponent)",
+                )
+            )
         elif rule.rule != "power" and rule.exponent is not None:
-            out.append((where + (name, "exponent"), f"an exponent applies to rule 'power' only, not {rule.rule!r}"))
+            out.append(
+                (where + (name, "exponent"), f"an exponent applies to rule 'power' only, not {rule.rule!r}")
+            )
     names = [rung_name(r) for r in spec.ladder]
     if sc.base is not None and sc.base not in names:
         out.append((where + ("base",), f"no rung named {sc.base!r}; the ladder has: {', '.join(names)}"))
@@ -526,7 +538,10 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
     t, h, w = d.tubelet
     if d.frames % t or d.resolution % h or d.resolution % w:
         out.append(
-            (("data", "tubelet"), f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)")
+            (
+                ("data", "tubelet"),
+                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)",
+            )
         )
     if d.source != "synthetic" and not d.path:
         out.append((("data", "path"), f"source '{d.source}' needs a path to the data"))
@@ -545,8 +560,15 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
             if any(v is not None for v in explicit):
                 out.append((where + ("size",), "give a named size or width/depth/mlp/heads, not both"))
         elif any(v is None for v in explicit):
-            missing = [k for k, v in zip(("width", "depth", "mlp", "heads"), explicit, strict=True) if v is None]
-            out.append((where + (missing[0],), f"a rung needs a size or all of width/depth/mlp/heads (missing: {', '.join(missing)})"))
+            missing = [
+                k for k, v in zip(("width", "depth", "mlp", "heads"), explicit, strict=True) if v is None
+            ]
+            out.append(
+                (
+                    where + (missing[0],),
+                    f"a rung needs a size or all of width/depth/mlp/heads (missing: {', '.join(missing)})",
+                )
+            )
         else:
             out += _check_shape(where, r.width, r.heads)  # type: ignore[arg-type]
         name = rung_name(r)
@@ -556,18 +578,28 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
             out.append((where + ("name",), f"duplicate rung name {name!r} (also ladder[{seen[name]}])"))
         seen[name] = i
         if not (r.steps or r.clips_seen or pt.steps or pt.clips_seen):
-            out.append((where + ("steps",), "no training length: set pretraining.steps or clips_seen (or the rung's)"))
+            out.append(
+                (
+                    where + ("steps",),
+                    "no training length: set pretraining.steps or clips_seen (or the rung's)",
+                )
+            )
         gpus = pt.gpus if r.gpus is None else r.gpus
         workers = gpus if gpus > 0 else (r.cpu_workers or pt.cpu_workers)
         batch = r.batch_size or pt.batch_size
         if batch % workers:
-            out.append((where + ("batch_size",), f"batch size {batch} must divide evenly over {workers} workers"))
+            out.append(
+                (where + ("batch_size",), f"batch size {batch} must divide evenly over {workers} workers")
+            )
     if out:
         return out
     for i, rc in enumerate(spec.rungs()):
         micro = rc.micro_batch_size
         if rc.batch_size % (micro * rc.workers):
             out.append(
-                (("ladder", i, "micro_batch_size"), f"batch {rc.batch_size} is not a multiple of micro-batch {micro} x {rc.workers} workers")
+                (
+                    ("ladder", i, "micro_batch_size"),
+                    f"batch {rc.batch_size} is not a multiple of micro-batch {micro} x {rc.workers} workers",
+                )
             )
     return out

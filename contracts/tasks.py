@@ -56,14 +56,32 @@ def higher_is_better(metric: str) -> bool:
 
 # Metrics that are fractions in [0, 1] (accuracies, IoU, Jaccard/AJ, δ-thresholds, occlusion
 # accuracy, points within a threshold): matched as a name or a name's prefix.
-_BOUNDED = ("acc", "accuracy", "top1", "top5", "iou", "miou", "jaccard", "aj", "delta", "δ", "oa", "pts_within",
-            "occlusion_acc", "precision", "recall", "f1")
+_BOUNDED = (
+    "acc",
+    "accuracy",
+    "top1",
+    "top5",
+    "iou",
+    "miou",
+    "jaccard",
+    "aj",
+    "delta",
+    "δ",
+    "oa",
+    "pts_within",
+    "occlusion_acc",
+    "precision",
+    "recall",
+    "f1",
+)
 
 
 def is_bounded(metric: str) -> bool:
     """Whether a metric lives in [0, 1], from its name (a results table's `bounded` column overrides it)."""
     name = str(metric).lower().removeprefix(BASELINE_PREFIX)
-    prefixed = any(name == b or name.startswith(b + "_") or (len(b) > 3 and name.startswith(b)) for b in _BOUNDED)
+    prefixed = any(
+        name == b or name.startswith(b + "_") or (len(b) > 3 and name.startswith(b)) for b in _BOUNDED
+    )
     return prefixed or name.endswith(("_acc", "_accuracy", "_iou"))
 
 

@@ -40,7 +40,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(shape.width)
         self.attn = Attention(shape.width, shape.heads, attention_scale(shape, base))
         self.norm2 = nn.LayerNorm(shape.width)
-        self.mlp = nn.Sequential(nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width))
+        self.mlp = nn.Sequential(
+            nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -109,7 +111,9 @@ class Decoder(nn.Module):
         self.head = nn.Linear(E, cfg.patch_dim)
         self.head_mult = base.width / E if base else 1.0
 
-    def forward(self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor
+    ) -> torch.Tensor:
         # latent (B, K, D) -> pixel predictions for the masked tokens (B, N-K, P)
         B, M = masked_idx.shape
         x_vis = self.embed(latent) + _take(self.pos_embed.expand(B, -1, -1), visible_idx)
@@ -137,7 +141,9 @@ class VideoMAE(nn.Module):
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
         return x.reshape(B, (T // t) * (H // h) * (W // w), t * h * w * C)
 
-    def forward(self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor
+    ) -> torch.Tensor:
         """Mean squared error on the masked tubelets' pixels."""
         latent = self.encoder(video, visible_idx)
         pred = self.decoder(latent, visible_idx, masked_idx)
@@ -164,7 +170,10 @@ def mup_lr_scales(model: VideoMAE) -> dict[str, float]:
     if cfg.mup is None:
         return {}
     scales = {"decoder.embed.weight": cfg.mup.encoder.width / cfg.encoder.width}
-    for part, shape, base in (("encoder", cfg.encoder, cfg.mup.encoder), ("decoder", cfg.decoder, cfg.mup.decoder)):
+    for part, shape, base in (
+        ("encoder", cfg.encoder, cfg.mup.encoder),
+        ("decoder", cfg.decoder, cfg.mup.decoder),
+    ):
         for i in range(shape.depth):
             p = f"{part}.blocks.{i}"
             for name in ("attn.qkv", "attn.proj", "mlp.0"):
@@ -178,13 +187,19 @@ def param_groups(model: VideoMAE, lr: float, weight_decay: float) -> list[dict]:
     under μP, hidden matrices at lr x their `mup_lr_scales` multiplier. Works on ZeRO-3
     partitioned parameters (their full shape is `ds_shape`)."""
     scales = mup_lr_scales(model)
-    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # standard: these two, in order
+    groups: dict[tuple[bool, float], list] = {
+        (True, 1.0): [],
+        (False, 1.0): [],
+    }  # standard: these two, in order
     for name, p in model.named_parameters():
         shape = getattr(p, "ds_shape", p.shape)
         decay = not (len(shape) < 2 or "pos_embed" in name or "mask_token" in name)
         groups.setdefault((decay, scales.get(name, 1.0)), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
-            for (decay, scale), ps in groups.items() if ps or scale == 1.0]
+    return [
+        {"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+        for (decay, scale), ps in groups.items()
+        if ps or scale == 1.0
+    ]
 
 
 def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -192,7 +207,9 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def random_masking(batch: int, cfg: MAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int, cfg: MAEConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (not tube) masking: per clip, a uniformly random set of visible tokens.
 
     Returns (visible_idx (B, K), masked_idx (B, N-K)). Driven only by `generator`,

@@ -39,17 +39,23 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
         return None
     except json.JSONDecodeError:
         snap = {"checkpoint_results": [{"checkpoint_dir_name": "(unreadable snapshot)"}]}
-    missing = [c["checkpoint_dir_name"] for c in snap.get("checkpoint_results", [])
-               if not (paths.root / c["checkpoint_dir_name"]).is_dir()]
+    missing = [
+        c["checkpoint_dir_name"]
+        for c in snap.get("checkpoint_results", [])
+        if not (paths.root / c["checkpoint_dir_name"]).is_dir()
+    ]
     if not missing:
         return None
     path.rename(path.with_name(f"{RAY_SNAPSHOT}.stale-{int(time.time())}"))
-    return (f"Ray's run snapshot names missing checkpoints ({', '.join(missing)}); "
-            "resuming from the run directory instead")
+    return (
+        f"Ray's run snapshot names missing checkpoints ({', '.join(missing)}); "
+        "resuming from the run directory instead"
+    )
 
 
-def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None,
-             max_failures: int = 2) -> RungOutcome:
+def fit_rung(
+    rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, max_failures: int = 2
+) -> RungOutcome:
     """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -65,16 +71,25 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "rung": rung.to_dict(), "run_dir": str(run_dir.resolve()), "tracker": tracker, "run_id": run_id,
+            "rung": rung.to_dict(),
+            "run_dir": str(run_dir.resolve()),
+            "tracker": tracker,
+            "run_id": run_id,
             # One id per fit: a worker group that finds it in resume.json is a restart within this fit.
-            "launch": uuid.uuid4().hex, "max_failures": max_failures,
+            "launch": uuid.uuid4().hex,
+            "max_failures": max_failures,
         },
         scaling_config=ScalingConfig(
-            num_workers=rung.workers, use_gpu=gpu,
-            resources_per_worker={"CPU": rung.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
-        run_config=RunConfig(name=rung.key, storage_path=str(run_dir.parent.resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
+            num_workers=rung.workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": rung.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=rung.key,
+            storage_path=str(run_dir.parent.resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
     )
     try:

@@ -55,7 +55,9 @@ def select_rungs(spec: SweepSpec, only: list[str] | None) -> list[RungConfig]:
     names = {r.name for r in rungs}
     unknown = [n for n in only if n not in names]
     if unknown:
-        raise SpecError(f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}")
+        raise SpecError(
+            f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}"
+        )
     return [r for r in rungs if r.name in only]
 
 
@@ -72,12 +74,29 @@ def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int
 def rung_params(rung: RungConfig) -> dict:
     m, e = rung.model, rung.model.encoder
     return {
-        "width": e.width, "depth": e.depth, "mlp": e.mlp, "heads": e.heads, "encoder_params": rung.encoder_params,
-        "total_params": rung.total_params, "flops_per_clip": rung.flops_per_clip, "train_flops": rung.train_flops,
-        "num_tokens": m.num_tokens, "frames": m.frames, "resolution": m.size, "tubelet": "x".join(map(str, m.tubelet)),
-        "mask_ratio": m.mask_ratio, "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
-        "steps": rung.steps, "batch_size": rung.batch_size, "lr": rung.optimizer.lr, "precision": rung.precision,
-        "seed": rung.seed, "gpus": rung.gpus, "workers": rung.workers, "zero_stage": rung.zero_stage, "rung_key": rung.key,
+        "width": e.width,
+        "depth": e.depth,
+        "mlp": e.mlp,
+        "heads": e.heads,
+        "encoder_params": rung.encoder_params,
+        "total_params": rung.total_params,
+        "flops_per_clip": rung.flops_per_clip,
+        "train_flops": rung.train_flops,
+        "num_tokens": m.num_tokens,
+        "frames": m.frames,
+        "resolution": m.size,
+        "tubelet": "x".join(map(str, m.tubelet)),
+        "mask_ratio": m.mask_ratio,
+        "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
+        "steps": rung.steps,
+        "batch_size": rung.batch_size,
+        "lr": rung.optimizer.lr,
+        "precision": rung.precision,
+        "seed": rung.seed,
+        "gpus": rung.gpus,
+        "workers": rung.workers,
+        "zero_stage": rung.zero_stage,
+        "rung_key": rung.key,
     }
 
 
@@ -106,10 +125,14 @@ def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict
     for r in rungs:
         if not _fits(nodes, _bundle(r), r.workers):
             need = f"{r.workers} workers x {_bundle(r)}"
-            problems.append(f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true")
+            problems.append(
+                f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true"
+            )
     ev = spec.evals
     if ev.tasks and not _fits(nodes, {"CPU": ev.cpus, **({"GPU": ev.gpus} if ev.gpus else {})}, 1):
-        problems.append(f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus")
+        problems.append(
+            f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus"
+        )
     return problems
 
 
@@ -127,12 +150,14 @@ def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict
     import ray
     import torch
 
-
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
     metrics = evaluate(export_path, task, mode=mode, readout=Readout(**readout), data=Data(**data))
-    return {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.time() - t0,
-            "node_id": ray.get_runtime_context().get_node_id()}
+    return {
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "seconds": time.time() - t0,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
 
 
 @dataclass
@@ -166,8 +191,17 @@ class RungRun:
 
 
 class Sweep:
-    def __init__(self, spec: SweepSpec, spec_path: Path, rungs: list[RungConfig], runs_root: Path, *,
-                 train_only: bool = False, max_concurrent: int | None = None, report: Callable[[str], None] = print):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        spec_path: Path,
+        rungs: list[RungConfig],
+        runs_root: Path,
+        *,
+        train_only: bool = False,
+        max_concurrent: int | None = None,
+        report: Callable[[str], None] = print,
+    ):
         self.spec, self.spec_path, self.rungs = spec, spec_path, rungs
         self.root = runs_root.resolve()
         self.paths = SweepPaths.of(self.root, spec.name)
@@ -184,8 +218,10 @@ class Sweep:
     def preflight(self) -> None:
         holder = self.lock.holder()
         if holder:
-            raise SpecError(f"sweep '{self.spec.name}' is already running (pid {holder['pid']} on {holder['host']}); "
-                            f"wait for it or stop it first")
+            raise SpecError(
+                f"sweep '{self.spec.name}' is already running (pid {holder['pid']} on {holder['host']}); "
+                f"wait for it or stop it first"
+            )
 
     def describe(self) -> list[dict]:
         """What a run would do, from disk alone (used by --dry-run and status)."""
@@ -193,15 +229,28 @@ class Sweep:
         for r in self.rungs:
             paths = RungPaths.for_rung(r, self.root)
             sealed = [f.step for f in ckpt.list_steps(paths.root)]
-            done_evals = sum(1 for s in eval_steps(self.spec, r, sealed) for t in self.spec.evals.tasks
-                             for m in self.spec.evals.modes if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done")
+            done_evals = sum(
+                1
+                for s in eval_steps(self.spec, r, sealed)
+                for t in self.spec.evals.tasks
+                for m in self.spec.evals.modes
+                if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done"
+            )
             if ckpt.is_trained(r, self.root):
                 action = "skip (trained)"
             elif sealed:
                 action = f"resume from step {sealed[-1]}"
             else:
                 action = "train"
-            rows.append({"rung": r.key, "action": action, "steps": r.steps, "checkpoints": len(sealed), "evals_done": done_evals})
+            rows.append(
+                {
+                    "rung": r.key,
+                    "action": action,
+                    "steps": r.steps,
+                    "checkpoints": len(sealed),
+                    "evals_done": done_evals,
+                }
+            )
         return rows
 
     # -------------------------------------------------------- the run
@@ -214,7 +263,9 @@ class Sweep:
         try:
             problems = check_schedulable(self.spec, self.rungs, alive_node_resources())
             if problems:
-                raise SpecError("this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems))
+                raise SpecError(
+                    "this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems)
+                )
             self.lock.acquire()
             previous = self._on_sigterm()
             try:
@@ -245,8 +296,12 @@ class Sweep:
         """Make each rung's MLflow run hold exactly its disk record (orchestrator.reconcile)."""
         import ray
 
-        runs = {k: (RungPaths.for_rung(rr.rung, self.root), rr.run_id) for k, rr in self.runs.items()
-                if keys is None or k in keys}
+        runs = {
+            k: (RungPaths.for_rung(rr.rung, self.root), rr.run_id)
+            for k, rr in self.runs.items()
+            if keys is None or k in keys
+        }
+
         def reconciler(run_id, points):
             return ray.get(self.tracker.reconcile.remote(run_id, points))
 
@@ -267,17 +322,31 @@ class Sweep:
 
         address = address or self.spec.cluster.address
         quiet = os.environ.get("SWEEP4D_WORKER_LOGS", "0") != "1"
-        env = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        env = {
+            "env_vars": {
+                "PYTHONWARNINGS": "ignore",
+                "RAY_TRAIN_V2_ENABLED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        }
         if address:
             self.say(f"connecting to the Ray cluster at {address}")
             ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
         else:
             # "local" starts a fresh cluster even when a `ray start` cluster runs on this machine,
             # which a bare ray.init() would silently join.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
-                     logging_level=logging.WARNING, runtime_env=env)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=not quiet,
+                logging_level=logging.WARNING,
+                runtime_env=env,
+            )
         res = ray.cluster_resources()
-        self.say(f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+        self.say(
+            f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+        )
 
     def _open_tracking(self) -> None:
         import ray
@@ -293,20 +362,47 @@ class Sweep:
         # dies and retries the calls it had not answered (its writes are idempotent).
         actor = ray.remote(num_cpus=0, max_restarts=TRACKER_RESTARTS, max_task_retries=-1)(Tracker)
         self.tracker = actor.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(uri, artifacts)
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        ).remote(uri, artifacts)
         self.tracker_incarnation = ray.get(self.tracker.ping.remote())
         commit = git_commit()
-        self.parent = ray.get(self.tracker.sweep_run.remote(
-            spec.name, {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit}, {"spec": str(self.spec_path), "rungs": len(spec.ladder)}))
-        write_json(self.paths.sweep_json, {"spec": str(Path(self.spec_path).resolve()), "spec_hash": spec.spec_hash(),
-                                             "tracking_uri": uri, "parent_run_id": self.parent, "started": time.time(),
-                                             "resolved": spec.model_dump(mode="json")})
+        self.parent = ray.get(
+            self.tracker.sweep_run.remote(
+                spec.name,
+                {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit},
+                {"spec": str(self.spec_path), "rungs": len(spec.ladder)},
+            )
+        )
+        write_json(
+            self.paths.sweep_json,
+            {
+                "spec": str(Path(self.spec_path).resolve()),
+                "spec_hash": spec.spec_hash(),
+                "tracking_uri": uri,
+                "parent_run_id": self.parent,
+                "started": time.time(),
+                "resolved": spec.model_dump(mode="json"),
+            },
+        )
         ray.get(self.tracker.log_artifact.remote(self.parent, str(self.paths.sweep_json), "spec"))
         for r in self.rungs:
-            run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)))
+            run_id = ray.get(
+                self.tracker.rung_run.remote(
+                    spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)
+                )
+            )
             paths = RungPaths.for_rung(r, self.root)
-            write_json(paths.info, {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
-                                               "git_commit": commit, "mlflow_run_id": run_id})
+            write_json(
+                paths.info,
+                {
+                    "key": r.key,
+                    "hash": r.hash,
+                    "identity": r.identity(),
+                    "config": r.to_dict(),
+                    "git_commit": commit,
+                    "mlflow_run_id": run_id,
+                },
+            )
             self.runs[r.key] = RungRun(r, run_id)
 
     # -------------------------------------------------------- the loop
@@ -323,7 +419,9 @@ class Sweep:
                 self.lock.beat()
                 self._watch_tracker()
                 running = [rr for rr in self.runs.values() if rr.state == "running"]
-                for rr in [q for q in queue if q.state == "pending"][: max(0, self.max_concurrent - len(running))]:
+                for rr in [q for q in queue if q.state == "pending"][
+                    : max(0, self.max_concurrent - len(running))
+                ]:
                     self._start_rung(rr)
                 for rr in running:
                     self._announce_restarts(rr)
@@ -335,14 +433,19 @@ class Sweep:
                     self._recount()
                 if display:
                     display(self.snapshot())
-                if all(rr.state in ("done", "failed") for rr in self.runs.values()) and not self._pending_evals():
+                if (
+                    all(rr.state in ("done", "failed") for rr in self.runs.values())
+                    and not self._pending_evals()
+                ):
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the flush short
             by = "SIGTERM" if self.stop_signal else "the user"
-            self.say(f"interrupted by {by}: stopping launches, cancelling evals, flushing MLflow; "
-                     "rungs resume from their last checkpoint next time")
+            self.say(
+                f"interrupted by {by}: stopping launches, cancelling evals, flushing MLflow; "
+                "rungs resume from their last checkpoint next time"
+            )
             for job in self.jobs.values():
                 if job.ref is not None:
                     ray.cancel(job.ref, force=True)
@@ -432,19 +535,36 @@ class Sweep:
                     continue
                 job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
                 export = RungPaths.for_rung(rr.rung, self.root).checkpoint(step)
-                job.ref = remote.remote(str(export), task, mode, ev.readout_for(task).model_dump(), self.spec.data.model_dump(), ev.cpus)
+                job.ref = remote.remote(
+                    str(export),
+                    task,
+                    mode,
+                    ev.readout_for(task).model_dump(),
+                    self.spec.data.model_dump(),
+                    ev.cpus,
+                )
                 job.attempts += 1
                 job.started = time.time()
                 # attempts: this driver's tries (the retry budget); starts: every start, across drivers
                 # (a killed driver's "running" record counts), so a readout trained twice shows.
-                write_json(path, {"state": "running", "attempts": job.attempts,
-                                  "starts": rec.get("starts", 0) + 1, "started": job.started})
+                write_json(
+                    path,
+                    {
+                        "state": "running",
+                        "attempts": job.attempts,
+                        "starts": rec.get("starts", 0) + 1,
+                        "started": job.started,
+                    },
+                )
 
     def _recount(self) -> None:
         """Eval counts per rung, from the records on disk (the source of truth)."""
         for rr in self.runs.values():
             wanted = self._wanted(rr)
-            recs = [read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {} for s, t, m in wanted]
+            recs = [
+                read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
+                for s, t, m in wanted
+            ]
             rr.evals_total = len(wanted)
             rr.evals_done = sum(r.get("state") == "done" for r in recs)
             rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
@@ -465,13 +585,20 @@ class Sweep:
             except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 if job.attempts < EVAL_ATTEMPTS:
-                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying")
-                    write_json(path, {"state": "retry", "attempts": job.attempts, "starts": starts,
-                                      "reason": reason})
+                    self.say(
+                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying"
+                    )
+                    write_json(
+                        path, {"state": "retry", "attempts": job.attempts, "starts": starts, "reason": reason}
+                    )
                 else:
-                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}")
-                    write_json(path, {"state": "failed", "attempts": job.attempts, "starts": starts,
-                                      "reason": reason})
+                    self.say(
+                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}"
+                    )
+                    write_json(
+                        path,
+                        {"state": "failed", "attempts": job.attempts, "starts": starts, "reason": reason},
+                    )
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
             rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}
@@ -494,7 +621,9 @@ class Sweep:
         # A checkpoint sealed after the last submit pass still needs its evals.
         for rr in self.runs.values():
             for s, t, m in self._wanted(rr):
-                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get("state") not in ("done", "failed"):
+                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get(
+                    "state"
+                ) not in ("done", "failed"):
                     return True
         return False
 
@@ -521,11 +650,22 @@ class Sweep:
             rate = prog.get("clips_per_s")
             state = read_rung_state(rr.rung, self.root, driver_alive=True)  # this process is the driver
             eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and state == "running" else None
-            rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps,
-                         "loss": prog.get("loss"), "clips_per_s": rate, "eta_s": eta,
-                         "evals_done": rr.evals_done, "evals_total": rr.evals_total,
-                         "evals_failed": rr.evals_failed, "restarts": restart_count(paths),
-                         "reason": rr.reason})
+            rows.append(
+                {
+                    "rung": rr.rung.key,
+                    "state": state,
+                    "step": step,
+                    "total": rr.rung.steps,
+                    "loss": prog.get("loss"),
+                    "clips_per_s": rate,
+                    "eta_s": eta,
+                    "evals_done": rr.evals_done,
+                    "evals_total": rr.evals_total,
+                    "evals_failed": rr.evals_failed,
+                    "restarts": restart_count(paths),
+                    "reason": rr.reason,
+                }
+            )
         return rows
 
     def summary(self) -> dict:
@@ -536,9 +676,19 @@ class Sweep:
         for rr in self.runs.values():
             st = read_json(RungPaths.for_rung(rr.rung, self.root).status) or {}
             gpu_hours += st.get("train_s", 0) * rr.rung.gpus / 3600
-            rows.append({"rung": rr.rung.key, "state": rr.state, "reason": rr.reason, "wait_s": st.get("wait_s"),
-                         "train_s": st.get("train_s"), "evals_done": rr.evals_done, "evals_total": rr.evals_total,
-                         "evals_failed": rr.evals_failed, "failures": rr.failures})
+            rows.append(
+                {
+                    "rung": rr.rung.key,
+                    "state": rr.state,
+                    "reason": rr.reason,
+                    "wait_s": st.get("wait_s"),
+                    "train_s": st.get("train_s"),
+                    "evals_done": rr.evals_done,
+                    "evals_total": rr.evals_total,
+                    "evals_failed": rr.evals_failed,
+                    "failures": rr.failures,
+                }
+            )
         for rr in self.runs.values():
             for s, t, m in self._wanted(rr):
                 rec = read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}

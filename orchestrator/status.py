@@ -43,8 +43,12 @@ def rung_state(status: dict, rank0: dict, *, trained: bool, driver_alive: bool) 
 
 def read_rung_state(rung: RungConfig, runs_root: Path, driver_alive: bool) -> str:
     paths = RungPaths.for_rung(rung, runs_root)
-    return rung_state(read_json(paths.status) or {}, read_json(paths.worker(0)) or {},
-                      trained=ckpt.is_trained(rung, runs_root), driver_alive=driver_alive)
+    return rung_state(
+        read_json(paths.status) or {},
+        read_json(paths.worker(0)) or {},
+        trained=ckpt.is_trained(rung, runs_root),
+        driver_alive=driver_alive,
+    )
 
 
 def restart_count(paths: RungPaths) -> int:
@@ -74,8 +78,18 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         rate = prog.get("clips_per_s")
         fresh = time.time() - prog.get("time", 0) < 120
         eta = (r.steps - step) * r.batch_size / rate if state == "running" and rate and fresh else None
-        rows.append({"rung": r.key, "state": state, "step": step, "total": r.steps,
-                     "last_checkpoint": sealed[-1].step if sealed else None,
-                     "evals_done": sum(rec.get("state") == "done" for rec in recs), "evals_total": len(evals),
-                     "restarts": restart_count(paths), "failures": failures, "eta_s": eta})
+        rows.append(
+            {
+                "rung": r.key,
+                "state": state,
+                "step": step,
+                "total": r.steps,
+                "last_checkpoint": sealed[-1].step if sealed else None,
+                "evals_done": sum(rec.get("state") == "done" for rec in recs),
+                "evals_total": len(evals),
+                "restarts": restart_count(paths),
+                "failures": failures,
+                "eta_s": eta,
+            }
+        )
     return rows

@@ -107,8 +107,9 @@ def system_metrics(device: torch.device) -> dict[str, float]:
     return out
 
 
-def step_metrics(rung: RungConfig, loss: float, lr: float, grad_norm, seconds: float, world: int,
-                 peak: float | None) -> dict[str, float]:
+def step_metrics(
+    rung: RungConfig, loss: float, lr: float, grad_norm, seconds: float, world: int, peak: float | None
+) -> dict[str, float]:
     """One optimiser step's training metrics, under their MLflow names."""
     flops_step = flops_per_clip(rung.model).train * rung.batch_size
     metrics = {
@@ -208,16 +209,23 @@ class MetricSinks:
     `mlflow` is a RunLog (or anything with its three methods), or None to skip MLflow.
     """
 
-    def __init__(self, paths: RungPaths, total_steps: int, device: torch.device, mlflow=None,
-                 logged: dict[str, int] | None = None):
+    def __init__(
+        self,
+        paths: RungPaths,
+        total_steps: int,
+        device: torch.device,
+        mlflow=None,
+        logged: dict[str, int] | None = None,
+    ):
         self.paths, self.total, self.device, self.mlflow = paths, total_steps, device, mlflow
         self.logged = dict(logged or {})  # metric key -> highest step MLflow already holds
         self.last_system = 0.0
         system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
 
     @classmethod
-    def open(cls, paths: RungPaths, total_steps: int, device: torch.device, mlflow,
-             resumed_from: int) -> MetricSinks:
+    def open(
+        cls, paths: RungPaths, total_steps: int, device: torch.device, mlflow, resumed_from: int
+    ) -> MetricSinks:
         keep_steps_upto(paths.metrics, resumed_from)
         keep_steps_upto(paths.system, resumed_from)
         logged = mlflow.last_steps() if mlflow is not None else {}  # once, not every step
@@ -237,8 +245,16 @@ class MetricSinks:
             if system:
                 self._to_mlflow(system, step)
             self._to_mlflow(finite, step)  # the same points as the disk record
-        write_json(self.paths.progress, {"step": step, "total": self.total, "loss": loss,
-                                         "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
+        write_json(
+            self.paths.progress,
+            {
+                "step": step,
+                "total": self.total,
+                "loss": loss,
+                "clips_per_s": metrics["train/clips_per_s"],
+                "time": time.time(),
+            },
+        )
 
     def _to_mlflow(self, metrics: dict[str, float], step: int) -> None:
         new = {k: v for k, v in metrics.items() if step > self.logged.get(k, 0)}
@@ -319,8 +335,9 @@ def build_engine(worker: Worker):
     groups = param_groups(model, o.lr, o.weight_decay)  # the first group is at the base LR (the one logged)
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, fused=worker.gpu)
     schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, rung=rung))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                                   config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+    )
     return engine, scheduler
 
 
@@ -343,8 +360,16 @@ def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Sta
     if found is not None:
         print(f"[{key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
     restart = note_restart(paths, launch, step, max_failures)
-    write_json(paths.resume, {"step": step, "warnings": warnings, "time": time.time(), "launch": launch,
-                              "attempt": restart["attempt"] if restart else 0})
+    write_json(
+        paths.resume,
+        {
+            "step": step,
+            "warnings": warnings,
+            "time": time.time(),
+            "launch": launch,
+            "attempt": restart["attempt"] if restart else 0,
+        },
+    )
     return Start(step, restart)
 
 
@@ -354,11 +379,19 @@ def record_worker(engine, worker: Worker, start: int) -> None:
 
     params = engine.module.parameters()
     local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
-    write_json(worker.paths.worker(worker.rank), {
-        "rank": worker.rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": os.uname().nodename, "local_param_elements": local,
-        "total_param_elements": worker.rung.total_params, "start_step": start, "time": time.time(),
-    })
+    write_json(
+        worker.paths.worker(worker.rank),
+        {
+            "rank": worker.rank,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": os.uname().nodename,
+            "local_param_elements": local,
+            "total_param_elements": worker.rung.total_params,
+            "start_step": start,
+            "time": time.time(),
+        },
+    )
 
 
 def batches(worker: Worker, start: int):
@@ -381,8 +414,11 @@ def train_step(engine, worker: Worker, step: int, clips: torch.Tensor) -> float:
     loss_sum = torch.zeros((), device=device)
     for i in range(0, per_rank, micro):
         video = normalize_video(clips[i : i + micro].to(device, non_blocking=True)).to(worker.dtype)
-        loss = engine(video, visible[i : i + micro].to(device, non_blocking=True),
-                      masked[i : i + micro].to(device, non_blocking=True))
+        loss = engine(
+            video,
+            visible[i : i + micro].to(device, non_blocking=True),
+            masked[i : i + micro].to(device, non_blocking=True),
+        )
         engine.backward(loss)
         engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
         loss_sum += loss.detach().float()
@@ -438,8 +474,9 @@ def train_loop(config: dict) -> None:
 def probe_features(engine, rung: RungConfig) -> dict[str, torch.Tensor]:
     """The engine's own features for one fixed clip, kept to check the export against."""
     gen = torch.Generator().manual_seed(rung.seed)
-    video = torch.randint(0, 256, (1, rung.model.frames, rung.model.size, rung.model.size, 3), generator=gen,
-                          dtype=torch.uint8)
+    video = torch.randint(
+        0, 256, (1, rung.model.frames, rung.model.size, rung.model.size, 3), generator=gen, dtype=torch.uint8
+    )
     every = torch.arange(rung.model.num_tokens)[None]
     engine.eval()
     with torch.no_grad():
@@ -474,6 +511,9 @@ def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
             save_file(probe, str(staging / EXPORT / PROBE))
         ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": worker.world, "time": time.time()})
     dist.barrier()
-    train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
-                 checkpoint_dir_name=f"checkpoints/step_{step:08d}",
-                 checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+    train.report(
+        metrics,
+        checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
+        checkpoint_dir_name=f"checkpoints/step_{step:08d}",
+        checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+    )

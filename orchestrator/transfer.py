@@ -36,8 +36,12 @@ class CoordRow:
 
 def widened(shape: ViTShape, width: int, head_dim: int) -> ViTShape:
     """`shape` at another width: head dim fixed (heads grow), MLP ratio kept."""
-    return ViTShape(width=width, depth=shape.depth, mlp=round(shape.mlp * width / shape.width),
-                    heads=max(1, width // head_dim))
+    return ViTShape(
+        width=width,
+        depth=shape.depth,
+        mlp=round(shape.mlp * width / shape.width),
+        heads=max(1, width // head_dim),
+    )
 
 
 def _kind(name: str) -> str | None:
@@ -52,7 +56,9 @@ def _kind(name: str) -> str | None:
     return {"decoder.embed": "decoder_embed", "decoder.head": "decoder_head"}.get(name)
 
 
-def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int) -> dict[str, float]:
+def _train_and_measure(
+    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int
+) -> dict[str, float]:
     torch.manual_seed(0)
     model = VideoMAE(cfg)
     o = spec.pretraining.optimizer
@@ -63,6 +69,7 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
     def hook(kind):
         def record(_module, _inputs, output):
             seen.setdefault(kind, []).append(output.detach().float().pow(2).mean().sqrt().item())
+
         return record
 
     handles = [m.register_forward_hook(hook(k)) for n, m in model.named_modules() if (k := _kind(n))]
@@ -80,8 +87,9 @@ def _train_and_measure(cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, b
     return {k: (v[-1] if k == "encoder_out" else float(np.mean(v))) for k, v in seen.items()}
 
 
-def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None,
-                     batch: int = 8, log=print) -> list[CoordRow]:
+def coordinate_check(
+    spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None, batch: int = 8, log=print
+) -> list[CoordRow]:
     """Rows for both parametrisations at the same base LR (the spec's unless `lr` is given)."""
     base = spec.rung(rung_name(spec.base_rung())).model
     lr = lr or spec.pretraining.optimizer.lr
@@ -94,9 +102,12 @@ def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: fl
         sizes: dict[int, dict[str, float]] = {}
         for w in widths:
             dec_w = max(dec_head, round(base.decoder.width * scale[w] / dec_head) * dec_head)
-            cfg = replace(base, encoder=widened(base.encoder, w, enc_head),
-                          decoder=widened(base.decoder, dec_w, dec_head),
-                          mup=MupBase(base.encoder, base.decoder) if par == "mup" else None)
+            cfg = replace(
+                base,
+                encoder=widened(base.encoder, w, enc_head),
+                decoder=widened(base.decoder, dec_w, dec_head),
+                mup=MupBase(base.encoder, base.decoder) if par == "mup" else None,
+            )
             log(f"check-transfer: {par} width {w} ({steps} steps at lr {lr:g})")
             sizes[w] = _train_and_measure(cfg, spec, lr, steps, batch)
         x = np.log(widths)
@@ -105,4 +116,3 @@ def coordinate_check(spec: SweepSpec, widths: list[int], steps: int = 10, lr: fl
             slope = float(np.polyfit(x, np.log([rms[w] for w in widths]), 1)[0])
             rows.append(CoordRow(par, kind, rms, slope if math.isfinite(slope) else float("nan")))
     return rows
-

@@ -92,9 +92,17 @@ class Form:
 _FORMS = {
     "powerlaw": Form("powerlaw", ("log_a0", "b"), _powerlaw, (-np.inf, -10.0), (np.inf, 10.0)),
     # b ≥ 0: the quantity decreases with size; c = e^lc ≥ 0 is the floor it saturates to.
-    "saturating": Form("saturating", ("log_a0", "b", "log_c"), _saturating, (-np.inf, 0.0, -30.0), (np.inf, 10.0, np.inf)),
+    "saturating": Form(
+        "saturating", ("log_a0", "b", "log_c"), _saturating, (-np.inf, 0.0, -30.0), (np.inf, 10.0, np.inf)
+    ),
     # α, β ≥ 0: more parameters or data never hurt in this form.
-    "chinchilla": Form("chinchilla", ("a", "b", "e", "alpha", "beta"), _chinchilla, (-np.inf,) * 3 + (0.0, 0.0), (np.inf,) * 5),
+    "chinchilla": Form(
+        "chinchilla",
+        ("a", "b", "e", "alpha", "beta"),
+        _chinchilla,
+        (-np.inf,) * 3 + (0.0, 0.0),
+        (np.inf,) * 5,
+    ),
 }
 
 
@@ -114,7 +122,9 @@ def _size_grid(form: str, logq: np.ndarray) -> np.ndarray:
     """Data-scaled starts for the size laws (few parameters: a small grid is plenty)."""
     mid = float(np.median(logq))
     if form == "powerlaw":
-        return np.array([[mid + da, b] for da in (-1.0, 0.0, 1.0) for b in (-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0)])
+        return np.array(
+            [[mid + da, b] for da in (-1.0, 0.0, 1.0) for b in (-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0)]
+        )
     qmin, qmed = float(np.exp(logq.min())), float(np.exp(mid))
     starts = []
     for frac in (1e-3, 0.3, 0.6, 0.9):
@@ -166,13 +176,23 @@ def _fit_theta(form: Form, cols, logq, w, s, delta, starts, polish: int = 3) -> 
 
     x, f = minimize_batch(fun, starts.reshape(T * S, k), lower, upper, gtol=1e-6, ftol=1e-10)
     x, f = x.reshape(T, S, k), np.where(np.isfinite(f), f, np.inf).reshape(T, S)
-    bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(lower, upper, strict=True)]
+    bounds = [
+        (None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
+        for lo, hi in zip(lower, upper, strict=True)
+    ]
     out = x[np.arange(T), np.argmin(f, 1)]
     for t in range(T if polish else 0):
         best = None
         for i in np.argsort(f[t])[:polish]:
-            res = minimize(_objective_scipy, x[t, i], args=(form, cols, logq[t], w[t], delta, s[t]), jac=True,
-                           method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000})
+            res = minimize(
+                _objective_scipy,
+                x[t, i],
+                args=(form, cols, logq[t], w[t], delta, s[t]),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=bounds,
+                options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000},
+            )
             if best is None or res.fun < best.fun:
                 best = res
         out[t] = best.x
@@ -223,7 +243,13 @@ def _natural(form: str, theta: np.ndarray, x0: float) -> dict[str, np.ndarray]:
         return {"a": np.exp(t[..., 0] - t[..., 1] * x0), "b": t[..., 1]}
     if form == "saturating":
         return {"a": np.exp(t[..., 0] + t[..., 1] * x0), "b": t[..., 1], "c": np.exp(t[..., 2])}
-    return {"E": np.exp(t[..., 2]), "A": np.exp(t[..., 0]), "B": np.exp(t[..., 1]), "alpha": t[..., 3], "beta": t[..., 4]}
+    return {
+        "E": np.exp(t[..., 2]),
+        "A": np.exp(t[..., 0]),
+        "B": np.exp(t[..., 1]),
+        "alpha": t[..., 3],
+        "beta": t[..., 4],
+    }
 
 
 def fitted_quantity(form: str, y, higher_is_better: bool, bounded: bool = False) -> tuple[np.ndarray, str]:
@@ -235,7 +261,9 @@ def fitted_quantity(form: str, y, higher_is_better: bool, bounded: bool = False)
     y = np.asarray(y, float)
     if form == "chinchilla" or not higher_is_better:
         if bounded and form != "chinchilla" and not np.all((y >= 0) & (y <= 1)):
-            raise FitError(f"{form}: this bounded metric has values outside [0, 1] (give bounded metrics as fractions)")
+            raise FitError(
+                f"{form}: this bounded metric has values outside [0, 1] (give bounded metrics as fractions)"
+            )
         return y, "value"
     if form == "powerlaw" and not bounded:
         return y, "value"
@@ -291,9 +319,18 @@ def fit(
             raise FitError("chinchilla needs D (clips or tokens seen) for every point")
         D = np.asarray(D, float).ravel()
         return _fit_chinchilla(N, D, y, huber_delta, bootstrap, seed, grid, extrapolate)
-    out = fit_many(form, N, y[None], higher_is_better=higher_is_better, bounded=bounded,
-                   se=None if se is None else np.asarray(se, float).ravel()[None],
-                   huber_delta=huber_delta, bootstrap=bootstrap, seed=seed, polish=3)[0]
+    out = fit_many(
+        form,
+        N,
+        y[None],
+        higher_is_better=higher_is_better,
+        bounded=bounded,
+        se=None if se is None else np.asarray(se, float).ravel()[None],
+        huber_delta=huber_delta,
+        bootstrap=bootstrap,
+        seed=seed,
+        polish=3,
+    )[0]
     if extrapolate:
         out.extrapolation = _leave_largest_out(form, N, y, higher_is_better, bounded, se, huber_delta)
     return out
@@ -328,15 +365,21 @@ def fit_many(
     q, target = fitted_quantity(form, np.where(use, Y, 0.5), higher_is_better, bounded)
     bad = _check(q, N) & use
     if bad.any():
-        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) "
-                       "cannot be fitted in log space")
+        raise FitError(
+            f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) "
+            "cannot be fitted in log space"
+        )
     counts = [np.unique(N[u]).size for u in use]
     if min(counts) < MIN_RUNGS:
         raise FitError(f"needs at least {MIN_RUNGS} rungs, got {min(counts)}")
     logq = np.log(np.where(use, q, 1.0))
     w = use.astype(float)
     # Eval noise in log space: se / q. Its relative size weights the points; its level is the noise.
-    sig = None if se is None else np.where(use, np.broadcast_to(np.asarray(se, float), (T, n)) / np.where(use, q, 1.0), 1.0)
+    sig = (
+        None
+        if se is None
+        else np.where(use, np.broadcast_to(np.asarray(se, float), (T, n)) / np.where(use, q, 1.0), 1.0)
+    )
     if sig is not None and not (np.isfinite(sig) & (sig > 0))[use].all():
         raise FitError("every standard error must be a positive number")
     s = np.ones((T, n)) if sig is None else sig / np.array([sig[t][use[t]].mean() for t in range(T)])[:, None]
@@ -353,16 +396,30 @@ def fit_many(
     sigma_hat = np.sqrt((resid**2 / s**2).sum(1) / np.maximum(df, 1))  # per fit, in units of s
     boot = noise = None
     if bootstrap:
-        boot, noise = _parametric_bootstrap(spec, cols, p, w, s, sig, sigma_hat, df, theta, huber_delta, bootstrap, seed)
+        boot, noise = _parametric_bootstrap(
+            spec, cols, p, w, s, sig, sigma_hat, df, theta, huber_delta, bootstrap, seed
+        )
     fits = []
     for t in range(T):
         u = use[t]
         r = resid[t][u]
         lq = logq[t][u]
         r2 = 1.0 - float((r**2).sum() / max(((lq - lq.mean()) ** 2).sum(), 1e-300))
-        f = Fit(form, {k_: float(v) for k_, v in _natural(form, theta[t], x0).items()}, {}, huber_loss(r, huber_delta),
-                huber_delta, int(npts[t]), int(counts[t]), target, x0, [float(v) for v in theta[t]], r2,
-                [float(v) for v in r], bounded=bounded)
+        f = Fit(
+            form,
+            {k_: float(v) for k_, v in _natural(form, theta[t], x0).items()},
+            {},
+            huber_loss(r, huber_delta),
+            huber_delta,
+            int(npts[t]),
+            int(counts[t]),
+            target,
+            x0,
+            [float(v) for v in theta[t]],
+            r2,
+            [float(v) for v in r],
+            bounded=bounded,
+        )
         if sig is not None:
             f.sigma, f.sigma_from = float(np.median(sig[t][u])), "se"
         elif df[t] > 0:
@@ -370,10 +427,15 @@ def fit_many(
         if boot is not None and np.isfinite(boot[t]).all():
             f.boot, f.noise = boot[t].tolist(), noise[t].tolist()
             lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-            f.ci = {k_: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k_, v in _natural(form, boot[t], x0).items()}
+            f.ci = {
+                k_: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+                for k_, v in _natural(form, boot[t], x0).items()
+            }
         elif bootstrap:
-            f.notes.append(f"no interval: {int(npts[t])} points leave no degree of freedom to estimate the noise "
-                           f"of a {k}-parameter law (give eval standard errors, or more rungs)")
+            f.notes.append(
+                f"no interval: {int(npts[t])} points leave no degree of freedom to estimate the noise "
+                f"of a {k}-parameter law (give eval standard errors, or more rungs)"
+            )
         fits.append(f)
     return fits
 
@@ -401,7 +463,9 @@ def _parametric_bootstrap(spec: Form, cols, p, w, s, sig, sigma_hat, df, theta, 
 
     # Warm starts converge in tens of iterations; the cap only trims a slow tail of
     # resamples sitting on a Huber kink, which moves the percentiles by nothing visible.
-    x, _ = minimize_batch(fun, np.repeat(theta, n, axis=0), np.array(spec.lower), np.array(spec.upper), maxiter=300)
+    x, _ = minimize_batch(
+        fun, np.repeat(theta, n, axis=0), np.array(spec.lower), np.array(spec.upper), maxiter=300
+    )
     x = x.reshape(T, n, -1)
     if sig is None:
         x[df <= 0] = np.nan
@@ -412,8 +476,10 @@ def _fit_chinchilla(N, D, y, delta, bootstrap, seed, grid, extrapolate) -> Fit:
     spec = _FORMS["chinchilla"]
     bad = _check(y, N, D)
     if bad.any():
-        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity (value) "
-                       "cannot be fitted in log space")
+        raise FitError(
+            f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity (value) "
+            "cannot be fitted in log space"
+        )
     rungs = np.unique(N)
     if rungs.size < MIN_RUNGS:
         raise FitError(f"needs at least {MIN_RUNGS} rungs, got {rungs.size}")
@@ -425,14 +491,28 @@ def _fit_chinchilla(N, D, y, delta, bootstrap, seed, grid, extrapolate) -> Fit:
     p, _ = spec.model(theta, cols)
     resid = p - logq
     r2 = 1.0 - float((resid**2).sum() / max(((logq - logq.mean()) ** 2).sum(), 1e-300))
-    out = Fit("chinchilla", {k: float(v) for k, v in _natural("chinchilla", theta, 0.0).items()}, {},
-              huber_loss(resid, delta), delta, int(N.size), int(rungs.size), "value", 0.0,
-              [float(t) for t in theta], r2, [float(r) for r in resid])
+    out = Fit(
+        "chinchilla",
+        {k: float(v) for k, v in _natural("chinchilla", theta, 0.0).items()},
+        {},
+        huber_loss(resid, delta),
+        delta,
+        int(N.size),
+        int(rungs.size),
+        "value",
+        0.0,
+        [float(t) for t in theta],
+        r2,
+        [float(r) for r in resid],
+    )
     if bootstrap:
         boot = _resample_points(spec, cols, logq, delta, theta, bootstrap, seed)
         out.boot = boot.tolist()
         lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-        out.ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in _natural("chinchilla", boot, 0.0).items()}
+        out.ci = {
+            k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+            for k, v in _natural("chinchilla", boot, 0.0).items()
+        }
     if extrapolate:
         out.extrapolation = _chinchilla_leave_largest_out(N, D, y, delta, grid)
     return out
@@ -448,7 +528,9 @@ def _resample_points(spec: Form, cols, logq, delta, theta, n, seed) -> np.ndarra
     def fun(x, rows):
         return _objective(spec, x, cols, logq, W[rows], delta)
 
-    x, _ = minimize_batch(fun, np.tile(theta, (n, 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300)
+    x, _ = minimize_batch(
+        fun, np.tile(theta, (n, 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300
+    )
     return x
 
 
@@ -458,14 +540,28 @@ def _leave_largest_out(form, N, y, hib, bounded, se, delta) -> dict:
     keep = N < largest
     base = {"held_out_N": float(largest)}
     try:
-        f = fit(form, N[keep], y[keep], higher_is_better=hib, bounded=bounded,
-                se=None if se is None else np.asarray(se, float)[keep], huber_delta=delta, bootstrap=0, extrapolate=False)
+        f = fit(
+            form,
+            N[keep],
+            y[keep],
+            higher_is_better=hib,
+            bounded=bounded,
+            se=None if se is None else np.asarray(se, float)[keep],
+            huber_delta=delta,
+            bootstrap=0,
+            extrapolate=False,
+        )
     except FitError as e:
         return base | {"error": f"not computed: without the largest rung, {e}"}
     pred = float(predict(f, largest)[0][0])
     actual = float(np.mean(y[~keep]))
     mean_abs = abs(pred - actual) / abs(actual)
-    return base | {"predicted": pred, "actual": actual, "rel_error": (pred - actual) / abs(actual), "mean_abs_rel_error": mean_abs}
+    return base | {
+        "predicted": pred,
+        "actual": actual,
+        "rel_error": (pred - actual) / abs(actual),
+        "mean_abs_rel_error": mean_abs,
+    }
 
 
 def _chinchilla_leave_largest_out(N, D, y, delta, grid) -> dict:
@@ -482,7 +578,12 @@ def _chinchilla_leave_largest_out(N, D, y, delta, grid) -> dict:
     actual = float(y[last])
     all_pred = predict(f, N[held], D[held])[0]
     mean_abs = float(np.mean(np.abs(all_pred - y[held]) / np.abs(y[held])))
-    return base | {"predicted": pred, "actual": actual, "rel_error": (pred - actual) / abs(actual), "mean_abs_rel_error": mean_abs}
+    return base | {
+        "predicted": pred,
+        "actual": actual,
+        "rel_error": (pred - actual) / abs(actual),
+        "mean_abs_rel_error": mean_abs,
+    }
 
 
 def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -512,7 +613,9 @@ def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray,
 # ------------------------------------------------------------------ backtest, selection
 
 
-def backtest_many(form: str, N, Y, *, se=None, bootstrap: int = 200, seed: int = 0, **kw) -> dict[str, np.ndarray]:
+def backtest_many(
+    form: str, N, Y, *, se=None, bootstrap: int = 200, seed: int = 0, **kw
+) -> dict[str, np.ndarray]:
     """Expanding-window backtest of T data sets Y (T, n) at sizes N: for every k that leaves
     at least MIN_RUNGS rungs to fit, fit on the smallest k rungs and predict rung k + 1.
 
@@ -528,9 +631,17 @@ def backtest_many(form: str, N, Y, *, se=None, bootstrap: int = 200, seed: int =
     if not ks:
         return {"predicted": empty, "lo": empty, "hi": empty, "actual": empty, "held_N": np.empty(0)}
     mask = np.stack([N <= rungs[k - 1] for k in ks])  # (W, n)
-    fits = fit_many(form, N, np.repeat(Y, len(ks), axis=0), np.tile(mask, (T, 1)),
-                    se=None if se is None else np.repeat(np.broadcast_to(se, Y.shape), len(ks), axis=0),
-                    bootstrap=bootstrap, seed=seed, polish=0, **kw)
+    fits = fit_many(
+        form,
+        N,
+        np.repeat(Y, len(ks), axis=0),
+        np.tile(mask, (T, 1)),
+        se=None if se is None else np.repeat(np.broadcast_to(se, Y.shape), len(ks), axis=0),
+        bootstrap=bootstrap,
+        seed=seed,
+        polish=0,
+        **kw,
+    )
     out = np.array([[*predict(f, rungs[ks[i % len(ks)]])] for i, f in enumerate(fits)])[..., 0]  # (T·W, 3)
     actual = np.stack([Y[:, N == rungs[k]].mean(1) for k in ks], 1)
     pred, lo, hi = (out[:, j].reshape(T, len(ks)) for j in range(3))
@@ -540,17 +651,38 @@ def backtest_many(form: str, N, Y, *, se=None, bootstrap: int = 200, seed: int =
 def backtest(form: str, N, y, **kw) -> dict:
     """One series' backtest: every window, the mean absolute relative error of the
     predictions and the share of held-out rungs inside their 95% interval."""
-    b = backtest_many(form, N, np.asarray(y, float)[None], **{k: v for k, v in kw.items() if k != "se"},
-                      se=None if kw.get("se") is None else np.asarray(kw["se"], float)[None])
+    b = backtest_many(
+        form,
+        N,
+        np.asarray(y, float)[None],
+        **{k: v for k, v in kw.items() if k != "se"},
+        se=None if kw.get("se") is None else np.asarray(kw["se"], float)[None],
+    )
     pred, lo, hi, actual = (b[k][0] for k in ("predicted", "lo", "hi", "actual"))
     rel = (pred - actual) / np.abs(actual)
     has = np.isfinite(lo)
     inside = (lo <= actual) & (actual <= hi)
-    windows = [{"held_out_N": float(n), "fit_rungs": MIN_RUNGS + i, "predicted": float(p), "lo": float(a), "hi": float(z),
-                "actual": float(v), "rel_error": float(r), "inside": bool(ins) if h else None}
-               for i, (n, p, a, z, v, r, ins, h) in enumerate(zip(b["held_N"], pred, lo, hi, actual, rel, inside, has, strict=True))]
-    return {"windows": windows, "error": float(np.mean(np.abs(rel))) if rel.size else None,
-            "coverage": float(inside[has].mean()) if has.any() else None, "scored_windows": int(has.sum())}
+    windows = [
+        {
+            "held_out_N": float(n),
+            "fit_rungs": MIN_RUNGS + i,
+            "predicted": float(p),
+            "lo": float(a),
+            "hi": float(z),
+            "actual": float(v),
+            "rel_error": float(r),
+            "inside": bool(ins) if h else None,
+        }
+        for i, (n, p, a, z, v, r, ins, h) in enumerate(
+            zip(b["held_N"], pred, lo, hi, actual, rel, inside, has, strict=True)
+        )
+    ]
+    return {
+        "windows": windows,
+        "error": float(np.mean(np.abs(rel))) if rel.size else None,
+        "coverage": float(inside[has].mean()) if has.any() else None,
+        "scored_windows": int(has.sum()),
+    }
 
 
 def select_form(errors: dict[str, float | None]) -> tuple[str, str]:

@@ -33,7 +33,7 @@ def expand_forms(fits) -> list[str]:
     """The forms to fit: `auto` means every size law. Unknown names are a ReportError."""
     out: list[str] = []
     for f in fits:
-        for name in (SIZE_LAWS if f == AUTO else (f,)):
+        for name in SIZE_LAWS if f == AUTO else (f,):
             if name not in FORMS:
                 raise ReportError(f"unknown fit form {name!r}; choose from {AUTO}, {', '.join(FORMS)}")
             if name not in out:
@@ -86,7 +86,9 @@ def make_report(
     notes: list[str] = []
     failed = _failed_rungs(table, notes)
     if checkpoint == "best" and "split" not in table.columns:
-        notes.append("checkpoint=best needs a `split` column with validation rows; used each rung's final checkpoint")
+        notes.append(
+            "checkpoint=best needs a `split` column with validation rows; used each rung's final checkpoint"
+        )
     ok = table[~table["rung"].isin(failed) & table["metric"].notna() & ~table["metric"].map(is_baseline)]
     ok = ok[ok["value"].notna()]
     rungs = table.loc[~table["rung"].isin(failed)].groupby("rung")["params"].first().sort_values()
@@ -101,12 +103,30 @@ def make_report(
         if missing:
             notes.append(f"{label}: no value for rung(s) {', '.join(missing)}, which other metrics have")
         points = _size_points(g, checkpoint, hib)
-        s = {"task": task, "mode": mode, "metric": metric, "label": label, "higher_is_better": hib, "bounded": bounded,
-             "missing_rungs": missing, "points": _records(points, ["rung", "params", "train_flops", "step", "value", "se"]),
-             "fits": []}
+        s = {
+            "task": task,
+            "mode": mode,
+            "metric": metric,
+            "label": label,
+            "higher_is_better": hib,
+            "bounded": bounded,
+            "missing_rungs": missing,
+            "points": _records(points, ["rung", "params", "train_flops", "step", "value", "se"]),
+            "fits": [],
+        }
         for form in fits:
-            entry = _fit_one(form, g if form == "chinchilla" else points, x, hib, bounded, huber_delta, bootstrap, seed,
-                             label, notes)
+            entry = _fit_one(
+                form,
+                g if form == "chinchilla" else points,
+                x,
+                hib,
+                bounded,
+                huber_delta,
+                bootstrap,
+                seed,
+                label,
+                notes,
+            )
             s["fits"].append(entry)
             log(f"[{i}/{len(groups)}] {label} {form}: {_summary(entry)}")
         _select(s, target if x == "params" else None, notes)
@@ -116,17 +136,29 @@ def make_report(
 
     result = {
         "sweep": str(table["sweep"].iloc[0]) if len(table) else "",
-        "x": x, "huber_delta": huber_delta, "bootstrap": bootstrap, "seed": seed, "checkpoint": checkpoint,
+        "x": x,
+        "huber_delta": huber_delta,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "checkpoint": checkpoint,
         "rungs": [{"rung": r, "params": float(p)} for r, p in rungs.items()],
-        "failed_rungs": failed, "series": series, "notes": notes, "target": target,
+        "failed_rungs": failed,
+        "series": series,
+        "notes": notes,
+        "target": target,
     }
     if target is not None and x != "params":
         notes.append("--predict forecasts sizes; with x = train_flops no forecast was registered")
     elif target is not None:
-        measured = target["rung"] in rung_sizes if target["rung"] else any(
-            abs(n / target["N"] - 1) < forecasts.SAME_RUNG for n in rung_sizes.values())
+        measured = (
+            target["rung"] in rung_sizes
+            if target["rung"]
+            else any(abs(n / target["N"] - 1) < forecasts.SAME_RUNG for n in rung_sizes.values())
+        )
         if measured:
-            notes.append(f"{target['size']} already has results: a forecast of it is not a forecast, so none was registered")
+            notes.append(
+                f"{target['size']} already has results: a forecast of it is not a forecast, so none was registered"
+            )
         else:
             reg = forecasts.register(forecasts.registration(result, target), out, store)
             result["registration"] = {k: str(v) if isinstance(v, Path) else v for k, v in reg.items()}
@@ -158,7 +190,11 @@ def _failed_rungs(table: pd.DataFrame, notes: list[str]) -> list[str]:
     bad = table[table["status"].astype(str).str.lower() == FAILED]
     names = []
     for rung, g in bad.groupby("rung", sort=False):
-        why = g["failure"].dropna().astype(str).iloc[0] if "failure" in g and g["failure"].notna().any() else "no reason recorded"
+        why = (
+            g["failure"].dropna().astype(str).iloc[0]
+            if "failure" in g and g["failure"].notna().any()
+            else "no reason recorded"
+        )
         notes.append(f"rung {rung} failed ({why}); left out of every fit")
         names.append(str(rung))
     return names
@@ -187,7 +223,10 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, bounded, delta, bootstrap, seed, l
     if form == "chinchilla":
         entry["D"], D = _data_seen(pts)
         if D is None:
-            return entry | {"status": "not fitted", "reason": "chinchilla needs clips_seen, tokens or train_flops per checkpoint"}
+            return entry | {
+                "status": "not fitted",
+                "reason": "chinchilla needs clips_seen, tokens or train_flops per checkpoint",
+            }
         entry["points"] = _records(pts.assign(D=D), ["rung", "params", "step", "D", "value"])
     y = pts["value"].to_numpy(float)
     try:
@@ -198,21 +237,49 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, bounded, delta, bootstrap, seed, l
     if bad.any():
         excl = pts[bad]
         entry["excluded"] = _records(excl, ["rung", "step", "value"])
-        where = ", ".join(f"{r} (step {_fmt(s)}: {_fmt(v)})" for r, s, v in zip(excl["rung"], excl["step"], excl["value"], strict=True))
-        notes.append(f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; left out of this log-space fit")
+        where = ", ".join(
+            f"{r} (step {_fmt(s)}: {_fmt(v)})"
+            for r, s, v in zip(excl["rung"], excl["step"], excl["value"], strict=True)
+        )
+        notes.append(
+            f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; left out of this log-space fit"
+        )
     keep = ~bad
     # Eval standard errors, where the table has them for every point: weights and interval noise.
-    se = pts["se"].to_numpy(float)[keep] if form != "chinchilla" and "se" in pts and pts["se"].notna().all() else None
+    se = (
+        pts["se"].to_numpy(float)[keep]
+        if form != "chinchilla" and "se" in pts and pts["se"].notna().all()
+        else None
+    )
     try:
-        f = fit(form, N[keep], y[keep], None if D is None else D[keep], higher_is_better=hib, bounded=bounded, se=se,
-                huber_delta=delta, bootstrap=bootstrap, seed=seed)
+        f = fit(
+            form,
+            N[keep],
+            y[keep],
+            None if D is None else D[keep],
+            higher_is_better=hib,
+            bounded=bounded,
+            se=se,
+            huber_delta=delta,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
     except FitError as e:
         rungs = list(dict.fromkeys(pts.loc[keep].sort_values("params")["rung"]))
         return entry | {"status": "not fitted", "reason": f"{e} (usable rungs: {', '.join(rungs) or 'none'})"}
     entry |= {"status": "fitted", "fit": f.to_dict()}
     if form != "chinchilla":
-        entry["backtest"] = backtest(form, N[keep], y[keep], higher_is_better=hib, bounded=bounded, se=se, huber_delta=delta,
-                                     bootstrap=min(bootstrap, BACKTEST_BOOTSTRAP), seed=seed)
+        entry["backtest"] = backtest(
+            form,
+            N[keep],
+            y[keep],
+            higher_is_better=hib,
+            bounded=bounded,
+            se=se,
+            huber_delta=delta,
+            bootstrap=min(bootstrap, BACKTEST_BOOTSTRAP),
+            seed=seed,
+        )
     return entry
 
 
@@ -225,15 +292,27 @@ def _select(s: dict, target: dict | None, notes: list[str]) -> None:
     errors = {e["form"]: e["backtest"]["error"] for e in laws}
     form, why = select_form(errors)
     chosen = next(e for e in laws if e["form"] == form)
-    s["selection"] = {"form": form, "why": why, "errors": errors,
-                      "coverage": {e["form"]: e["backtest"]["coverage"] for e in laws}}
+    s["selection"] = {
+        "form": form,
+        "why": why,
+        "errors": errors,
+        "coverage": {e["form"]: e["backtest"]["coverage"] for e in laws},
+    }
     s["trend"] = trend(chosen["fit"], s["higher_is_better"])
     if target is None:
         return
     at = {e["form"]: [float(a[0]) for a in predict(e["fit"], target["N"])] for e in laws}
     v, lo, hi = at[form]
-    s["forecast"] = {"form": form, "N": target["N"], "size": target["size"], "rung": target["rung"], "value": v, "lo": lo,
-                     "hi": hi, "backtest_error": errors[form]}
+    s["forecast"] = {
+        "form": form,
+        "N": target["N"],
+        "size": target["size"],
+        "rung": target["rung"],
+        "value": v,
+        "lo": lo,
+        "hi": hi,
+        "backtest_error": errors[form],
+    }
     s["at_target"] = at
     apart = [(a, b) for a in at for b in at if a < b and (at[a][2] < at[b][1] or at[b][2] < at[a][1])]
     if apart:
@@ -255,7 +334,12 @@ def trend(f: dict, hib: bool) -> dict:
         improving = b > 0 if rising else b < 0
         excludes = lo > 0 if rising else hi < 0
     known = bool(np.isfinite([lo, hi]).all())  # no bootstrap, no interval: cannot say
-    return {"exponent": b, "ci": [lo, hi], "improving": bool(improving), "resolved": bool(improving and excludes) if known else None}
+    return {
+        "exponent": b,
+        "ci": [lo, hi],
+        "improving": bool(improving),
+        "resolved": bool(improving and excludes) if known else None,
+    }
 
 
 def _data_seen(pts: pd.DataFrame) -> tuple[str | None, np.ndarray | None]:
@@ -316,7 +400,10 @@ def _summary(entry: dict) -> str:
     if entry["status"] != "fitted":
         return f"not fitted: {entry['reason']}"
     f = entry["fit"]
-    return ", ".join(f"{k} = {v}" for k, v in _param_text(f)) + f"; R²(log) {f['r2_log']:.3f}; leave-largest-out {_extrap_text(f)}"
+    return (
+        ", ".join(f"{k} = {v}" for k, v in _param_text(f))
+        + f"; R²(log) {f['r2_log']:.3f}; leave-largest-out {_extrap_text(f)}"
+    )
 
 
 def _fit_rows(result: dict) -> list[list[str]]:
@@ -325,14 +412,33 @@ def _fit_rows(result: dict) -> list[list[str]]:
         for e in s["fits"]:
             if e["status"] == "fitted":
                 f = e["fit"]
-                rows.append([s["label"], e["form"], str(f["n_rungs"]), "; ".join(f"{k} = {v}" for k, v in _param_text(f)),
-                             f"{f['r2_log']:.3f}", f"{f['loss']:.4g}", _extrap_text(f), f["target"]])
+                rows.append(
+                    [
+                        s["label"],
+                        e["form"],
+                        str(f["n_rungs"]),
+                        "; ".join(f"{k} = {v}" for k, v in _param_text(f)),
+                        f"{f['r2_log']:.3f}",
+                        f"{f['loss']:.4g}",
+                        _extrap_text(f),
+                        f["target"],
+                    ]
+                )
             else:
                 rows.append([s["label"], e["form"], "–", f"not fitted: {e['reason']}", "–", "–", "–", "–"])
     return rows
 
 
-FIT_HEADER = ["series", "form", "rungs", "parameters [95% bootstrap CI]", "R² (log)", "Huber loss", "leave-largest-out error", "fitted on"]
+FIT_HEADER = [
+    "series",
+    "form",
+    "rungs",
+    "parameters [95% bootstrap CI]",
+    "R² (log)",
+    "Huber loss",
+    "leave-largest-out error",
+    "fitted on",
+]
 
 
 def _final_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -345,7 +451,9 @@ def _final_table(table: pd.DataFrame) -> pd.DataFrame:
     t = t[(t["step"] == last) | last.isna()]
     base = t[t["metric"].map(is_baseline)]
     t = t[~t["metric"].map(is_baseline)]
-    label = lambda d, metric: [series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)]  # noqa: E731
+    label = lambda d, metric: [
+        series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)
+    ]  # noqa: E731
     t = t.assign(series=label(t, t["metric"]))
     rungs = t.drop_duplicates("rung").sort_values("params")
     wide = t.pivot_table(index="series", columns="rung", values="value", aggfunc="mean")[list(rungs["rung"])]
@@ -386,13 +494,22 @@ def _finding(s: dict, scored: list[dict]) -> str:
         return f"{s['label']}: no size law fitted ({reasons or 'no size law requested'})"
     t, sel = s["trend"], s["selection"]
     way = "higher is better" if s["higher_is_better"] else "lower is better"
-    state = ("trend points the WRONG way" if not t["improving"] else "trend resolved" if t["resolved"]
-             else "trend unknown (no bootstrap)" if t["resolved"] is None else "trend NOT resolved")
+    state = (
+        "trend points the WRONG way"
+        if not t["improving"]
+        else "trend resolved"
+        if t["resolved"]
+        else "trend unknown (no bootstrap)"
+        if t["resolved"] is None
+        else "trend NOT resolved"
+    )
     line = f"{s['label']}: {state} ({way}); {sel['form']} exponent b = {_interval(t['exponent'], *t['ci'])}"
     f = s.get("forecast")
     if f:
-        line += (f"; forecast at {f['size']}: {_interval(f['value'], f['lo'], f['hi'])} "
-                 f"({f['form']}, backtest error {_pct(f['backtest_error'])})")
+        line += (
+            f"; forecast at {f['size']}: {_interval(f['value'], f['lo'], f['hi'])} "
+            f"({f['form']}, backtest error {_pct(f['backtest_error'])})"
+        )
     else:
         line += f"; selected {sel['form']} (backtest error {_pct(sel['errors'][sel['form']])})"
     for r in (r for r in scored if r["series"] == s["label"] and r["observed"] is not None):
@@ -406,22 +523,43 @@ def _headline_notes(result: dict) -> None:
     for s in _headline(result):
         if s.get("trend") and s["trend"]["resolved"] is False:
             f = next(e["fit"] for e in s["fits"] if e["form"] == s["selection"]["form"])
-            result["notes"].append(f"{s['label']}: the {s['selection']['form']} trend is not resolved (exponent interval "
-                                   f"includes 0 or points the wrong way; R²(log) {f['r2_log']:.2f}); its forecasts are weak")
+            result["notes"].append(
+                f"{s['label']}: the {s['selection']['form']} trend is not resolved (exponent interval "
+                f"includes 0 or points the wrong way; R²(log) {f['r2_log']:.2f}); its forecasts are weak"
+            )
 
 
 def _forecast_rows(fc: dict) -> list[list[str]]:
     rows = []
     for r in fc["rows"]:
-        inside = {True: "yes", False: "NO", None: "–"}[r.get("inside")] if r["observed"] is not None else "pending"
-        rows.append([f"{r['created'][:10]} {r['sha256'][:12]}", r["series"], r["form"], r["size"],
-                     _interval(r["value"], r["lo"], r["hi"]), _fmt(r["observed"]),
-                     f"{r['rel_error']:+.1%}" if r.get("rel_error") is not None else "–", inside])
+        inside = (
+            {True: "yes", False: "NO", None: "–"}[r.get("inside")] if r["observed"] is not None else "pending"
+        )
+        rows.append(
+            [
+                f"{r['created'][:10]} {r['sha256'][:12]}",
+                r["series"],
+                r["form"],
+                r["size"],
+                _interval(r["value"], r["lo"], r["hi"]),
+                _fmt(r["observed"]),
+                f"{r['rel_error']:+.1%}" if r.get("rel_error") is not None else "–",
+                inside,
+            ]
+        )
     return rows
 
 
-FORECAST_HEADER = ["registered (date, sha256)", "series", "form", "target", "forecast [95% interval]", "observed",
-                   "error", "inside"]
+FORECAST_HEADER = [
+    "registered (date, sha256)",
+    "series",
+    "form",
+    "target",
+    "forecast [95% interval]",
+    "observed",
+    "error",
+    "inside",
+]
 
 
 def coverage_text(fc: dict) -> str:
@@ -429,8 +567,10 @@ def coverage_text(fc: dict) -> str:
         return "No registered forecasts yet: `sweep report --predict SIZE` registers one."
     if not fc["scored"]:
         return f"{fc['pending']} registered forecast(s), none scored yet (their rungs have no results)."
-    return (f"Coverage: {fc['inside']}/{fc['scored']} ({fc['coverage']:.0%}) scored forecasts landed inside their 95% "
-            f"interval; {fc['pending']} pending.")
+    return (
+        f"Coverage: {fc['inside']}/{fc['scored']} ({fc['coverage']:.0%}) scored forecasts landed inside their 95% "
+        f"interval; {fc['pending']} pending."
+    )
 
 
 def _selection_rows(result: dict) -> list[list[str]]:
@@ -442,13 +582,29 @@ def _selection_rows(result: dict) -> list[list[str]]:
                 continue
             chosen = s.get("selection", {}).get("form") == e["form"]
             at = s.get("at_target", {}).get(e["form"])
-            rows.append([s["label"], e["form"], _pct(bt["error"]),
-                         f"{_pct(bt['coverage'])} of {bt['scored_windows']}" if bt["scored_windows"] else "–",
-                         str(len(bt["windows"])), _interval(*at) if at else "–", "selected" if chosen else ""])
+            rows.append(
+                [
+                    s["label"],
+                    e["form"],
+                    _pct(bt["error"]),
+                    f"{_pct(bt['coverage'])} of {bt['scored_windows']}" if bt["scored_windows"] else "–",
+                    str(len(bt["windows"])),
+                    _interval(*at) if at else "–",
+                    "selected" if chosen else "",
+                ]
+            )
     return rows
 
 
-SELECTION_HEADER = ["series", "form", "backtest error (mean |rel|)", "interval coverage", "windows", "at target", ""]
+SELECTION_HEADER = [
+    "series",
+    "form",
+    "backtest error (mean |rel|)",
+    "interval coverage",
+    "windows",
+    "at target",
+    "",
+]
 
 
 # ------------------------------------------------------------------------ render
@@ -462,26 +618,39 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
     fc = result["forecasts"]
     target = result.get("target")
     out: list[tuple] = [
-        ("p", f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; {result['bootstrap']} bootstrap resamples "
-              f"(seed {result['seed']}); {result['checkpoint']} checkpoint per rung; intervals are 95% prediction intervals."),
+        (
+            "p",
+            f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; {result['bootstrap']} bootstrap resamples "
+            f"(seed {result['seed']}); {result['checkpoint']} checkpoint per rung; intervals are 95% prediction intervals.",
+        ),
         *[("img", p) for p in lead],
         ("h2", "Findings"),
         ("ul", [_finding(s, fc["rows"]) for s in _headline(result)] or ["no series"]),
     ]
     reg = result.get("registration")
     if reg:
-        out.append(("p", f"Forecasts at {target['size']} registered in predictions.json, sha256 {reg['sha256']} "
-                         f"({reg['created']}{'' if reg['new'] else ', unchanged since'})."))
+        out.append(
+            (
+                "p",
+                f"Forecasts at {target['size']} registered in predictions.json, sha256 {reg['sha256']} "
+                f"({reg['created']}{'' if reg['new'] else ', unchanged since'}).",
+            )
+        )
     out += [("h2", "Forecasts vs outcomes"), ("p", coverage_text(fc))]
     if fc["rows"]:
         out.append(("table", FORECAST_HEADER, _forecast_rows(fc)))
     out += [("h2", "Notes"), ("ul", result["notes"] or ["none"])]
     sel = _selection_rows(result)
     if sel:
-        out += [("h2", "Form selection by backtest"),
-                ("p", "Each size law fitted on the smallest k rungs predicts rung k + 1, for every k leaving at least 3 "
-                      "rungs to fit; the form with the lowest mean error is selected (a more flexible form must win by 20%)."),
-                ("table", SELECTION_HEADER, sel)]
+        out += [
+            ("h2", "Form selection by backtest"),
+            (
+                "p",
+                "Each size law fitted on the smallest k rungs predicts rung k + 1, for every k leaving at least 3 "
+                "rungs to fit; the form with the lowest mean error is selected (a more flexible form must win by 20%).",
+            ),
+            ("table", SELECTION_HEADER, sel),
+        ]
     out.append(("h2", "Fits"))
     for task in dict.fromkeys(s["task"] for s in result["series"]):
         rows = _fit_rows({"series": [s for s in result["series"] if s["task"] == task]})
@@ -491,8 +660,14 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
         out += [("h2", "Figures"), *[("img", p) for p in others]]
     wide = _final_table(table)
     if not wide.empty:
-        out += [("h2", "Final-checkpoint results"),
-                ("table", list(map(str, wide.columns)), [[_fmt(v) for v in r] for r in wide.itertuples(index=False)])]
+        out += [
+            ("h2", "Final-checkpoint results"),
+            (
+                "table",
+                list(map(str, wide.columns)),
+                [[_fmt(v) for v in r] for r in wide.itertuples(index=False)],
+            ),
+        ]
     return out
 
 
@@ -525,20 +700,28 @@ def _html(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
             parts.append(f"<{kind}>{esc(body[0])}</{kind}>")
         elif kind == "img":  # embedded, so the file stands alone (mail it, log it as one artifact)
             p = body[0]
-            parts.append(f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
-                         f"<figcaption>{esc(p.stem)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
+                f"<figcaption>{esc(p.stem)}</figcaption></figure>"
+            )
         elif kind == "ul":
             parts.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in body[0]) + "</ul>")
         else:
             header, rows = body
             head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
-            rows_html = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+            rows_html = "".join(
+                "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows
+            )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
-             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f4f4f4}img{max-width:100%}")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f4f4f4}img{max-width:100%}"
+    )
     title = f"Scaling report: {esc(result['sweep'])}"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
-            f"<body><h1>{title}</h1>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
+        f"<body><h1>{title}</h1>{''.join(parts)}</body></html>\n"
+    )
 
 
 # ------------------------------------------------------------- MLflow, predictions
@@ -557,7 +740,11 @@ def log_report_to_mlflow(tracking_uri: str, sweep: str, out_dir: str | Path) -> 
 def parent_run(client, tracking_uri: str, sweep: str) -> str:
     """The run id of the sweep's parent run (tag sweep4d.role=sweep)."""
     exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1) if exp else []
+    runs = (
+        client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
+        if exp
+        else []
+    )
     if not runs:
         raise ReportError(f"no parent run (tag {ROLE_TAG}=sweep) for sweep {sweep!r} in {tracking_uri}")
     return runs[0].info.run_id
@@ -584,7 +771,21 @@ def predict_from_fits(fits_json: str | Path | dict, size: str | float | int) -> 
                 continue
             D = max(e["points"]["D"]) if e["form"] == "chinchilla" else None
             value, lo, hi = (float(a[0]) for a in predict(e["fit"], N, D))
-            rows.append({"series": s["label"], "task": s["task"], "mode": s["mode"], "metric": s["metric"], "form": e["form"],
-                         "x": e["x"], "N": N, "size": format_size(N), "D": D, "value": value, "lo": lo, "hi": hi,
-                         "selected": s.get("selection", {}).get("form") == e["form"]})
+            rows.append(
+                {
+                    "series": s["label"],
+                    "task": s["task"],
+                    "mode": s["mode"],
+                    "metric": s["metric"],
+                    "form": e["form"],
+                    "x": e["x"],
+                    "N": N,
+                    "size": format_size(N),
+                    "D": D,
+                    "value": value,
+                    "lo": lo,
+                    "hi": hi,
+                    "selected": s.get("selection", {}).get("form") == e["form"],
+                }
+            )
     return rows

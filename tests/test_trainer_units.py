@@ -27,7 +27,11 @@ from orchestrator.trainer import MetricSinks, deepspeed_config, keep_steps_upto,
 BASE = {
     "name": "u",
     "data": {"frames": 4, "resolution": 16, "tubelet": [2, 8, 8]},
-    "pretraining": {"decoder": {"width": 16, "depth": 1, "mlp": 32, "heads": 2}, "batch_size": 8, "steps": 20},
+    "pretraining": {
+        "decoder": {"width": 16, "depth": 1, "mlp": 32, "heads": 2},
+        "batch_size": 8,
+        "steps": 20,
+    },
     "ladder": [{"name": "a", "width": 16, "depth": 1, "mlp": 32, "heads": 2}],
 }
 
@@ -69,12 +73,22 @@ def test_constant_schedule_and_no_warmup():
 
 
 def test_deepspeed_config_accumulates_to_the_global_batch_on_cpu():
-    rung = rung_with({"batch_size": 32, "micro_batch_size": 2, "cpu_workers": 4, "zero_stage": 2,
-                      "optimizer": {"grad_clip": 0.5}})
+    rung = rung_with(
+        {
+            "batch_size": 32,
+            "micro_batch_size": 2,
+            "cpu_workers": 4,
+            "zero_stage": 2,
+            "optimizer": {"grad_clip": 0.5},
+        }
+    )
     cfg = deepspeed_config(rung, workers=4)
     assert cfg["gradient_accumulation_steps"] == 4  # 32 clips = 2 per micro-batch x 4 workers x 4 micro-steps
     # DeepSpeed refuses a config where these disagree.
-    assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * 4
+    assert (
+        cfg["train_batch_size"]
+        == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * 4
+    )
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"] == {"enabled": False}  # precision auto is fp32 on CPU
     zero = cfg["zero_optimization"]
@@ -120,8 +134,9 @@ def test_autoscaling_cluster_accepts_what_does_not_fit_yet():
 # ------------------------------------------------------------------ eval_steps
 
 
-@pytest.mark.parametrize("which, expected", [("all", [4, 8, 12]), ("final", [12]), ([4, 12], [4, 12]),
-                                             ([4, 6], [4])])
+@pytest.mark.parametrize(
+    "which, expected", [("all", [4, 8, 12]), ("final", [12]), ([4, 12], [4, 12]), ([4, 6], [4])]
+)
 def test_eval_steps_picks_sealed_checkpoints(which, expected):
     spec = spec_with({"steps": 12, "checkpoint_interval": 4}, evals={"checkpoints": which})
     assert eval_steps(spec, spec.rungs()[0], [4, 8, 12]) == expected
@@ -169,7 +184,11 @@ def test_sinks_keep_one_value_per_step_after_a_resume(tmp_path):
         first.log(step, {"train/loss": loss_at(step), "train/clips_per_s": 10.0 + step}, loss_at(step))
     # The restarted group resumes from step 3 and trains 4..6 again (the same losses, other timings).
     second = MetricSinks.open(paths, 6, cpu, log, resumed_from=3)
-    assert [r["step"] for r in read_jsonl(paths.metrics)] == [1, 2, 3]  # the steps past the checkpoint dropped
+    assert [r["step"] for r in read_jsonl(paths.metrics)] == [
+        1,
+        2,
+        3,
+    ]  # the steps past the checkpoint dropped
     for step in range(4, 7):
         second.log(step, {"train/loss": loss_at(step), "train/clips_per_s": 100.0 + step}, loss_at(step))
     tracker.flush()
@@ -210,15 +229,21 @@ def test_a_second_worker_group_of_the_same_fit_is_a_restart(tmp_path):
     write_json(paths.progress, {"step": 6})
     rec = note_restart(paths, "fit-1", 4, 2)
     assert {k: rec[k] for k in ("attempt", "max_failures", "died_at_step", "resumed_from")} == {
-        "attempt": 1, "max_failures": 2, "died_at_step": 6, "resumed_from": 4}
+        "attempt": 1,
+        "max_failures": 2,
+        "died_at_step": 6,
+        "resumed_from": 4,
+    }
     assert note_restart(paths, "fit-2", 4, 2) is None  # a new `sweep run` resuming is not a restart
     assert read_jsonl(paths.restarts) == [rec]
 
 
 def test_restart_line_reads_as_a_sentence():
     rec = {"attempt": 1, "max_failures": 2, "died_at_step": 96, "resumed_from": 80}
-    assert restart_line("micro3", rec) == \
-        "[micro3] worker died at step 96; restarted from checkpoint 80 (attempt 1 of 2)"
+    assert (
+        restart_line("micro3", rec)
+        == "[micro3] worker died at step 96; restarted from checkpoint 80 (attempt 1 of 2)"
+    )
     early = restart_line("micro3", {**rec, "resumed_from": 0, "died_at_step": 5})
     assert "restarted from the first step" in early and "checkpoint 0" not in early
 
@@ -226,16 +251,19 @@ def test_restart_line_reads_as_a_sentence():
 # ------------------------------------------------------------------ a rung's state
 
 
-@pytest.mark.parametrize("status, rank0_time, trained, alive, expected", [
-    ({}, None, False, True, "pending"),
-    ({"state": "running", "submitted": 100.0}, None, False, True, "queued"),  # no worker yet
-    ({"state": "running", "submitted": 100.0}, 50.0, False, True, "queued"),  # a worker of an earlier run
-    ({"state": "running", "submitted": 100.0}, 101.0, False, True, "running"),
-    ({"state": "running", "submitted": 100.0}, 101.0, False, False, "interrupted"),
-    ({"state": "running", "submitted": 100.0}, 101.0, True, True, "done"),
-    ({"state": "failed"}, 101.0, True, True, "failed"),
-    ({"state": "pending"}, None, True, False, "done"),
-])
+@pytest.mark.parametrize(
+    "status, rank0_time, trained, alive, expected",
+    [
+        ({}, None, False, True, "pending"),
+        ({"state": "running", "submitted": 100.0}, None, False, True, "queued"),  # no worker yet
+        ({"state": "running", "submitted": 100.0}, 50.0, False, True, "queued"),  # a worker of an earlier run
+        ({"state": "running", "submitted": 100.0}, 101.0, False, True, "running"),
+        ({"state": "running", "submitted": 100.0}, 101.0, False, False, "interrupted"),
+        ({"state": "running", "submitted": 100.0}, 101.0, True, True, "done"),
+        ({"state": "failed"}, 101.0, True, True, "failed"),
+        ({"state": "pending"}, None, True, False, "done"),
+    ],
+)
 def test_rung_state(status, rank0_time, trained, alive, expected):
     rank0 = {} if rank0_time is None else {"time": rank0_time}
     assert rung_state(status, rank0, trained=trained, driver_alive=alive) == expected
@@ -259,8 +287,10 @@ def live_driver(tmp_path):
     spec_path.write_text(textwrap.dedent(STATUS_SPEC))
     spec = load_spec(spec_path)
     runs = tmp_path / "runs"
-    write_json(SweepPaths.of(runs, spec.name).lock, {"pid": proc.pid, "host": socket.gethostname(),
-                                                      "heartbeat": time.time()})
+    write_json(
+        SweepPaths.of(runs, spec.name).lock,
+        {"pid": proc.pid, "host": socket.gethostname(), "heartbeat": time.time()},
+    )
     yield spec_path, spec, runs
     proc.kill()
     proc.wait()
@@ -287,12 +317,23 @@ def test_status_json_reads_queued_until_the_rank0_worker_starts(live_driver):
     write_json(paths.status, {"state": "running", "submitted": submitted, "steps": 16})
     write_json(paths.worker(0), {"rank": 0, "time": submitted - 60})  # left by an earlier run
     write_json(paths.progress, {"step": 5, "total": 16, "clips_per_s": 4.0, "time": submitted - 60})
-    paths.restarts.write_text(json.dumps({"attempt": 1, "max_failures": 2, "died_at_step": 5,
-                                          "resumed_from": 0}) + "\n")
+    paths.restarts.write_text(
+        json.dumps({"attempt": 1, "max_failures": 2, "died_at_step": 5, "resumed_from": 0}) + "\n"
+    )
 
     [row] = status_json(spec_path, runs)
-    assert row == {"rung": paths.key, "state": "queued", "step": 5, "total": 16, "last_checkpoint": None,
-                   "evals_done": 0, "evals_total": 1, "restarts": 1, "failures": [], "eta_s": None}
+    assert row == {
+        "rung": paths.key,
+        "state": "queued",
+        "step": 5,
+        "total": 16,
+        "last_checkpoint": None,
+        "evals_done": 0,
+        "evals_total": 1,
+        "restarts": 1,
+        "failures": [],
+        "eta_s": None,
+    }
     assert snapshot_state(spec, spec_path, runs) == "queued"
 
     write_json(paths.worker(0), {"rank": 0, "time": submitted + 1})
