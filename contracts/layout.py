@@ -11,8 +11,12 @@
             status.json                    pending | running | done | failed | interrupted, reason, times
                                            (driver)
             progress.json                  step, total, loss, clips/s, time (rank 0, every step)
-            metrics.jsonl                  one line per optimiser step, once even after a resume; a
-                                           checkpoint's step also holds val/loss, the held-out loss (rank 0)
+            metrics.jsonl                  one line per optimiser step, once even after a resume (rank 0),
+                                           written before the step is sent to MLflow: the record MLflow
+                                           is reconciled against (orchestrator.reconcile); a checkpoint's
+                                           step also holds val/loss, the held-out loss
+            system.jsonl                   one line per system-metrics sample (CPU, memory, GPU memory)
+                                           with the step it was taken at, before MLflow (rank 0)
             resume.json                    where the latest worker group started: step, warnings, the fit's
                                            launch id, attempt (rank 0)
             restarts.jsonl                 one line per worker-group restart after a failure: attempt,
@@ -29,7 +33,10 @@
                                            val_loss (the held-out loss at this step; synthetic data only)
             checkpoints/.staging-step_<8 digits>/   a checkpoint being written; never read
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
-            evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state, metrics, seconds, logged
+            evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state (running | retry |
+                                           interrupted | done | failed), attempts (this driver's tries),
+                                           starts (every start, across drivers), metrics, seconds,
+                                           logged (the tracker confirmed MLflow holds the metrics)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
 Every JSON record is written atomically (`write_json`: temp file + rename), so a killed
@@ -83,6 +90,7 @@ class RungPaths:
     status = property(lambda self: self.root / "status.json")
     progress = property(lambda self: self.root / "progress.json")
     metrics = property(lambda self: self.root / "metrics.jsonl")
+    system = property(lambda self: self.root / "system.jsonl")
     resume = property(lambda self: self.root / "resume.json")
     restarts = property(lambda self: self.root / "restarts.jsonl")
     failure = property(lambda self: self.root / "failure.json")

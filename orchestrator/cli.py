@@ -277,8 +277,8 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
     with SweepDisplay(f"sweep '{sweep.spec.name}'", out) as display:
         sweep.say = display.say
         code = sweep.run(address, num_cpus=num_cpus, display=display)
-    if code == 130:
-        raise typer.Exit(130)
+    if code in (130, 143):  # Ctrl-C, SIGTERM: MLflow flushed and reconciled; rerun to resume
+        raise typer.Exit(code)
     s = sweep.summary()
     t = Table(
         title=(
@@ -341,6 +341,23 @@ def status(
 
 @app.command()
 @user_errors_exit_2
+def sync(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
+    """Make MLflow hold every metric on disk: log what each rung's run lacks, never a duplicate.
+
+    `sweep run` does this itself when it starts and stops, and `sweep report` before collecting;
+    this is the same repair on its own (after a crash, or to check a store)."""
+    from contracts.layout import SweepPaths
+    from orchestrator.reconcile import sync_sweep
+
+    s = load_spec(spec)
+    sweep_dir = SweepPaths.of(runs_dir, s.name).root
+    if not (sweep_dir / "sweep.json").is_file():
+        raise SpecError(f"sweep '{s.name}' has not run under {runs_dir}/ (no {sweep_dir / 'sweep.json'})")
+    sync_sweep(sweep_dir, say=lambda line: out.print(line, markup=False, highlight=False))
+
+
+@app.command()
+@user_errors_exit_2
 def report(
     spec: Annotated[
         Path | None, typer.Argument(help="the sweep's spec (default: the most recent sweep under runs/)")
@@ -377,6 +394,7 @@ def report(
     directory) and are scored by every later report that has their rung's results.
     """
     from contracts.layout import most_recent_sweep, read_json
+    from orchestrator.reconcile import sync_sweep
     from orchestrator.tracking import absolute_tracking_uri
     from reports import forecasts, lr_search
     from reports.collect import ReportError, collect_mlflow
@@ -410,6 +428,8 @@ def report(
             sweep, uri = recent.name, info["tracking_uri"]
         report_dir = out_dir or runs_dir / sweep / "report"
         store = runs_dir / sweep / "predictions"
+        if (runs_dir / sweep / "sweep.json").is_file():  # MLflow first made whole from the disk record
+            sync_sweep(runs_dir / sweep, say=lambda line: err.print(line, markup=False, highlight=False))
         err.print(f"collecting sweep '{sweep}' from {uri}", highlight=False)
         table = collect_mlflow(uri, sweep)
     size: str | float | None = predict

@@ -9,12 +9,19 @@
 6. records every outcome on disk and in MLflow, and prints a summary.
 
 Re-running skips finished rungs and evals, resumes partial rungs, and reuses runs.
+
+Nothing is lost when a process dies: every metric is on disk before it is sent to MLflow,
+and MLflow is reconciled against the disk (orchestrator.reconcile) when the driver starts,
+when the tracker actor was restarted (Ray restarts it; the driver sees a new incarnation)
+and when the driver stops. Ctrl-C and SIGTERM take the same path: cancel evals, flush the
+tracker, reconcile, exit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -36,12 +43,14 @@ from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
+from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock, git_commit
 from orchestrator.status import read_rung_state, restart_count
 from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
 
-EVAL_ATTEMPTS = 2
+EVAL_ATTEMPTS = 3  # per driver; a killed eval worker is one (Ray does not retry it behind our back)
 TICK_S = 1.0
+TRACKER_RESTARTS = 20
 
 
 # ------------------------------------------------------------------ what to run
@@ -231,6 +240,7 @@ class Sweep:
         self.runs: dict[str, RungRun] = {}
         self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
         self.started = time.time()
+        self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
 
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
@@ -285,14 +295,55 @@ class Sweep:
                     "this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems)
                 )
             self.lock.acquire()
+            previous = self._on_sigterm()
             try:
                 self._open_tracking()
+                self.reconcile()  # what a crash of the last driver kept from MLflow
                 return self._loop(display)
             finally:
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
                 self.lock.release()
         finally:
             if started_ray:
                 ray.shutdown()
+
+    def _on_sigterm(self):
+        """SIGTERM (a `kill`, a cluster manager) takes Ctrl-C's path, which flushes the tracker.
+        Installed after ray.init, whose own handler would exit without flushing."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            self.stop_signal = "SIGTERM"
+            raise KeyboardInterrupt
+
+        return signal.signal(signal.SIGTERM, handler)
+
+    def reconcile(self, keys: list[str] | None = None) -> dict:
+        """Make each rung's MLflow run hold exactly its disk record (orchestrator.reconcile)."""
+        import ray
+
+        runs = {
+            k: (RungPaths.for_rung(rr.rung, self.root), rr.run_id)
+            for k, rr in self.runs.items()
+            if keys is None or k in keys
+        }
+
+        def reconciler(run_id, points):
+            return ray.get(self.tracker.reconcile.remote(run_id, points))
+
+        return reconcile_runs(runs, reconciler, self.say)
+
+    def _watch_tracker(self) -> None:
+        """Ray restarts a killed tracker actor, which lost its buffer: refill MLflow from disk."""
+        import ray
+
+        incarnation = ray.get(self.tracker.ping.remote())
+        if incarnation != self.tracker_incarnation:
+            self.say("the tracker actor was restarted; reconciling MLflow with the disk")
+            self.tracker_incarnation = incarnation
+            self.reconcile()
 
     def _init_ray(self, address: str | None, num_cpus: int | None) -> None:
         import ray
@@ -336,12 +387,13 @@ class Sweep:
             db.parent.mkdir(parents=True, exist_ok=True)
         artifacts = (self.root / "mlartifacts").resolve().as_uri()
         here = ray.get_runtime_context().get_node_id()
-        # The one MLflow writer, on this node because the SQLite file is here.
-        self.tracker = (
-            ray.remote(num_cpus=0)(Tracker)
-            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
-            .remote(uri, artifacts)
-        )
+        # The one MLflow writer, on this node because the SQLite file is here. Ray restarts it if it
+        # dies and retries the calls it had not answered (its writes are idempotent).
+        actor = ray.remote(num_cpus=0, max_restarts=TRACKER_RESTARTS, max_task_retries=-1)(Tracker)
+        self.tracker = actor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        ).remote(uri, artifacts)
+        self.tracker_incarnation = ray.get(self.tracker.ping.remote())
         commit = git_commit()
         self.parent = ray.get(
             self.tracker.sweep_run.remote(
@@ -395,6 +447,7 @@ class Sweep:
         try:
             while True:
                 self.lock.beat()
+                self._watch_tracker()
                 running = [rr for rr in self.runs.values() if rr.state == "running"]
                 for rr in [q for q in queue if q.state == "pending"][
                     : max(0, self.max_concurrent - len(running))
@@ -417,22 +470,24 @@ class Sweep:
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the flush short
+            by = "SIGTERM" if self.stop_signal else "the user"
             self.say(
-                "interrupted: stopping launches, cancelling evals; "
+                f"interrupted by {by}: stopping launches, cancelling evals, flushing MLflow; "
                 "rungs resume from their last checkpoint next time"
             )
             for job in self.jobs.values():
                 if job.ref is not None:
                     ray.cancel(job.ref, force=True)
-                    RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode).unlink(
-                        missing_ok=True
-                    )
+                    path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
+                    write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
             for rr in self.runs.values():
                 if rr.state == "running":
-                    rr.state, rr.reason = "interrupted", "interrupted by the user"
+                    rr.state, rr.reason = "interrupted", f"interrupted by {by}"
                     self._status(rr)
             ray.get(self.tracker.flush.remote())
-            return 130
+            self.reconcile()  # points a worker wrote to disk but had not sent yet
+            return 143 if self.stop_signal else 130
         return self._close()
 
     def _start_rung(self, rr: RungRun) -> None:
@@ -495,7 +550,8 @@ class Sweep:
         import ray
 
         ev = self.spec.evals
-        remote = ray.remote(_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=1)
+        # No retries inside Ray: every attempt is the driver's, so each is counted on disk.
+        remote = ray.remote(_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=0)
         for rr in self.runs.values():
             for step, task, mode in self._wanted(rr):
                 key = (rr.rung.key, step, task, mode)
@@ -521,7 +577,17 @@ class Sweep:
                 )
                 job.attempts += 1
                 job.started = time.time()
-                write_json(path, {"state": "running", "attempts": job.attempts, "started": job.started})
+                # attempts: this driver's tries (the retry budget); starts: every start, across drivers
+                # (a killed driver's "running" record counts), so a readout trained twice shows.
+                write_json(
+                    path,
+                    {
+                        "state": "running",
+                        "attempts": job.attempts,
+                        "starts": rec.get("starts", 0) + 1,
+                        "started": job.started,
+                    },
+                )
 
     def _recount(self) -> None:
         """Eval counts per rung, from the records on disk (the source of truth)."""
@@ -545,6 +611,7 @@ class Sweep:
             job.ref = None
             rr = self.runs[job.rung.key]
             path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
+            starts = (read_json(path) or {}).get("starts", job.attempts)
             try:
                 result = ray.get(ref)
             except Exception as e:
@@ -554,25 +621,32 @@ class Sweep:
                         f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} "
                         f"failed ({reason}); retrying"
                     )
-                    path.unlink(missing_ok=True)
+                    write_json(
+                        path, {"state": "retry", "attempts": job.attempts, "starts": starts, "reason": reason}
+                    )
                 else:
                     self.say(
                         f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}"
                     )
-                    write_json(path, {"state": "failed", "attempts": job.attempts, "reason": reason})
+                    write_json(
+                        path,
+                        {"state": "failed", "attempts": job.attempts, "starts": starts, "reason": reason},
+                    )
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
-            rec = {"state": "done", "attempts": job.attempts, "logged": False, **result}
+            rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}
             write_json(path, rec)
             self._log_eval(rr, job.step, job.task, job.mode, rec, path)
 
     def _log_eval(self, rr: RungRun, step: int, task: str, mode: str, rec: dict, path: Path) -> None:
-        dataset = rec.get(
-            "dataset", SYNTHETIC
-        )  # its own metric keys, so never one series with synthetic numbers
+        """`logged` is set once the tracker confirms MLflow holds the metrics (it flushes first)."""
+        import ray
+
+        # A real dataset's metrics get their own keys, so never one series with synthetic numbers.
+        dataset = rec.get("dataset", SYNTHETIC)
         metrics = {eval_metric_key(task, mode, k, dataset): v for k, v in rec["metrics"].items()}
         self.tracker.set_tags.remote(rr.run_id, {DATASET_TAG.format(task=task): dataset})
-        self.tracker.log_metrics.remote(rr.run_id, metrics, step)
+        ray.get(self.tracker.log_metrics_now.remote(rr.run_id, metrics, step))
         write_json(path, {**rec, "logged": True})
 
     def _pending_evals(self) -> bool:
@@ -593,6 +667,7 @@ class Sweep:
     def _close(self) -> int:
         import ray
 
+        self.reconcile()  # points written to disk by workers that exited before sending them
         for rr in self.runs.values():
             failed = rr.state == "failed"
             tags = {FAILURE_TAG: rr.reason} if failed else {}

@@ -5,14 +5,23 @@ actor pinned to the driver's node (where the SQLite file lives); workers anywher
 in the cluster send it metrics and it writes them in batches with `log_batch`.
 Runs are found by tag before they are created, so a re-run reuses them: exactly
 one parent run per sweep and one child run per rung, ever.
+
+Writes are idempotent: the tracker knows which (key, step) points each run already holds
+(read from MLflow once per run and kept up to date) and never sends one twice, so a
+replayed step, a retried call or a reconciliation (orchestrator.reconcile) cannot put a
+duplicate into a metric's history. The disk is the record; MLflow is a view of it that
+`reconcile` repairs after a crash took the tracker's buffer with it.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.store.tracking.dbmodels.models import SqlMetric
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
@@ -43,6 +52,15 @@ class Tracker:
         self.artifact_root = artifact_root
         self._pending: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
+        self._have: dict[str, dict[str, set[int]]] = {}  # run -> key -> steps MLflow holds
+        self.incarnation = uuid.uuid4().hex  # a restarted actor gets a new one (the driver watches it)
+
+    def ping(self) -> str:
+        """The driver's once-a-tick call: also flushes a buffer older than FLUSH_EVERY_S, which
+        otherwise waits for the next write (training over, evals still running)."""
+        if self._pending and time.monotonic() - self._last_flush > FLUSH_EVERY_S:
+            self.flush()
+        return self.incarnation
 
     # ------------------------------------------------------------ runs, found before created
     def experiment_id(self, sweep: str) -> str:
@@ -110,12 +128,73 @@ class Tracker:
         ):
             self.flush()
 
+    def log_metrics_now(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """log_metrics, then flush: when this returns, MLflow holds the points."""
+        self.log_metrics(run_id, metrics, step)
+        self.flush()
+
     def flush(self) -> None:
-        for run_id, metrics in self._pending.items():
-            for i in range(0, len(metrics), 1000):
-                self.client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        self._pending.clear()
+        pending, self._pending = self._pending, {}
+        for run_id, metrics in pending.items():
+            self._write(run_id, metrics)
         self._last_flush = time.monotonic()
+
+    def _held(self, run_id: str) -> dict[str, set[int]]:
+        """Which steps MLflow holds for each key of a run: read once per run, then kept current."""
+        if run_id not in self._have:
+            self._have[run_id] = self._read_steps(run_id)
+        return self._have[run_id]
+
+    def _read_steps(self, run_id: str) -> dict[str, set[int]]:
+        """Every (key, step) a run holds, in one query on a SQL store (get_metric_history builds an
+        ORM object per point: ~20x slower on a long run); through the client on any other store."""
+        store = getattr(self.client._tracking_client, "store", None)
+        if isinstance(store, SqlAlchemyStore):
+            held: dict[str, set[int]] = {}
+            with store.ManagedSessionMaker() as session:
+                store._get_run(run_uuid=run_id, session=session)  # an unknown run raises, as get_run does
+                rows = session.query(SqlMetric.key, SqlMetric.step).filter(SqlMetric.run_uuid == run_id)
+                for key, step in rows:
+                    held.setdefault(key, set()).add(int(step))
+            return held
+        keys = self.client.get_run(run_id).data.metrics
+        return {k: {m.step for m in self.client.get_metric_history(run_id, k)} for k in keys}
+
+    def _write(self, run_id: str, metrics: list[Metric]) -> int:
+        """Log the points MLflow does not hold yet (the first value sent for a (key, step) wins)."""
+        held = self._held(run_id)
+        new = []
+        for m in metrics:
+            steps = held.setdefault(m.key, set())
+            if m.step not in steps:
+                steps.add(m.step)
+                new.append(m)
+        try:
+            for i in range(0, len(new), 1000):
+                self.client.log_batch(run_id, metrics=new[i : i + 1000])
+        except Exception:
+            self._have.pop(run_id, None)  # unsure what landed: read it again next time
+            raise
+        return len(new)
+
+    def reconcile(self, run_id: str, points: dict[str, dict[int, float]]) -> dict[str, list[int]]:
+        """Make the run hold every (key, step) of `points` (the disk record): log what MLflow
+        lacks, nothing it has. -> the steps restored per key."""
+        self.flush()
+        self._have.pop(run_id, None)  # trust MLflow itself, not what this actor believes
+        held = self._held(run_id)
+        now = int(time.time() * 1000)
+        missing = [
+            Metric(k, float(v), now, int(s))
+            for k, series in points.items()
+            for s, v in series.items()
+            if int(s) not in held.get(k, ())
+        ]
+        self._write(run_id, missing)
+        restored: dict[str, list[int]] = {}
+        for m in missing:
+            restored.setdefault(m.key, []).append(m.step)
+        return restored
 
     def finish(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         """status: FINISHED | FAILED | KILLED (MLflow's), mirrored in our status tag."""
@@ -133,8 +212,7 @@ class Tracker:
         """The highest step logged so far for each metric key of a run (what a resumed worker
         must not log again: log_batch appends, so a step sent twice is in the history twice)."""
         self.flush()
-        keys = self.client.get_run(run_id).data.metrics
-        return {k: max(m.step for m in self.client.get_metric_history(run_id, k)) for k in keys}
+        return {k: max(steps) for k, steps in self._held(run_id).items() if steps}
 
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         self.flush()

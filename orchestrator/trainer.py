@@ -207,8 +207,8 @@ class RunLog:
 
 
 class MetricSinks:
-    """Where rank 0 sends each step's metrics: MLflow (through the tracker actor), metrics.jsonl
-    and progress.json.
+    """Where rank 0 sends each step's metrics: metrics.jsonl (and system.jsonl) first, then MLflow
+    (through the tracker actor), and progress.json.
 
     After a resume, each keeps one value per step: metrics.jsonl drops the steps past the
     checkpoint (they are trained again), and MLflow, whose log_batch only appends to a metric's
@@ -236,17 +236,24 @@ class MetricSinks:
         cls, paths: RungPaths, total_steps: int, device: torch.device, mlflow, resumed_from: int
     ) -> MetricSinks:
         keep_steps_upto(paths.metrics, resumed_from)
+        keep_steps_upto(paths.system, resumed_from)
         logged = mlflow.last_steps() if mlflow is not None else {}  # once, not every step
         return cls(paths, total_steps, device, mlflow, logged)
 
     def log(self, step: int, metrics: dict[str, float], loss: float) -> None:
-        if self.mlflow is not None:
-            if time.monotonic() - self.last_system >= SYSTEM_EVERY_S or step == self.total:
-                self._to_mlflow(system_metrics(self.device), step)
-                self.last_system = time.monotonic()
-            self._to_mlflow(metrics, step)
+        # Disk first, then MLflow: what MLflow holds is always on disk, and what a crash kept
+        # from MLflow (a lost tracker buffer) the next reconciliation restores from disk.
+        system = None
+        if time.monotonic() - self.last_system >= SYSTEM_EVERY_S or step == self.total:
+            system = system_metrics(self.device)
+            self.last_system = time.monotonic()
+            append_jsonl(self.paths.system, {"step": step, **system})
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
         append_jsonl(self.paths.metrics, {"step": step, **finite})
+        if self.mlflow is not None:
+            if system:
+                self._to_mlflow(system, step)
+            self._to_mlflow(finite, step)  # the same points as the disk record
         write_json(
             self.paths.progress,
             {

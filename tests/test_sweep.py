@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from contracts.names import ROLE_TAG
+from contracts.layout import RungPaths, read_json
+from contracts.names import ROLE_TAG, RUNG_KEY_TAG, eval_metric_key
 from contracts.spec import load_spec
 from orchestrator.cli import app
+from orchestrator.reconcile import differences, disk_points
 from orchestrator.status import status_rows
 
 pytestmark = pytest.mark.slow
@@ -71,6 +74,32 @@ def wait_for(cond, timeout: float, what: str, proc=None):
             raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def mlflow_runs(tmp_path: Path, sweep: str = "sw"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    return client, client.search_runs([client.get_experiment_by_name(sweep).experiment_id])
+
+
+def assert_mlflow_equals_disk(tmp_path: Path, dirs: dict[str, Path], sweep: str = "sw") -> None:
+    """Every rung's MLflow run holds exactly its disk record: no point missing, none twice."""
+    client, runs = mlflow_runs(tmp_path, sweep)
+    by_key = {r.data.tags[RUNG_KEY_TAG]: r.info.run_id for r in runs if r.data.tags[ROLE_TAG] == "rung"}
+    for d in dirs.values():
+        points = disk_points(RungPaths(d))
+        assert points["train/loss"], d
+        assert differences(client, by_key[d.name], points) == [], d.name
+
+
+def forget_in_mlflow(tmp_path: Path, run_id: str, after_step: int) -> int:
+    """What a lost tracker buffer looks like: the run's eval metrics, and its training steps past
+    `after_step`, never reached MLflow (removed from the SQLite store under MLflow's feet)."""
+    with sqlite3.connect(tmp_path / "runs" / "mlflow.db") as db:
+        gone = db.execute(
+            "DELETE FROM metrics WHERE run_uuid = ? AND (key LIKE 'eval/%' OR step > ?)", (run_id, after_step)
+        ).rowcount
+        db.execute("DELETE FROM latest_metrics WHERE run_uuid = ? AND key LIKE 'eval/%'", (run_id,))
+    return gone
 
 
 def test_unschedulable_rung_exits_2_before_starting_anything(ray_cluster, tmp_path, monkeypatch):
@@ -129,9 +158,16 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     sealed_before_rerun = [
         int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")
     ]
+    # The killed driver's tracker buffer held rung a's eval metrics and its last training steps (issue 18).
+    _, runs = mlflow_runs(tmp_path)
+    a_run = next(r.info.run_id for r in runs if r.info.run_name.startswith("a-"))
+    assert forget_in_mlflow(tmp_path, a_run, after_step=5) > 0
 
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    # 2 tasks x 2 checkpoints x (metric + baseline per task) eval points, steps 6..16 of training.
+    restored = f"[{dirs['a'].name}] restored "
+    assert restored in rerun.stdout and " 11 training steps" in rerun.stdout, rerun.stdout
     assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
     resume = json.loads((dirs["b"] / "resume.json").read_text())
@@ -151,6 +187,15 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     b_run = next(r for r in runs if r.info.run_name.startswith("b-"))
     depth = client.get_metric_history(b_run.info.run_id, "eval/depth/abs_rel")
     assert sorted({m.step for m in depth}) == list(range(8, 49, 8))
+    for name, d in dirs.items():  # every eval metric at every checkpoint step, once, as on disk
+        run_id = next(r.info.run_id for r in runs if r.info.run_name.startswith(f"{name}-"))
+        for rec_path, rec in eval_records(d).items():
+            step = int(rec_path.split("/")[1].split("_")[1])
+            task, mode = Path(rec_path).stem.rsplit("-", 1)
+            for metric, value in rec["metrics"].items():
+                hist = client.get_metric_history(run_id, eval_metric_key(task, mode, metric))
+                assert [m.value for m in hist if m.step == step] == [value], (name, rec_path, metric)
+    assert_mlflow_equals_disk(tmp_path, dirs)
 
 
 def _free_port() -> int:
@@ -248,3 +293,85 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def ray_children(pid: int, title: str) -> list:
+    """The processes under a driver whose Ray title starts with `title` (ray::Tracker, ...)."""
+    import psutil
+
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith(title):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
+    spec = write_spec(tmp_path, SPEC.replace("steps: 48", "steps: 24"))
+    dirs = {"b": rung_dirs(tmp_path, spec)["b"]}
+    cmd = [*SWEEP, "run", str(spec), "--only", "b", "--num-cpus", "3"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+
+        def mid_rung():
+            prog = read_json(dirs["b"] / "progress.json") or {}
+            return 6 <= prog.get("step", 0) < 20 and ray_children(proc.pid, "ray::Tracker")
+
+        wait_for(mid_rung, 400, "rung b mid-way", proc)
+        [tracker] = ray_children(proc.pid, "ray::Tracker")
+        tracker.kill()  # SIGKILL: its buffer of unflushed metrics dies with it
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out
+    assert "the tracker actor was restarted; reconciling MLflow with the disk" in out, out
+    assert len(ray_children(os.getpid(), "ray::Tracker")) == 0
+    steps = [json.loads(line)["step"] for line in (dirs["b"] / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))
+    assert_mlflow_equals_disk(tmp_path, dirs)
+    _, runs = mlflow_runs(tmp_path)
+    assert sorted(r.data.tags[ROLE_TAG] for r in runs) == ["rung", "sweep"]
+    b_run = runs[[r.data.tags[ROLE_TAG] for r in runs].index("rung")]
+    assert sorted(
+        m.step
+        for m in MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_metric_history(
+            b_run.info.run_id, "train/loss"
+        )
+    ) == list(range(1, 25))
+
+
+def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
+    spec = write_spec(tmp_path)
+    dirs = {"a": rung_dirs(tmp_path, spec)["a"]}
+    cmd = [*SWEEP, "run", str(spec), "--only", "a", "--num-cpus", "3"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+
+        def trained_and_some_evals_logged():
+            recs = eval_records(dirs["a"])
+            return (dirs["a"] / "checkpoints" / "step_00000016" / "manifest.json").exists() and sum(
+                r["state"] == "done" and r.get("logged", False) for r in recs.values()
+            ) >= 1
+
+        wait_for(trained_and_some_evals_logged, 400, "rung a trained and an eval logged", proc)
+        proc.send_signal(signal.SIGTERM)  # a `kill`: the same flushing path as Ctrl-C
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, out
+    assert "interrupted by SIGTERM" in out, out
+    assert_mlflow_equals_disk(tmp_path, dirs)  # before any rerun: the buffer was flushed, nothing missing
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    recs = eval_records(dirs["a"])
+    assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
+    assert_mlflow_equals_disk(tmp_path, dirs)

@@ -1,0 +1,355 @@
+"""Chaos: run a small sweep, SIGKILL processes of chosen kinds at moments drawn from a seed, rerun
+`sweep run` until the sweep completes, then check that nothing was lost or done twice.
+
+    python benchmarks/chaos.py --kills 10 --seed 7 --kinds driver,train_worker,eval,tracker
+
+Kinds: driver (the `sweep run` process; the sweep is then run again), train_worker (a
+ray::RayTrainWorker: Ray Train restarts the group from its checkpoint), eval (a
+ray::_eval_task worker: the driver retries the eval), tracker (the ray::Tracker actor: Ray
+restarts it and the driver reconciles MLflow from disk).
+
+Checks, against an uninterrupted run of the same spec: every rung trained to its last step
+with a bitwise-equal loss curve (metrics.jsonl); every eval done, started again only when a
+kill found it running (its record's `starts`); MLflow's metric histories equal to the disk
+records (no missing point, no step twice, equal results); exactly one parent run and one
+child run per rung; the results table (`reports.collect.collect_mlflow`, what `sweep report`
+fits) equal. Exit status 0 when every check passes. Progress lines go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+from mlflow.tracking import MlflowClient
+
+from contracts.layout import RungPaths, read_json, read_jsonl
+from contracts.names import ROLE_TAG, RUNG_KEY_TAG
+from contracts.spec import load_spec
+from orchestrator.reconcile import differences, disk_points
+from reports.collect import collect_mlflow
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = [sys.executable, "-m", "orchestrator"]
+KINDS = {
+    "driver": None,
+    "train_worker": "ray::RayTrainWorker",
+    "eval": "ray::_eval_task",
+    "tracker": "ray::Tracker",
+}
+# Kills that can interrupt an eval in flight (its record then counts a second attempt).
+INTERRUPTS_EVALS = ("driver", "eval")
+FALLBACK_AFTER_S = 45  # how long a planned kind may be absent before another kind is killed instead
+
+SPEC = """\
+name: chaos
+data: {{frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {{objects: 2, points: 8}}}}
+pretraining:
+  mask_ratio: 0.5
+  decoder: {{width: 16, depth: 1, mlp: 32, heads: 2}}
+  optimizer: {{lr: 3.0e-3}}
+  batch_size: 8
+  steps: {steps_a}
+  checkpoint_interval: 8
+  cpu_workers: 2
+ladder:
+  - {{name: a, width: 16, depth: 1, mlp: 32, heads: 2}}
+  - {{name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: {steps_b}}}
+evals:
+  tasks: [depth, action]
+  checkpoints: all
+  readout: {{width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}}
+"""
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_cmd(work: Path) -> list[str]:
+    return [*SWEEP, "run", "spec.yaml", "--max-concurrent", "1", "--num-cpus", "3"]
+
+
+def start(work: Path, log) -> subprocess.Popen:
+    return subprocess.Popen(
+        run_cmd(work), cwd=work, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def targets(proc: subprocess.Popen, kind: str) -> list[psutil.Process]:
+    """The live processes of a kind under this driver (Ray titles its workers ray::<Class>)."""
+    if kind == "driver":
+        return [psutil.Process(proc.pid)] if proc.poll() is None else []
+    found = []
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    for p in children:
+        try:
+            if " ".join(p.cmdline()).startswith(KINDS[kind]):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def bury(proc: subprocess.Popen, tree: list[psutil.Process]) -> None:
+    """After the driver died: give its Ray processes a moment to notice, then make sure they are gone
+    (a machine that lost its driver to a crash loses them too), so no stale worker writes on."""
+    proc.wait()
+    _, alive = psutil.wait_procs(tree, timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+def running_evals(work: Path) -> set[str]:
+    return {
+        str(p.relative_to(work))
+        for p in work.glob("runs/chaos/*/evals/*/*.json")
+        if (read_json(p) or {}).get("state") == "running"
+    }
+
+
+def chaos(
+    work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, delay: tuple[float, float]
+) -> dict:
+    rng = random.Random(seed)
+    plan = [(rng.choice(kinds), rng.uniform(*delay), rng.random()) for _ in range(kills)]
+    made, runs, outputs = [], 0, []
+    t0 = time.time()
+    while runs < max_runs:
+        runs += 1
+        log_path = work / f"run{runs}.log"
+        with open(log_path, "w") as log:
+            proc = start(work, log)
+            since = None  # the clock of the next kill starts once the driver is past Ray's start
+            killed_driver = False
+            while proc.poll() is None:
+                time.sleep(0.2)
+                if since is None:
+                    if "reconciled " not in log_path.read_text():
+                        continue
+                    since = time.time()
+                if len(made) >= len(plan) or time.time() - since < plan[len(made)][1]:
+                    continue
+                kind, _, pick = plan[len(made)]
+                found = targets(proc, kind)
+                if not found:
+                    waited = time.time() - since - plan[len(made)][1]
+                    if waited < FALLBACK_AFTER_S:
+                        continue
+                    # None of that kind for a while (no evals left, training over): kill another kind that
+                    # is alive, the driver last (only the driver is alive while Ray starts).
+                    others = [k for k in kinds if k not in (kind, "driver") and targets(proc, k)]
+                    if not others:
+                        others = [k for k in kinds if k == "driver" and waited >= 2 * FALLBACK_AFTER_S]
+                    if not others:
+                        continue
+                    kind = others[int(pick * len(others))]
+                    found = targets(proc, kind)
+                    if not found:
+                        continue
+                victim = found[int(pick * len(found))]
+                tree = psutil.Process(proc.pid).children(recursive=True) if kind == "driver" else []
+                evals = running_evals(work)
+                try:
+                    victim.kill()
+                except psutil.Error:
+                    continue
+                made.append(
+                    {
+                        "kind": kind,
+                        "planned": plan[len(made)][0],
+                        "pid": victim.pid,
+                        "run": runs,
+                        "at_s": round(time.time() - t0, 1),
+                        "evals_running": sorted(evals),
+                    }
+                )
+                say(
+                    f"kill {len(made)}/{len(plan)}: {kind} (pid {victim.pid}) in run {runs} "
+                    f"at {made[-1]['at_s']:.0f}s"
+                    + ("" if kind == made[-1]["planned"] else f" (planned {made[-1]['planned']}: none alive)")
+                )
+                since = time.time()
+                if kind == "driver":
+                    bury(proc, tree)
+                    killed_driver = True
+                    break
+        out = log_path.read_text()
+        outputs.append(out)
+        code = proc.returncode
+        for line in out.splitlines():
+            if (
+                "restored" in line
+                or "tracker actor was restarted" in line
+                or "restarted from checkpoint" in line
+            ):
+                say(f"  run {runs}: {line.strip()}")
+        if code == 0 and not killed_driver:
+            say(f"run {runs} completed the sweep")
+            break
+        if not killed_driver:
+            say(f"run {runs} exited {code} (a kill it could not absorb); running the sweep again")
+    return {
+        "kills": made,
+        "runs": runs,
+        "outputs": outputs,
+        "seconds": time.time() - t0,
+        "planned": [p[0] for p in plan],
+    }
+
+
+# ------------------------------------------------------------------ checks
+
+
+def rung_dirs(work: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted((work / "runs" / "chaos").glob("*-*")) if (d / "info.json").exists()}
+
+
+def losses(d: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r.get("train/loss")) for r in read_jsonl(d / "metrics.jsonl")]
+
+
+def check(base: Path, work: Path, made: list[dict]) -> list[str]:
+    problems = []
+    spec = load_spec(work / "spec.yaml")
+    want, got = rung_dirs(base), rung_dirs(work)
+    if sorted(want) != sorted(got) or len(got) != len(spec.ladder):
+        problems.append(f"rung dirs {sorted(got)} != {sorted(want)}")
+    for r in spec.rungs():
+        d, b = got.get(r.key), want.get(r.key)
+        if d is None or b is None:
+            continue
+        curve = losses(d)
+        if [s for s, _ in curve] != list(range(1, r.steps + 1)):
+            problems.append(f"[{r.key}] metrics.jsonl steps are not 1..{r.steps}")
+        if curve != losses(b):
+            problems.append(f"[{r.key}] loss curve differs from the uninterrupted run's")
+        for rec_path in sorted(b.glob("evals/*/*.json")):
+            rel = rec_path.relative_to(b)
+            rec = json.loads((d / rel).read_text()) if (d / rel).exists() else {}
+            if rec.get("state") != "done":
+                problems.append(f"[{r.key}] eval {rel} is {rec.get('state')}")
+                continue
+            # An attempt beyond the first is allowed only for a kill that found this eval running.
+            name = str((d / rel).relative_to(work))
+            allowed = 1 + sum(name in k["evals_running"] for k in made if k["kind"] in INTERRUPTS_EVALS)
+            if rec.get("starts", 0) > allowed:
+                problems.append(
+                    f"[{r.key}] eval {rel} started {rec.get('starts')} times, kills explain {allowed}"
+                )
+    stores = {}
+    for label, root in (("chaos", work), ("baseline", base)):
+        client = MlflowClient(f"sqlite:///{root / 'runs' / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("chaos").experiment_id])
+        stores[label] = (client, runs)
+    client, runs = stores["chaos"]
+    roles = sorted(run.data.tags.get(ROLE_TAG, "?") for run in runs)
+    if roles != ["rung"] * len(spec.ladder) + ["sweep"]:
+        problems.append(f"MLflow runs by role: {roles}")
+    for run in runs:
+        key = run.data.tags.get(RUNG_KEY_TAG)
+        if run.data.tags.get(ROLE_TAG) == "rung" and key in got:
+            problems += [
+                f"[{key}] MLflow: {p}"
+                for p in differences(client, run.info.run_id, disk_points(RungPaths(got[key])))
+            ]
+    tables = {
+        label: collect_mlflow(f"sqlite:///{root / 'runs' / 'mlflow.db'}", "chaos")
+        for label, root in (("chaos", work), ("baseline", base))
+    }
+    cols = ["rung_key", "step", "task", "mode", "metric", "value"]
+    rows = {label: sorted(map(tuple, t[cols].astype(str).values.tolist())) for label, t in tables.items()}
+    if rows["chaos"] != rows["baseline"]:
+        diff = set(rows["chaos"]) ^ set(rows["baseline"])
+        problems.append(
+            f"results table differs from the uninterrupted run's in {len(diff)} rows, e.g. {sorted(diff)[:3]}"
+        )
+    return problems
+
+
+def prepare(work: Path, steps_a: int, steps_b: int) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "spec.yaml").write_text(textwrap.dedent(SPEC.format(steps_a=steps_a, steps_b=steps_b)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kinds", default="driver,train_worker,eval,tracker")
+    ap.add_argument("--work", type=Path, default=Path("runs-chaos"))
+    ap.add_argument("--steps", default="24,48", help="steps of rung a and rung b")
+    ap.add_argument("--delay", default="3,12", help="seconds between kills: drawn uniformly in [lo, hi]")
+    ap.add_argument("--max-runs", type=int, default=20)
+    args = ap.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if bad := [k for k in kinds if k not in KINDS]:
+        ap.error(f"unknown kinds {bad}; choose from {', '.join(KINDS)}")
+    steps_a, steps_b = map(int, args.steps.split(","))
+    lo, hi = map(float, args.delay.split(","))
+    base, work = args.work.resolve() / "baseline", args.work.resolve() / "chaos"
+    for d in (base, work):
+        if d.exists():
+            sys.exit(f"{d} exists: pass a fresh --work")
+        prepare(d, steps_a, steps_b)
+    t0 = time.time()
+    say(f"baseline: an uninterrupted run in {base}")
+    with open(base / "run.log", "w") as log:
+        code = subprocess.run(
+            run_cmd(base), cwd=base, env=env(), stdout=log, stderr=subprocess.STDOUT
+        ).returncode
+    if code != 0:
+        say(f"the uninterrupted run failed ({code}): see {base / 'run.log'}")
+        return 1
+    kinds_text = ", ".join(kinds)
+    say(f"baseline in {time.time() - t0:.0f}s; chaos: {args.kills} kills of {kinds_text}, seed {args.seed}")
+    result = chaos(work, args.kills, kinds, args.seed, args.max_runs, (lo, hi))
+    sync = subprocess.run([*SWEEP, "sync", "spec.yaml"], cwd=work, env=env(), capture_output=True, text=True)
+    last = sync.stdout.strip().splitlines()[-1] if sync.stdout.strip() else sync.stderr
+    say(f"sweep sync after the last run: {last}")
+    by_kind = {}
+    for k in result["kills"]:
+        by_kind[k["kind"]] = by_kind.get(k["kind"], 0) + 1
+    attempts = sum(
+        json.loads(p.read_text()).get("starts", 1) - 1 for p in work.glob("runs/chaos/*/evals/*/*.json")
+    )
+    say(
+        f"kills made: {len(result['kills'])} ({', '.join(f'{n} {k}' for k, n in sorted(by_kind.items()))}); "
+        f"sweep runs: {result['runs']}; evals re-run after a kill: {attempts}; "
+        f"chaos phase {result['seconds']:.0f}s"
+    )
+    problems = check(base, work, result["kills"])
+    if len(result["kills"]) < args.kills:
+        problems.append(
+            f"only {len(result['kills'])} of {args.kills} kills were made before the sweep completed"
+        )
+    for p in problems:
+        say(f"FAIL {p}")
+    say(
+        ("PASS: every check" if not problems else f"{len(problems)} check(s) failed")
+        + f" ({time.time() - t0:.0f}s in all)"
+    )
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
