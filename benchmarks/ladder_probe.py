@@ -43,7 +43,12 @@ VAL_MASK_SEED = 12345
 
 
 def world_kwargs(args) -> dict:
-    return dict(frames=args.frames, size=args.size, seed=0)
+    """SyntheticWorld arguments: the clip shape plus any --world key=value (tuples as a:b)."""
+    kw = dict(frames=args.frames, size=args.size, seed=0)
+    for item in filter(None, args.world.split(",")):
+        k, v = item.split("=")
+        kw[k] = tuple(float(x) for x in v.split(":")) if ":" in v else (int(v) if v.isdigit() else float(v))
+    return kw
 
 
 def stack(world: SyntheticWorld, start: int, n: int) -> torch.Tensor:
@@ -57,7 +62,14 @@ class ClipCache:
     def __init__(self, world: SyntheticWorld, directory: str, n: int):
         self.world = world
         shape = (n, world.frames, world.size, world.size, 3)
-        path = Path(directory) / f"pretrain_{world.frames}x{world.size}_seed{world.seed}_{n}.npy"
+        import hashlib
+        import inspect
+
+        import data4d.world as wm
+
+        # Named by the world's source and knobs too, so a changed world never reads stale clips.
+        sig = hashlib.sha256((inspect.getsource(wm) + repr(sorted(vars(world).items(), key=str))).encode()).hexdigest()[:10]
+        path = Path(directory) / f"pretrain_{world.frames}x{world.size}_{sig}_{n}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             tmp = path.with_suffix(".tmp.npy")
@@ -71,7 +83,7 @@ class ClipCache:
 
     def batch(self, start: int, n: int) -> torch.Tensor:
         if start + n <= len(self.arr):
-            return torch.from_numpy(np.ascontiguousarray(self.arr[start : start + n]))
+            return torch.from_numpy(np.array(self.arr[start : start + n]))
         return stack(self.world, start, n)
 
 
@@ -138,13 +150,15 @@ def floors(cfg: MAEConfig, val: torch.Tensor) -> dict[str, float]:
 
 
 def param_groups(model: VideoMAE, lr: float, mup_base: int | None):
-    """One group, or muP-style: encoder matrices whose fan-in is the width get lr * base / width."""
+    """One group, or muP-style (Adam): every matrix whose fan-in is the encoder width (the encoder blocks'
+    matrices and the decoder's input projection) gets lr * base / width; the rest (tubelet embedding,
+    position embeddings, norms, biases, the decoder) keeps lr."""
     if not mup_base:
         return [{"params": list(model.parameters()), "lr": lr, "scale": 1.0}]
     D = model.cfg.encoder.width
     hidden, rest = [], []
     for name, p in model.named_parameters():
-        is_hidden = name.startswith("encoder.blocks") and p.ndim == 2
+        is_hidden = (name.startswith("encoder.blocks") and p.ndim == 2) or name == "decoder.embed.weight"
         (hidden if is_hidden else rest).append(p)
     return [{"params": hidden, "lr": lr * mup_base / D, "scale": mup_base / D}, {"params": rest, "lr": lr, "scale": 1.0}]
 
@@ -153,6 +167,19 @@ def bootstrap(task, out: torch.Tensor, clips: dict, headline: str, reps: int, se
     """(std over bootstrap resamples of test clips of the readout's, and of the baseline's, headline metric)."""
     rng = np.random.default_rng(seed)
     n = len(clips["video"])
+    if headline == "abs_rel":  # depth pools pixels over clips: bootstrap per-clip sums (same statistic, fast)
+        gt = clips["depth"].astype(np.float64)
+        ok = np.isfinite(gt) & (gt > 0)
+        pred = task.unpatchify(out + task.prior).double().exp().numpy()
+        g = np.where(ok, gt, 1.0)
+
+        def per_clip(p):
+            err = np.where(ok, np.abs(g - np.maximum(p, 1e-6)) / g, 0.0)
+            return err.reshape(n, -1).sum(1), ok.reshape(n, -1).sum(1)
+
+        stats = [per_clip(pred), per_clip(np.broadcast_to(task.mean_depth, gt.shape))]
+        idx = rng.integers(0, n, (reps, n))
+        return tuple(float(np.std(s[idx].sum(1) / c[idx].sum(1))) for s, c in stats)
     vals, base = [], []
     for _ in range(reps):
         idx = rng.integers(0, n, n)
@@ -183,11 +210,12 @@ def run_evals(export: Path, tasks: list[str], readout: Readout, reps: int) -> di
         for t in tasks:
             t0 = time.perf_counter()
             r = er.evaluate(export, t, readout=readout, data=Data(frames=8, resolution=32, tubelet=(2, 8, 8)))
+            secs = time.perf_counter() - t0  # what the sweep's eval job spends (clips and features are cached per process)
             h = CATALOG[t].headline
             task, out, clips = record[t]
             se, se_b = bootstrap(task, out, clips, h, reps)
             res[t] = {"metric": r[h], "se": se, "baseline": r[f"baseline_{h}"], "se_base": se_b,
-                      "secs": time.perf_counter() - t0, "headline": h}
+                      "secs": secs, "headline": h}
         return res
     finally:
         er.TASKS.update(orig)
@@ -213,6 +241,7 @@ def main() -> None:
     a("--tubelet", default="2,8,8")
     a("--mask", type=float, default=0.75)
     a("--norm", action="store_true", help="normalised pixel targets")
+    a("--world", default="", help="SyntheticWorld knobs, e.g. objects=5,pan=0:0")
     a("--seed", type=int, default=0)
     a("--val-clips", type=int, default=256)
     a("--log-every", type=int, default=0)
@@ -224,6 +253,7 @@ def main() -> None:
     a("--tracking-readout", default="epochs=20,lr=1e-3")
     a("--boot", type=int, default=100)
     a("--save", default="", help="keep the export here")
+    a("--load", default="", help="skip pretraining: evaluate this export (written by --save)")
     args = p.parse_args()
     torch.set_num_threads(1)
 
@@ -238,8 +268,18 @@ def main() -> None:
             print(f"floor_{k} {v:.5f}")
         return
 
-    torch.manual_seed(args.seed)
-    model = VideoMAE(cfg)
+    if args.load:
+        from models.export import load_encoder
+
+        enc, rung = load_encoder(args.load)
+        cfg = enc.cfg
+        model = VideoMAE(cfg)
+        model.encoder.load_state_dict(enc.state_dict())
+        args.steps = 0
+        print(f"loaded {args.load}: encoder {cfg.encoder} params {encoder_params(cfg)}", flush=True)
+    else:
+        torch.manual_seed(args.seed)
+        model = VideoMAE(cfg)
     groups = param_groups(model, args.lr, args.mup_base)
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.wd)
     world = SyntheticWorld(**world_kwargs(args), split="pretrain")
@@ -268,9 +308,15 @@ def main() -> None:
         if args.log_every and (s + 1) % args.log_every == 0:
             print(f"step {s + 1} train {np.mean(losses[-args.log_every:]):.5f} val {val_loss(model, val):.5f}", flush=True)
     tail = max(1, args.steps // 5)
-    print(f"params {n_enc} train_tail {np.mean(losses[-tail:]):.5f} val {val_loss(model, val):.5f} "
-          f"s_per_step {t_train / args.steps:.3f} data_s_per_step {t_data / args.steps:.3f}", flush=True)
+    if args.steps:
+        print(f"params {n_enc} train_tail {np.mean(losses[-tail:]):.5f} val {val_loss(model, val):.5f} "
+              f"s_per_step {t_train / args.steps:.3f} data_s_per_step {t_data / args.steps:.3f}", flush=True)
 
+    state = {k[len("encoder."):]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    if args.save and not args.load:
+        from models.export import save_encoder
+
+        save_encoder(state, {"model": cfg.to_dict(), "data": {}}, Path(args.save))
     if args.eval:
         from models.export import save_encoder
 
@@ -278,10 +324,10 @@ def main() -> None:
         kv = {k: (int(v) if v.isdigit() else float(v)) for k, v in (x.split("=") for x in args.readout.split(","))}
         readout = Readout(**kv)
         tr = {k: (int(v) if v.isdigit() else float(v)) for k, v in (x.split("=") for x in args.tracking_readout.split(",") if x)}
-        state = {k[len("encoder."):]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
         with tempfile.TemporaryDirectory() as d:
-            export = Path(args.save) if args.save else Path(d) / "export"
-            save_encoder(state, {"model": cfg.to_dict(), "data": {}}, export)
+            export = Path(args.load or args.save or Path(d) / "export")
+            if not (args.load or args.save):
+                save_encoder(state, {"model": cfg.to_dict(), "data": {}}, export)
             for t in tasks:
                 ro = readout.model_copy(update=tr) if t == "point_tracking" else readout
                 r = run_evals(export, [t], ro, args.boot)[t]
