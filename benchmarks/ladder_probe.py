@@ -221,6 +221,24 @@ def run_evals(export: Path, tasks: list[str], readout: Readout, reps: int) -> di
         er.TASKS.update(orig)
 
 
+def from_spec(args):
+    """Overwrite args with what --spec says for --rung (what `sweep run` would train and evaluate)."""
+    from contracts.spec import load_spec
+
+    spec = load_spec(args.spec)
+    r = spec.rung(args.rung)
+    m, pt = r.model, spec.pretraining
+    args.width, args.depth, args.mlp, args.heads = m.encoder.width, m.encoder.depth, m.encoder.mlp, m.encoder.heads
+    args.dec = ",".join(str(x) for x in (m.decoder.width, m.decoder.depth, m.decoder.mlp, m.decoder.heads))
+    args.lr, args.wd, args.steps, args.batch = r.optimizer.lr, r.optimizer.weight_decay, r.steps, r.batch_size
+    args.warmup, args.min_lr_ratio = r.schedule.warmup_steps, r.schedule.min_lr_ratio
+    args.frames, args.size, args.tubelet = m.frames, m.size, ",".join(map(str, m.tubelet))
+    args.mask, args.norm, args.seed = m.mask_ratio, m.norm_target, pt.seed
+    if r.schedule.kind != "cosine" or r.optimizer.grad_clip != 1.0 or tuple(r.optimizer.betas) != (0.9, 0.95):
+        raise SystemExit("ladder_probe reproduces cosine schedules, grad_clip 1 and betas (0.9, 0.95) only")
+    return spec
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a = p.add_argument
@@ -254,7 +272,10 @@ def main() -> None:
     a("--boot", type=int, default=100)
     a("--save", default="", help="keep the export here")
     a("--load", default="", help="skip pretraining: evaluate this export (written by --save)")
+    a("--spec", default="", help="take the rung's shape, recipe and readouts from this sweep spec (with --rung)")
+    a("--rung", default="", help="rung name in --spec")
     args = p.parse_args()
+    spec = from_spec(args) if args.spec else None
     torch.set_num_threads(1)
 
     heads = args.heads or max(1, args.width // 16)
@@ -285,9 +306,10 @@ def main() -> None:
     world = SyntheticWorld(**world_kwargs(args), split="pretrain")
     cache = ClipCache(world, args.cache, args.cache_clips) if args.cache else None
     n_enc = encoder_params(cfg)
-    print(f"encoder {args.width}/{args.depth}/{cfg.encoder.mlp}/{heads} params {n_enc} decoder {args.dec} "
+    print(f"encoder {cfg.encoder.width}/{cfg.encoder.depth}/{cfg.encoder.mlp}/{cfg.encoder.heads} params {n_enc} "
+          f"decoder {cfg.decoder.width},{cfg.decoder.depth},{cfg.decoder.mlp},{cfg.decoder.heads} "
           f"lr {args.lr} mup_base {args.mup_base} steps {args.steps} warmup {args.warmup} batch {args.batch} "
-          f"clip {args.frames}x{args.size} tubelet {args.tubelet} norm {int(args.norm)}", flush=True)
+          f"clip {cfg.frames}x{cfg.size} tubelet {cfg.tubelet} norm {int(cfg.norm_target)}", flush=True)
     losses, t_train, t_data = [], 0.0, 0.0
     for s in range(args.steps):
         f = lr_factor(s, args.steps, args.warmup, args.min_lr_ratio)
@@ -330,6 +352,8 @@ def main() -> None:
                 save_encoder(state, {"model": cfg.to_dict(), "data": {}}, export)
             for t in tasks:
                 ro = readout.model_copy(update=tr) if t == "point_tracking" else readout
+                if spec is not None:
+                    ro = spec.evals.readout_for(t)
                 r = run_evals(export, [t], ro, args.boot)[t]
                 sign = 1 if higher_is_better(r["headline"]) else -1
                 z = sign * (r["metric"] - r["baseline"]) / max(r["se"], 1e-12)
