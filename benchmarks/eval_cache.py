@@ -35,20 +35,33 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = MAEConfig(encoder=ViTShape(args.width, args.depth, 4 * args.width, 8), decoder=ViTShape(64, 1, 256, 2),
-                    frames=8, size=32, tubelet=(2, 8, 8), mask_ratio=0.75)
-    readout = Readout(width=64, heads=4, epochs=args.epochs, batch_size=16, train_clips=128, val_clips=32,
-                      test_clips=64)
+    cfg = MAEConfig(
+        encoder=ViTShape(args.width, args.depth, 4 * args.width, 8),
+        decoder=ViTShape(64, 1, 256, 2),
+        frames=8,
+        size=32,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.75,
+    )
+    readout = Readout(
+        width=64, heads=4, epochs=args.epochs, batch_size=16, train_clips=128, val_clips=32, test_clips=64
+    )
     with tempfile.TemporaryDirectory() as d:
         torch.manual_seed(0)
         save_encoder(Encoder(cfg).state_dict(), {"model": cfg.to_dict()}, Path(d) / "warmup")
         save_encoder(Encoder(cfg).state_dict(), {"model": cfg.to_dict()}, Path(d) / "timed")
-        for split, n in zip(SPLITS, (readout.train_clips, readout.val_clips, readout.test_clips), strict=True):
+        for split, n in zip(
+            SPLITS, (readout.train_clips, readout.val_clips, readout.test_clips), strict=True
+        ):
             load_clips(cfg, World(), split, n)  # clips are cached before timing
-        evaluate(Path(d) / "warmup", args.task, readout=readout.model_copy(update={"epochs": 1}))  # one-time torch setup
+        evaluate(
+            Path(d) / "warmup", args.task, readout=readout.model_copy(update={"epochs": 1})
+        )  # one-time torch setup
         d = Path(d) / "timed"
-        print(f"encoder {args.width}x{args.depth} on 8x32x32 clips, task {args.task}, {args.epochs} epochs, "
-              f"{readout.train_clips}/{readout.val_clips}/{readout.test_clips} clips, {args.threads} thread(s)")
+        print(
+            f"encoder {args.width}x{args.depth} on 8x32x32 clips, task {args.task}, {args.epochs} epochs, "
+            f"{readout.train_clips}/{readout.val_clips}/{readout.test_clips} clips, {args.threads} thread(s)"
+        )
 
         t = time.perf_counter()  # a fresh export: its features are not in the cache yet
         cached = evaluate(d, args.task, readout=readout, cache_features=True)

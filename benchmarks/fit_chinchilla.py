@@ -1,6 +1,6 @@
 """Wall time of the full 3,125-start Chinchilla fit on the replication's 240 points.
 
-    .venv/bin/python benchmarks/fit_chinchilla.py
+.venv/bin/python benchmarks/fit_chinchilla.py
 """
 
 from __future__ import annotations

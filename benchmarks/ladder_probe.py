@@ -68,7 +68,9 @@ class ClipCache:
         import data4d.world as wm
 
         # Named by the world's source and knobs too, so a changed world never reads stale clips.
-        sig = hashlib.sha256((inspect.getsource(wm) + repr(sorted(vars(world).items(), key=str))).encode()).hexdigest()[:10]
+        sig = hashlib.sha256(
+            (inspect.getsource(wm) + repr(sorted(vars(world).items(), key=str))).encode()
+        ).hexdigest()[:10]
         path = Path(directory) / f"pretrain_{world.frames}x{world.size}_{sig}_{n}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -101,7 +103,9 @@ def val_loss(model: VideoMAE, val: torch.Tensor, batch: int = 64) -> float:
     vis, msk = random_masking(len(val), model.cfg, torch.Generator().manual_seed(VAL_MASK_SEED))
     tot = 0.0
     for i in range(0, len(val), batch):
-        tot += model(normalize_video(val[i : i + batch]), vis[i : i + batch], msk[i : i + batch]).item() * len(val[i : i + batch])
+        tot += model(
+            normalize_video(val[i : i + batch]), vis[i : i + batch], msk[i : i + batch]
+        ).item() * len(val[i : i + batch])
     model.train()
     return tot / len(val)
 
@@ -160,10 +164,15 @@ def param_groups(model: VideoMAE, lr: float, mup_base: int | None):
     for name, p in model.named_parameters():
         is_hidden = (name.startswith("encoder.blocks") and p.ndim == 2) or name == "decoder.embed.weight"
         (hidden if is_hidden else rest).append(p)
-    return [{"params": hidden, "lr": lr * mup_base / D, "scale": mup_base / D}, {"params": rest, "lr": lr, "scale": 1.0}]
+    return [
+        {"params": hidden, "lr": lr * mup_base / D, "scale": mup_base / D},
+        {"params": rest, "lr": lr, "scale": 1.0},
+    ]
 
 
-def bootstrap(task, out: torch.Tensor, clips: dict, headline: str, reps: int, seed: int = 0) -> tuple[float, float]:
+def bootstrap(
+    task, out: torch.Tensor, clips: dict, headline: str, reps: int, seed: int = 0
+) -> tuple[float, float]:
     """(std over bootstrap resamples of test clips of the readout's, and of the baseline's, headline metric)."""
     rng = np.random.default_rng(seed)
     n = len(clips["video"])
@@ -210,12 +219,20 @@ def run_evals(export: Path, tasks: list[str], readout: Readout, reps: int) -> di
         for t in tasks:
             t0 = time.perf_counter()
             r = er.evaluate(export, t, readout=readout, data=Data(frames=8, resolution=32, tubelet=(2, 8, 8)))
-            secs = time.perf_counter() - t0  # what the sweep's eval job spends (clips and features are cached per process)
+            secs = (
+                time.perf_counter() - t0
+            )  # what the sweep's eval job spends (clips and features are cached per process)
             h = CATALOG[t].headline
             task, out, clips = record[t]
             se, se_b = bootstrap(task, out, clips, h, reps)
-            res[t] = {"metric": r[h], "se": se, "baseline": r[f"baseline_{h}"], "se_base": se_b,
-                      "secs": secs, "headline": h}
+            res[t] = {
+                "metric": r[h],
+                "se": se,
+                "baseline": r[f"baseline_{h}"],
+                "se_base": se_b,
+                "secs": secs,
+                "headline": h,
+            }
         return res
     finally:
         er.TASKS.update(orig)
@@ -228,7 +245,12 @@ def from_spec(args):
     spec = load_spec(args.spec)
     r = spec.rung(args.rung)
     m, pt = r.model, spec.pretraining
-    args.width, args.depth, args.mlp, args.heads = m.encoder.width, m.encoder.depth, m.encoder.mlp, m.encoder.heads
+    args.width, args.depth, args.mlp, args.heads = (
+        m.encoder.width,
+        m.encoder.depth,
+        m.encoder.mlp,
+        m.encoder.heads,
+    )
     args.dec = ",".join(str(x) for x in (m.decoder.width, m.decoder.depth, m.decoder.mlp, m.decoder.heads))
     args.lr, args.wd, args.steps, args.batch = r.optimizer.lr, r.optimizer.weight_decay, r.steps, r.batch_size
     args.warmup, args.min_lr_ratio = r.schedule.warmup_steps, r.schedule.min_lr_ratio
@@ -267,12 +289,19 @@ def main() -> None:
     a("--cache-clips", type=int, default=9600, help="how many clips the cache holds; later ones are rendered")
     a("--floor", action="store_true", help="print the loss of untrained predictors and exit")
     a("--eval", default="", help="comma-separated tasks to evaluate frozen, or 'all'")
-    a("--readout", default="width=64,heads=4,epochs=6,batch_size=16,lr=2e-3,weight_decay=0.05,train_clips=512,val_clips=64,test_clips=128")
+    a(
+        "--readout",
+        default="width=64,heads=4,epochs=6,batch_size=16,lr=2e-3,weight_decay=0.05,train_clips=512,val_clips=64,test_clips=128",
+    )
     a("--tracking-readout", default="epochs=20,lr=1e-3")
     a("--boot", type=int, default=100)
     a("--save", default="", help="keep the export here")
     a("--load", default="", help="skip pretraining: evaluate this export (written by --save)")
-    a("--spec", default="", help="take the rung's shape, recipe and readouts from this sweep spec (with --rung)")
+    a(
+        "--spec",
+        default="",
+        help="take the rung's shape, recipe and readouts from this sweep spec (with --rung)",
+    )
     a("--rung", default="", help="rung name in --spec")
     args = p.parse_args()
     spec = from_spec(args) if args.spec else None
@@ -280,9 +309,15 @@ def main() -> None:
 
     heads = args.heads or max(1, args.width // 16)
     dec = ViTShape(*map(int, args.dec.split(",")))
-    cfg = MAEConfig(encoder=ViTShape(args.width, args.depth, args.mlp or 4 * args.width, heads), decoder=dec,
-                    frames=args.frames, size=args.size, tubelet=tuple(map(int, args.tubelet.split(","))),
-                    mask_ratio=args.mask, norm_target=args.norm)
+    cfg = MAEConfig(
+        encoder=ViTShape(args.width, args.depth, args.mlp or 4 * args.width, heads),
+        decoder=dec,
+        frames=args.frames,
+        size=args.size,
+        tubelet=tuple(map(int, args.tubelet.split(","))),
+        mask_ratio=args.mask,
+        norm_target=args.norm,
+    )
     val = stack(SyntheticWorld(**world_kwargs(args), split="val"), 0, args.val_clips)
     if args.floor:
         for k, v in floors(cfg, val).items():
@@ -306,10 +341,13 @@ def main() -> None:
     world = SyntheticWorld(**world_kwargs(args), split="pretrain")
     cache = ClipCache(world, args.cache, args.cache_clips) if args.cache else None
     n_enc = encoder_params(cfg)
-    print(f"encoder {cfg.encoder.width}/{cfg.encoder.depth}/{cfg.encoder.mlp}/{cfg.encoder.heads} params {n_enc} "
-          f"decoder {cfg.decoder.width},{cfg.decoder.depth},{cfg.decoder.mlp},{cfg.decoder.heads} "
-          f"lr {args.lr} mup_base {args.mup_base} steps {args.steps} warmup {args.warmup} batch {args.batch} "
-          f"clip {cfg.frames}x{cfg.size} tubelet {cfg.tubelet} norm {int(cfg.norm_target)}", flush=True)
+    print(
+        f"encoder {cfg.encoder.width}/{cfg.encoder.depth}/{cfg.encoder.mlp}/{cfg.encoder.heads} params {n_enc} "
+        f"decoder {cfg.decoder.width},{cfg.decoder.depth},{cfg.decoder.mlp},{cfg.decoder.heads} "
+        f"lr {args.lr} mup_base {args.mup_base} steps {args.steps} warmup {args.warmup} batch {args.batch} "
+        f"clip {cfg.frames}x{cfg.size} tubelet {cfg.tubelet} norm {int(cfg.norm_target)}",
+        flush=True,
+    )
     losses, t_train, t_data = [], 0.0, 0.0
     for s in range(args.steps):
         f = lr_factor(s, args.steps, args.warmup, args.min_lr_ratio)
@@ -328,13 +366,19 @@ def main() -> None:
         t_data, t_train = t_data + t1 - t0, t_train + t2 - t1
         losses.append(loss.item())
         if args.log_every and (s + 1) % args.log_every == 0:
-            print(f"step {s + 1} train {np.mean(losses[-args.log_every:]):.5f} val {val_loss(model, val):.5f}", flush=True)
+            print(
+                f"step {s + 1} train {np.mean(losses[-args.log_every :]):.5f} val {val_loss(model, val):.5f}",
+                flush=True,
+            )
     tail = max(1, args.steps // 5)
     if args.steps:
-        print(f"params {n_enc} train_tail {np.mean(losses[-tail:]):.5f} val {val_loss(model, val):.5f} "
-              f"s_per_step {t_train / args.steps:.3f} data_s_per_step {t_data / args.steps:.3f}", flush=True)
+        print(
+            f"params {n_enc} train_tail {np.mean(losses[-tail:]):.5f} val {val_loss(model, val):.5f} "
+            f"s_per_step {t_train / args.steps:.3f} data_s_per_step {t_data / args.steps:.3f}",
+            flush=True,
+        )
 
-    state = {k[len("encoder."):]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    state = {k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     if args.save and not args.load:
         from models.export import save_encoder
 
@@ -343,9 +387,15 @@ def main() -> None:
         from models.export import save_encoder
 
         tasks = list(CATALOG) if args.eval == "all" else args.eval.split(",")
-        kv = {k: (int(v) if v.isdigit() else float(v)) for k, v in (x.split("=") for x in args.readout.split(","))}
+        kv = {
+            k: (int(v) if v.isdigit() else float(v))
+            for k, v in (x.split("=") for x in args.readout.split(","))
+        }
         readout = Readout(**kv)
-        tr = {k: (int(v) if v.isdigit() else float(v)) for k, v in (x.split("=") for x in args.tracking_readout.split(",") if x)}
+        tr = {
+            k: (int(v) if v.isdigit() else float(v))
+            for k, v in (x.split("=") for x in args.tracking_readout.split(",") if x)
+        }
         with tempfile.TemporaryDirectory() as d:
             export = Path(args.load or args.save or Path(d) / "export")
             if not (args.load or args.save):
@@ -357,8 +407,11 @@ def main() -> None:
                 r = run_evals(export, [t], ro, args.boot)[t]
                 sign = 1 if higher_is_better(r["headline"]) else -1
                 z = sign * (r["metric"] - r["baseline"]) / max(r["se"], 1e-12)
-                print(f"eval {t} {r['headline']} {r['metric']:.4f} se {r['se']:.4f} baseline {r['baseline']:.4f} "
-                      f"se_base {r['se_base']:.4f} z_vs_base {z:.1f} secs {r['secs']:.1f}", flush=True)
+                print(
+                    f"eval {t} {r['headline']} {r['metric']:.4f} se {r['se']:.4f} baseline {r['baseline']:.4f} "
+                    f"se_base {r['se_base']:.4f} z_vs_base {z:.1f} secs {r['secs']:.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,17 @@ def parse(path: Path) -> dict:
             out["params"], out["val"] = int(m[1]), float(m[2])
         elif m := re.match(r"loaded .* params (\d+)", line):
             out.setdefault("params", int(m[1]))
-        elif m := re.match(r"eval (\S+) (\S+) (\S+) se (\S+) baseline (\S+) se_base (\S+) z_vs_base \S+ secs (\S+)", line):
-            out["evals"][m[1]] = dict(metric=m[2], value=float(m[3]), se=float(m[4]), baseline=float(m[5]),
-                                      se_base=float(m[6]), secs=float(m[7]))
+        elif m := re.match(
+            r"eval (\S+) (\S+) (\S+) se (\S+) baseline (\S+) se_base (\S+) z_vs_base \S+ secs (\S+)", line
+        ):
+            out["evals"][m[1]] = dict(
+                metric=m[2],
+                value=float(m[3]),
+                se=float(m[4]),
+                baseline=float(m[5]),
+                se_base=float(m[6]),
+                secs=float(m[7]),
+            )
     return out
 
 
@@ -49,8 +57,10 @@ def main() -> None:
         f = fit("powerlaw", N, np.array(vals), bootstrap=1000)
         lo, hi = f.ci["b"]
         strictly = all(b < a for a, b in zip(vals, vals[1:]))
-        print(f"val: strictly decreasing {strictly}; power law b = {f.params['b']:.4f} [{lo:.4f}, {hi:.4f}] "
-              f"(excludes 0: {hi < 0 or lo > 0}), R^2(log) = {f.r2_log:.3f}, span {N[-1] / N[0]:.0f}x")
+        print(
+            f"val: strictly decreasing {strictly}; power law b = {f.params['b']:.4f} [{lo:.4f}, {hi:.4f}] "
+            f"(excludes 0: {hi < 0 or lo > 0}), R^2(log) = {f.r2_log:.3f}, span {N[-1] / N[0]:.0f}x"
+        )
     tasks = sorted({t for r in rungs for t in r["evals"]})
     n_better = 0
     for t in tasks:
@@ -66,8 +76,11 @@ def main() -> None:
         zs = [sign * (x["value"] - x["baseline"]) / max(x["se"], 1e-12) for x in rows]
         d = sign * (rows[-1]["value"] - rows[0]["value"]) / math.hypot(rows[-1]["se"], rows[0]["se"])
         n_better += d >= 2
-        print(f"{t} {rows[0]['metric']} baseline {rows[0]['baseline']:.4f}+-{rows[0]['se_base']:.4f}: " + " | ".join(cells)
-              + f"  -> all >= 3 SE over baseline: {min(zs) >= 3}; largest vs smallest: {d:+.1f} combined SE")
+        print(
+            f"{t} {rows[0]['metric']} baseline {rows[0]['baseline']:.4f}+-{rows[0]['se_base']:.4f}: "
+            + " | ".join(cells)
+            + f"  -> all >= 3 SE over baseline: {min(zs) >= 3}; largest vs smallest: {d:+.1f} combined SE"
+        )
     if tasks:
         print(f"tasks better at the largest rung by >= 2 combined SE: {n_better} of {len(tasks)}")
         secs = sum(x["secs"] for r in rungs for x in r["evals"].values())

@@ -19,4 +19,6 @@ for frames, size, n in ((16, 64, 200), (8, 32, 500)):
     for i in range(1, n + 1):
         world[i]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    print(f"{frames}x{size}x{size}: {n / wall:.1f} clips/s wall, {n / cpu:.1f} clips/s per CPU-second ({1e3 * wall / n:.1f} ms/clip, {n} clips)")
+    print(
+        f"{frames}x{size}x{size}: {n / wall:.1f} clips/s wall, {n / cpu:.1f} clips/s per CPU-second ({1e3 * wall / n:.1f} ms/clip, {n} clips)"
+    )

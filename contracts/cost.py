@@ -66,7 +66,11 @@ def flops_per_clip(cfg: MAEConfig, visible: int | None = None) -> FlopsPerClip:
     D, E = cfg.encoder.width, cfg.decoder.width
     embed = 2 * N * cfg.patch_dim * D  # the Conv3d runs over the whole clip
     enc = cfg.encoder.depth * block_forward_flops(cfg.encoder, K)
-    dec = 2 * K * D * E + cfg.decoder.depth * block_forward_flops(cfg.decoder, N) + 2 * (N - K) * E * cfg.patch_dim
+    dec = (
+        2 * K * D * E
+        + cfg.decoder.depth * block_forward_flops(cfg.decoder, N)
+        + 2 * (N - K) * E * cfg.patch_dim
+    )
     return FlopsPerClip(encoder_forward=enc, decoder_forward=dec, embed_forward=embed)
 
 

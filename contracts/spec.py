@@ -369,7 +369,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         problem = getattr(e, "problem", None) or str(e)
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}:1: the spec must be a mapping of sections (name, data, pretraining, ladder, ...)")
+        raise SpecError(
+            f"{path}:1: the spec must be a mapping of sections (name, data, pretraining, ladder, ...)"
+        )
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:
@@ -384,7 +386,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     problems = _cross_checks(spec)
     if problems:
         raise SpecError(
-            "invalid sweep spec\n  " + "\n  ".join(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {m}" for loc, m in problems)
+            "invalid sweep spec\n  "
+            + "\n  ".join(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {m}" for loc, m in problems)
         )
     return spec
 
@@ -435,7 +438,10 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
     t, h, w = d.tubelet
     if d.frames % t or d.resolution % h or d.resolution % w:
         out.append(
-            (("data", "tubelet"), f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)")
+            (
+                ("data", "tubelet"),
+                f"tubelet {t}x{h}x{w} must divide the clip {d.frames}x{d.resolution}x{d.resolution} (frames x resolution)",
+            )
         )
     if d.source != "synthetic" and not d.path:
         out.append((("data", "path"), f"source '{d.source}' needs a path to the data"))
@@ -453,8 +459,15 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
             if any(v is not None for v in explicit):
                 out.append((where + ("size",), "give a named size or width/depth/mlp/heads, not both"))
         elif any(v is None for v in explicit):
-            missing = [k for k, v in zip(("width", "depth", "mlp", "heads"), explicit, strict=True) if v is None]
-            out.append((where + (missing[0],), f"a rung needs a size or all of width/depth/mlp/heads (missing: {', '.join(missing)})"))
+            missing = [
+                k for k, v in zip(("width", "depth", "mlp", "heads"), explicit, strict=True) if v is None
+            ]
+            out.append(
+                (
+                    where + (missing[0],),
+                    f"a rung needs a size or all of width/depth/mlp/heads (missing: {', '.join(missing)})",
+                )
+            )
         else:
             out += _check_shape(where, r.width, r.heads)  # type: ignore[arg-type]
         name = rung_name(r)
@@ -464,18 +477,28 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
             out.append((where + ("name",), f"duplicate rung name {name!r} (also ladder[{seen[name]}])"))
         seen[name] = i
         if not (r.steps or r.clips_seen or pt.steps or pt.clips_seen):
-            out.append((where + ("steps",), "no training length: set pretraining.steps or clips_seen (or the rung's)"))
+            out.append(
+                (
+                    where + ("steps",),
+                    "no training length: set pretraining.steps or clips_seen (or the rung's)",
+                )
+            )
         gpus = pt.gpus if r.gpus is None else r.gpus
         workers = gpus if gpus > 0 else (r.cpu_workers or pt.cpu_workers)
         batch = r.batch_size or pt.batch_size
         if batch % workers:
-            out.append((where + ("batch_size",), f"batch size {batch} must divide evenly over {workers} workers"))
+            out.append(
+                (where + ("batch_size",), f"batch size {batch} must divide evenly over {workers} workers")
+            )
     if out:
         return out
     for i, rc in enumerate(spec.rungs()):
         micro = rc.micro_batch_size
         if rc.batch_size % (micro * rc.workers):
             out.append(
-                (("ladder", i, "micro_batch_size"), f"batch {rc.batch_size} is not a multiple of micro-batch {micro} x {rc.workers} workers")
+                (
+                    ("ladder", i, "micro_batch_size"),
+                    f"batch {rc.batch_size} is not a multiple of micro-batch {micro} x {rc.workers} workers",
+                )
             )
     return out

@@ -68,7 +68,9 @@ class Fit:
         (sh, sw), (top, left) = self.scaled, self.offset
         sx, sy = sw / self.w, sh / self.h
         K = np.asarray(K, np.float64)
-        out = np.array([[K[0, 0] * sx, 0, K[0, 2] * sx - left], [0, K[1, 1] * sy, K[1, 2] * sy - top], [0, 0, 1]])
+        out = np.array(
+            [[K[0, 0] * sx, 0, K[0, 2] * sx - left], [0, K[1, 1] * sy, K[1, 2] * sy - top], [0, 0, 1]]
+        )
         return out.astype(np.float32)
 
     def boxes(self, boxes):
@@ -169,7 +171,10 @@ def _expand(pattern):
     m = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
     if m:
         lo, hi = m.groups()
-        pats = [pattern[: m.start()] + str(k).zfill(len(lo)) + pattern[m.end() :] for k in range(int(lo), int(hi) + 1)]
+        pats = [
+            pattern[: m.start()] + str(k).zfill(len(lo)) + pattern[m.end() :]
+            for k in range(int(lo), int(hi) + 1)
+        ]
         return [x for pat in pats for x in _expand(pat)]
     return sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
 
@@ -225,7 +230,9 @@ class WebDataset:
                             groups.setdefault(f"{d}/{key}", {})[ext.lower()] = (m.offset_data, m.size)
             except (OSError, tarfile.TarError) as e:
                 raise DataError(f"{shard}: cannot read tar shard ({e})") from e
-            self.samples += [(shard, k, g) for k, g in groups.items() if any("." + e in VIDEO_EXTS for e in g)]
+            self.samples += [
+                (shard, k, g) for k, g in groups.items() if any("." + e in VIDEO_EXTS for e in g)
+            ]
         if not self.samples:
             raise DataError(f"{pattern}: no video samples in {len(self.shards)} shard(s)")
 
@@ -245,7 +252,9 @@ class WebDataset:
         ext = next(e for e in g if "." + e in VIDEO_EXTS)
         name = f"{shard}:{key}.{ext}"
         start = "random" if rng is not None else "center"
-        video, _ = decode_video(self._member(shard, g[ext]), name, self.frames, self.resolution, self.stride, start, rng)
+        video, _ = decode_video(
+            self._member(shard, g[ext]), name, self.frames, self.resolution, self.stride, start, rng
+        )
         clip = {"video": video, "key": key}
         if "cls" in g:
             clip["label"] = int(self._member(shard, g["cls"]).decode().strip())
@@ -352,7 +361,11 @@ class RGBDScenes:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: RGB-D folder not found")
-        self.scenes = [root] if (root / "color").is_dir() else sorted(p for p in root.iterdir() if (p / "color").is_dir())
+        self.scenes = (
+            [root]
+            if (root / "color").is_dir()
+            else sorted(p for p in root.iterdir() if (p / "color").is_dir())
+        )
         if not self.scenes:
             raise DataError(f"{root}: no scene with a color/ folder")
         self.frames, self.stride, self.resolution = frames, stride, resolution
@@ -380,10 +393,16 @@ class RGBDScenes:
             if ppath.exists():
                 poses.append(_matrix(ppath, (4, 4)))
         K = _intrinsics(scene, d.size)
-        clip = {"video": np.stack(video), "depth": np.stack(depth).astype(np.float32), "intrinsics": fit.intrinsics(K)}
+        clip = {
+            "video": np.stack(video),
+            "depth": np.stack(depth).astype(np.float32),
+            "intrinsics": fit.intrinsics(K),
+        }
         if len(poses) == len(colors):
             with np.errstate(invalid="ignore"):
-                clip["extrinsics"] = np.stack([np.linalg.inv(p) if np.isfinite(p).all() else np.full((4, 4), np.nan) for p in poses]).astype(np.float32)
+                clip["extrinsics"] = np.stack(
+                    [np.linalg.inv(p) if np.isfinite(p).all() else np.full((4, 4), np.nan) for p in poses]
+                ).astype(np.float32)
         return clip
 
 
@@ -437,7 +456,9 @@ class RealEstate10K:
         except (OSError, ValueError) as e:
             raise DataError(f"{f}: cannot parse camera file ({e})") from e
         if rows.ndim != 2 or rows.shape[1] != 19:
-            raise DataError(f"{f}: expected 19 numbers per camera line, got {rows.shape[-1] if rows.size else 0}")
+            raise DataError(
+                f"{f}: expected 19 numbers per camera line, got {rows.shape[-1] if rows.size else 0}"
+            )
         rows = rows[:: self.stride][: self.frames]
         T = len(rows)
         ext = np.tile(np.eye(4), (T, 1, 1))
@@ -489,7 +510,9 @@ class BoxTracks:
             boxes = np.array(raw, np.float64).reshape(len(objects), -1, 4)  # (O, T_all, 4)
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{f}: not a box-track file ({e})") from e
-        video, fit = decode_video(str(video_path), video_path, self.frames, self.resolution, self.stride, start=0)
+        video, fit = decode_video(
+            str(video_path), video_path, self.frames, self.resolution, self.stride, start=0
+        )
         T = len(video)
         idx = np.arange(T) * self.stride
         pick = np.full((len(objects), T, 4), np.nan)
@@ -526,7 +549,9 @@ class SomethingSomethingV2:
                 name = entry["template"].replace("[", "").replace("]", "")
                 self.items.append((str(entry["id"]), self.classes[name], entry["template"]))
             except (KeyError, TypeError) as e:
-                raise DataError(f"{listing}: bad entry {entry!r} (unknown template or missing field: {e})") from e
+                raise DataError(
+                    f"{listing}: bad entry {entry!r} (unknown template or missing field: {e})"
+                ) from e
 
     def __len__(self):
         return len(self.items)

@@ -72,7 +72,10 @@ class SyntheticWorld:
         dolly=(1.5, 3.0),  # camera travel for the move in/out classes (world units)
         camera_jitter=0.3,  # smooth random camera drift in the other classes (world units)
         far=100.0,  # depth given to the sky
-        texture=(0.5, 2.0),  # range of the texture waves' periods on objects (world units; the ground's are 2x)
+        texture=(
+            0.5,
+            2.0,
+        ),  # range of the texture waves' periods on objects (world units; the ground's are 2x)
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -133,7 +136,9 @@ class SyntheticWorld:
         elif name.startswith("camera moves"):
             side = 1 if name.endswith("in") else -1
             eye = eye0 + (s - 0.5) * side * u(*self.dolly) * fwd
-        rot = look_at(eye, target).astype(np.float32).astype(np.float64)  # (T, 3, 3) rounded once, used everywhere
+        rot = (
+            look_at(eye, target).astype(np.float32).astype(np.float64)
+        )  # (T, 3, 3) rounded once, used everywhere
         ext = np.tile(np.eye(4), (T, 1, 1))
         ext[:, :3, :3], ext[:, :3, 3] = rot, -np.einsum("tij,tj->ti", rot, eye)
 
@@ -142,7 +147,9 @@ class SyntheticWorld:
         kind[0] = BOX if "spins" in name else kind[0]
         half = np.empty((n_obj, 3))  # box half extents; spheres use half[:, 0] as radius
         half[0] = u(0.6, 1.0, size=3) if kind[0] == BOX else u(0.8, 1.2)
-        half[1:] = np.where(kind[1:, None] == BOX, u(0.2, 0.5, size=(n_obj - 1, 3)), u(0.25, 0.55, size=(n_obj - 1, 1)))
+        half[1:] = np.where(
+            kind[1:, None] == BOX, u(0.2, 0.5, size=(n_obj - 1, 3)), u(0.25, 0.55, size=(n_obj - 1, 1))
+        )
         rest = np.where(kind == BOX, half[:, 2], half[:, 0])  # centre height when resting on the ground
         centre = np.empty((n_obj, T, 3))
         yaw = np.empty((n_obj, T))
@@ -153,13 +160,20 @@ class SyntheticWorld:
             "object moves right": (s - 0.5) * a * right,
             "object moves up": s * 0.8 * a * np.array([0, 0, 1.0]),
             "object moves down": (1 - s) * 0.8 * a * np.array([0, 0, 1.0]),
-            "object moves toward camera": (0.5 - s) * 1.5 * a * fwd_h,  # depth motion reads weaker: go further
+            "object moves toward camera": (0.5 - s)
+            * 1.5
+            * a
+            * fwd_h,  # depth motion reads weaker: go further
             "object moves away from camera": (s - 0.5) * 1.5 * a * fwd_h,
         }
         centre[0] = c0 + moves.get(name, 0 * s)
-        spin = {"object spins clockwise": -1, "object spins counter-clockwise": 1}.get(name, 0) * u(*self.spin)
+        spin = {"object spins clockwise": -1, "object spins counter-clockwise": 1}.get(name, 0) * u(
+            *self.spin
+        )
         yaw[0] = u(0, 2 * np.pi) + spin * s[:, 0]
-        for o in range(1, n_obj):  # distractors: random start around the target, straight-line motion, some float
+        for o in range(
+            1, n_obj
+        ):  # distractors: random start around the target, straight-line motion, some float
             r, ang = u(1.5, 4.5), u(0, 2 * np.pi)
             lift = u(0.3, 1.5) if u() < 0.3 else 0.0
             start = target0 * [1, 1, 0] + [r * np.cos(ang), r * np.sin(ang), rest[o] + lift]
@@ -182,7 +196,9 @@ class SyntheticWorld:
         period = np.exp(u(np.log(self.texture[0]), np.log(self.texture[1]), size=(n_surf, K)))
         period[-1] *= 2  # the ground is seen from further away and at a grazing angle
         amp = period / period.sum(-1, keepdims=True)
-        waves = dict(k=direction * (2 * np.pi / period)[..., None], phase=u(0, 2 * np.pi, size=(n_surf, K)), amp=amp)
+        waves = dict(
+            k=direction * (2 * np.pi / period)[..., None], phase=u(0, 2 * np.pi, size=(n_surf, K)), amp=amp
+        )
         return dict(
             eye=eye, rot=rot, extrinsics=ext, kind=kind, half=half, centre=centre, yaw=yaw, light=light,
             colors=u(0.15, 1.0, size=(n_obj, 2, 3)), waves=waves, ground=u(0.25, 0.75, size=(2, 3)),
@@ -203,7 +219,9 @@ class SyntheticWorld:
         d = [rot[:, 0, k, None] * u + rot[:, 1, k, None] * v + rot[:, 2, k, None] for k in range(3)]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             # Ground plane z = 0, cut off at `far` (beyond is sky).
-            best = np.where(d[2] < 0, -eye[:, 2, None] / d[2], np.inf).astype(f32)  # (T, M) nearest hit so far
+            best = np.where(d[2] < 0, -eye[:, 2, None] / d[2], np.inf).astype(
+                f32
+            )  # (T, M) nearest hit so far
             best[best > far] = np.inf
             ident = np.full(best.shape, -1, np.int16)
             for o in range(self.objects):
@@ -215,7 +233,10 @@ class SyntheticWorld:
                     t = (-b - np.sqrt(np.maximum(disc, 0))) / a
                     t[(disc <= 0) | (t <= 0)] = np.inf
                 else:  # slabs in the box frame (rotated by -yaw about z)
-                    cs, sn = np.cos(sc["yaw"][o]).astype(f32)[:, None], np.sin(sc["yaw"][o]).astype(f32)[:, None]
+                    cs, sn = (
+                        np.cos(sc["yaw"][o]).astype(f32)[:, None],
+                        np.sin(sc["yaw"][o]).astype(f32)[:, None],
+                    )
                     lo = (cs * c[:, 0] + sn * c[:, 1], -sn * c[:, 0] + cs * c[:, 1], c[:, 2])
                     ld = (cs * d[0] + sn * d[1], -sn * d[0] + cs * d[1], d[2])
                     tn, tf = None, None
@@ -245,7 +266,9 @@ class SyntheticWorld:
         flat_t, idf = best.ravel(), ident.ravel()
         df = [x.ravel() for x in d]
         cid = np.empty(T * P, np.int16)  # palette entry: 2 per object, 2 for the ground, 1 for the sky
-        mix = np.zeros(T * P, f32)  # texture value in [0, 1]: how far from a surface's first colour to its second
+        mix = np.zeros(
+            T * P, f32
+        )  # texture value in [0, 1]: how far from a surface's first colour to its second
         w1, w2 = np.empty(T * P, f32), np.zeros(T * P, f32)
         lx, ly, lz = sc["light"].astype(f32)
         wk, wphase, wamp = (sc["waves"][k].astype(f32) for k in ("k", "phase", "amp"))
@@ -276,7 +299,9 @@ class SyntheticWorld:
                 ax, ay, az = (np.abs(r) for r in rel)
                 llx, lly = cs * lx + sn * ly, cs * ly - sn * lx
                 ndotl = np.where(
-                    (ax >= ay) & (ax >= az), np.sign(rel[0]) * llx, np.where(ay >= az, np.sign(rel[1]) * lly, np.sign(rel[2]) * lz)
+                    (ax >= ay) & (ax >= az),
+                    np.sign(rel[0]) * llx,
+                    np.where(ay >= az, np.sign(rel[1]) * lly, np.sign(rel[2]) * lz),
                 )
             cid[idx] = 2 * o
             mix[idx] = texture(o, ql)  # solid texture in the object frame: it spins along
@@ -343,10 +368,24 @@ class SyntheticWorld:
         centre, yaw = self._poses(sc)
         rel = p - centre[obj, q]
         a = -yaw[obj, q]
-        local = np.stack([np.cos(a) * rel[:, 0] - np.sin(a) * rel[:, 1], np.sin(a) * rel[:, 0] + np.cos(a) * rel[:, 1], rel[:, 2]], 1)
+        local = np.stack(
+            [
+                np.cos(a) * rel[:, 0] - np.sin(a) * rel[:, 1],
+                np.sin(a) * rel[:, 0] + np.cos(a) * rel[:, 1],
+                rel[:, 2],
+            ],
+            1,
+        )
         # Follow the rigid motion through the clip: (N, T, 3).
         cs, sn = np.cos(yaw[obj]), np.sin(yaw[obj])  # (N, T)
-        world = np.stack([cs * local[:, None, 0] - sn * local[:, None, 1], sn * local[:, None, 0] + cs * local[:, None, 1], np.broadcast_to(local[:, None, 2], cs.shape)], -1)
+        world = np.stack(
+            [
+                cs * local[:, None, 0] - sn * local[:, None, 1],
+                sn * local[:, None, 0] + cs * local[:, None, 1],
+                np.broadcast_to(local[:, None, 2], cs.shape),
+            ],
+            -1,
+        )
         world += centre[obj]
 
         cam = np.einsum("tij,ntj->nti", rot, world) + sc["extrinsics"][None, :, :3, 3]  # (N, T, 3)
@@ -376,5 +415,13 @@ class SyntheticWorld:
         mask = seg[None] == np.arange(n_obj, dtype=np.int16)[:, None, None, None]  # (O, T, S, S)
         cols, rows = mask.any(2), mask.any(3)  # (O, T, S)
         vis = cols.any(-1)
-        boxes = np.stack([cols.argmax(-1), rows.argmax(-1), S - cols[..., ::-1].argmax(-1), S - rows[..., ::-1].argmax(-1)], -1)
+        boxes = np.stack(
+            [
+                cols.argmax(-1),
+                rows.argmax(-1),
+                S - cols[..., ::-1].argmax(-1),
+                S - rows[..., ::-1].argmax(-1),
+            ],
+            -1,
+        )
         return dict(boxes=np.where(vis[..., None], boxes, 0).astype(np.float32), box_visible=vis)

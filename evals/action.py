@@ -43,4 +43,6 @@ class Action(Task):
     def baseline(self, clips):
         # Ties in frequency are broken by a tiny index-ordered offset so the ranking is deterministic.
         scores = self.freq - 1e-9 * np.arange(len(self.freq))
-        return classification_metrics(np.broadcast_to(scores, (len(clips["label"]), len(scores))), clips["label"])
+        return classification_metrics(
+            np.broadcast_to(scores, (len(clips["label"]), len(scores))), clips["label"]
+        )

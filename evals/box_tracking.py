@@ -40,8 +40,12 @@ class BoxTracking(Task):
     def inputs(self, clips):
         boxes = torch.from_numpy(clips["boxes"]).float()  # (M, O, T, 4)
         first = boxes[:, :, 0]  # (M, O, 4)
-        return {"cond": fourier_features(first / self.S), "first": first, "boxes": boxes,
-                "scored": torch.from_numpy(self.scored(clips))}
+        return {
+            "cond": fourier_features(first / self.S),
+            "first": first,
+            "boxes": boxes,
+            "scored": torch.from_numpy(self.scored(clips)),
+        }
 
     def decode(self, out, first):
         """out (B, O, 4T) -> boxes (B, O, T, 4) in pixels."""
@@ -49,7 +53,9 @@ class BoxTracking(Task):
 
     def loss(self, out, batch):
         pred = self.decode(out, batch["first"])
-        err = F.huber_loss(pred / self.patch, batch["boxes"] / self.patch, reduction="none").sum(-1)  # (B, O, T)
+        err = F.huber_loss(pred / self.patch, batch["boxes"] / self.patch, reduction="none").sum(
+            -1
+        )  # (B, O, T)
         return masked_mean(err, batch["scored"])
 
     def metrics(self, out, clips):

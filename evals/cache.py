@@ -88,5 +88,7 @@ class ArrayCache:
 
 # One cache per process, so tasks evaluated one after another (and Ray workers reused
 # across eval tasks) share clips and features. SWEEP4D_EVAL_CACHE_BYTES bounds its memory.
-CACHE = ArrayCache(max_bytes=int(os.environ.get("SWEEP4D_EVAL_CACHE_BYTES", 1 << 30)),
-                   spill_dir=os.environ.get("SWEEP4D_EVAL_CACHE_DIR") or None)
+CACHE = ArrayCache(
+    max_bytes=int(os.environ.get("SWEEP4D_EVAL_CACHE_BYTES", 1 << 30)),
+    spill_dir=os.environ.get("SWEEP4D_EVAL_CACHE_DIR") or None,
+)

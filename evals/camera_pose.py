@@ -28,11 +28,16 @@ class CameraPose(Task):
         self.out_dim = 6 * cfg.frames
         v = pose_vector(relative_pose(train["extrinsics"]))[:, 1:]  # (M, T-1, 6)
         self.mean = torch.tensor(v.mean((0, 1)), dtype=torch.float32)
-        self.std = torch.tensor(v.std((0, 1)) + 1e-6, dtype=torch.float32)  # translation units are the world's
+        self.std = torch.tensor(
+            v.std((0, 1)) + 1e-6, dtype=torch.float32
+        )  # translation units are the world's
 
     def inputs(self, clips):
         v = torch.tensor(pose_vector(relative_pose(clips["extrinsics"])), dtype=torch.float32)  # (M, T, 6)
-        return {"target": (v - self.mean) / self.std, "where": token_centres(self.cfg.grid).expand(len(v), -1, -1, -1)}
+        return {
+            "target": (v - self.mean) / self.std,
+            "where": token_centres(self.cfg.grid).expand(len(v), -1, -1, -1),
+        }
 
     def loss(self, out, batch):
         # The end-point error itself (Euclidean, in pose-vector units) over the later frames: frame 0 is the
@@ -41,7 +46,9 @@ class CameraPose(Task):
         return err.pow(2).sum(-1).add(1e-8).sqrt().mean()
 
     def metrics(self, out, clips):
-        pred = pose_matrix((out.view(len(out), -1, 6) * self.std + self.mean).double().numpy())  # (M, T, 4, 4)
+        pred = pose_matrix(
+            (out.view(len(out), -1, 6) * self.std + self.mean).double().numpy()
+        )  # (M, T, 4, 4)
         return self._score(clips, pred)
 
     def baseline(self, clips):

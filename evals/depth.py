@@ -36,7 +36,9 @@ class Depth(Task):
         # Baseline: the train set's mean depth at each pixel (global mean where a pixel never had one).
         count = ok.sum(0)
         self.mean_depth = np.where(count > 0, np.where(ok, d, 0).sum(0) / np.maximum(count, 1), d[ok].mean())
-        self.prior = self.patchify(torch.tensor(np.log(self.mean_depth), dtype=torch.float32)[None])  # (1, Q, P)
+        self.prior = self.patchify(
+            torch.tensor(np.log(self.mean_depth), dtype=torch.float32)[None]
+        )  # (1, Q, P)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(M, T, S, S) -> (M, Q, P) in the encoder's token order (t, h, w)."""
@@ -56,8 +58,11 @@ class Depth(Task):
         d = clips["depth"]
         ok = valid_depth(d)
         logd = np.log(np.where(ok, d, 1.0)).astype(np.float32)
-        return {"target": self.patchify(torch.from_numpy(logd)) - self.prior,
-                "valid": self.patchify(torch.from_numpy(ok)), "where": token_centres(self.cfg.grid).expand(len(d), -1, -1, -1)}
+        return {
+            "target": self.patchify(torch.from_numpy(logd)) - self.prior,
+            "valid": self.patchify(torch.from_numpy(ok)),
+            "where": token_centres(self.cfg.grid).expand(len(d), -1, -1, -1),
+        }
 
     def loss(self, out, batch):
         return masked_mean((out - batch["target"]).abs(), batch["valid"])

@@ -63,7 +63,9 @@ def tapvid_metrics(
     scale = TAPVID_SIZE / size
     gt_tracks, pred_tracks = np.asarray(gt_tracks) * scale, np.asarray(pred_tracks) * scale
     visible, pred_visible = ~np.asarray(gt_occluded, bool), ~np.asarray(pred_occluded, bool)
-    evaluated = eval_frames(np.asarray(query_points)[..., 0].round().astype(int), visible.shape[-1], query_mode)
+    evaluated = eval_frames(
+        np.asarray(query_points)[..., 0].round().astype(int), visible.shape[-1], query_mode
+    )
 
     def per_video(x: np.ndarray) -> np.ndarray:  # (B, N, T) bool -> (B,) counts over evaluated frames
         return (x & evaluated).sum(axis=(1, 2))
@@ -99,7 +101,9 @@ def depth_metrics(gt: np.ndarray, pred: np.ndarray, valid: np.ndarray | None = N
         valid = np.isfinite(gt) & (gt > 0)
     g, p = gt[valid], np.maximum(pred[valid], 1e-6)  # (M,)
     if g.size == 0:
-        return {k: float("nan") for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")}
+        return {
+            k: float("nan") for k in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")
+        }
     ratio = np.maximum(g / p, p / g)
     return {
         "abs_rel": float(np.mean(np.abs(g - p) / g)),

@@ -35,7 +35,9 @@ class PointTracking(Task):
         self.points = train["tracks"].shape[1]
         self.num_queries = self.points * self.t
         self.cond_dim = 4 * 17  # fourier_features of (t, y, x) and of the query's time step, 8 bands each
-        self.out_dim = 4 * (self.T // self.t)  # per frame: dx, dy, occlusion logit, "off by more than FAR" logit
+        self.out_dim = 4 * (
+            self.T // self.t
+        )  # per frame: dx, dy, occlusion logit, "off by more than FAR" logit
         self.patch = cfg.tubelet[1]  # the head outputs offsets in patch units
         self.threshold = 0.5  # on p(visible) * p(near); `tune` picks it on val
 
@@ -58,7 +60,9 @@ class PointTracking(Task):
         step = fourier_features(steps[:, None]).expand(M, P, t, -1)
         xy = q[..., [2, 1]] / self.S * 2 - 1  # (M, P, 2) in [-1, 1]
         own_step = (q[..., :1] * t / self.T).floor()  # the token time step of the query frame
-        here = torch.cat([xy, (own_step + 0.5) / t * 2 - 1], -1)[:, :, None].expand(M, P, t, 3)  # (M, P, t, 3)
+        here = torch.cat([xy, (own_step + 0.5) / t * 2 - 1], -1)[:, :, None].expand(
+            M, P, t, 3
+        )  # (M, P, t, 3)
         return {
             "cond": torch.cat([point, step], -1).flatten(1, 2),  # (M, P * t, 68)
             "where": torch.stack([here, at_every_time(xy, t)], 3).flatten(1, 2),  # (M, P * t, 2, 3)
@@ -67,9 +71,13 @@ class PointTracking(Task):
             "occluded": torch.from_numpy(clips["occluded"]),  # (M, P, T)
         }
 
-    def decode(self, out: torch.Tensor, query_xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode(
+        self, out: torch.Tensor, query_xy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """out (B, P * t, 4T / t) -> tracks (B, P, T, 2) in pixels, occlusion and "far" logits (B, P, T)."""
-        out = out.view(out.shape[0], self.points, self.T, 4)  # queries are (point, step), each step's frames in order
+        out = out.view(
+            out.shape[0], self.points, self.T, 4
+        )  # queries are (point, step), each step's frames in order
         return query_xy[:, :, None] + out[..., :2] * self.patch, out[..., 2], out[..., 3]
 
     def loss(self, out, batch):
@@ -79,8 +87,11 @@ class PointTracking(Task):
         # TAPIR's uncertainty head: is this prediction further than FAR from the truth (a visible point only)?
         is_far = (err.detach() > FAR * self.S / TAPVID_SIZE).float()
         bce = F.binary_cross_entropy_with_logits
-        return (masked_mean(err, visible) + bce(occ, batch["occluded"].float())
-                + masked_mean(bce(far, is_far, reduction="none"), visible))
+        return (
+            masked_mean(err, visible)
+            + bce(occ, batch["occluded"].float())
+            + masked_mean(bce(far, is_far, reduction="none"), visible)
+        )
 
     def metrics(self, out, clips):
         xy, occ, far = self.decode(out, self.query_xy(clips))
@@ -95,7 +106,9 @@ class PointTracking(Task):
         """Pick the visibility threshold with the best AJ on these (val) outputs."""
         xy, occ, far = self.decode(out, self.query_xy(clips))
         p = self.p_visible(occ, far)
-        scores = {th: self._score(clips, xy.numpy(), (p < th).numpy())["aj"] for th in np.linspace(0.0, 0.95, 20)}
+        scores = {
+            th: self._score(clips, xy.numpy(), (p < th).numpy())["aj"] for th in np.linspace(0.0, 0.95, 20)
+        }
         self.threshold = float(max(scores, key=scores.get))
 
     def baseline(self, clips):

@@ -19,8 +19,18 @@ import torch.nn.functional as F
 
 
 class AttentionReadout(nn.Module):
-    def __init__(self, feat_dim: int, grid: tuple[int, int, int], out_dim: int, num_queries: int = 1,
-                 cond_dim: int = 0, width: int = 128, heads: int = 4, samples: int = 0, joint: bool = False):
+    def __init__(
+        self,
+        feat_dim: int,
+        grid: tuple[int, int, int],
+        out_dim: int,
+        num_queries: int = 1,
+        cond_dim: int = 0,
+        width: int = 128,
+        heads: int = 4,
+        samples: int = 0,
+        joint: bool = False,
+    ):
         super().__init__()
         assert width % heads == 0, f"readout width {width} must be a multiple of heads {heads}"
         self.grid, self.heads = grid, heads
@@ -35,7 +45,11 @@ class AttentionReadout(nn.Module):
         # Joint output: one prediction per clip from all queries' outputs side by side (e.g. one query per
         # token time step, so a clip label or camera motion can compare time steps).
         self.joint = joint
-        self.q, self.k, self.v = nn.Linear(width, width), nn.Linear(feat_dim, width), nn.Linear(feat_dim, width)
+        self.q, self.k, self.v = (
+            nn.Linear(width, width),
+            nn.Linear(feat_dim, width),
+            nn.Linear(feat_dim, width),
+        )
         self.proj = nn.Linear(width, width)
         self.mlp_norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
@@ -45,8 +59,9 @@ class AttentionReadout(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, feats: torch.Tensor, cond: torch.Tensor | None = None,
-                where: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, feats: torch.Tensor, cond: torch.Tensor | None = None, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """feats (B, N, D) in (t, h, w) raster order; cond (B, Q, C) or None; where (B, Q, K, 3) as (x, y, t)
         in [-1, 1] (grid_sample's convention: -1 / 1 are the outer edges of the first / last token), needed
         when built with samples=K -> (B, Q, O), or (B, 1, O) when joint."""
@@ -56,7 +71,9 @@ class AttentionReadout(nn.Module):
         q = self.query.expand(B, -1, -1) if self.cond is None else self.cond(cond)  # (B, Q, W)
         if self.sample is not None:
             grid = x.view(B, t, h, w, D).permute(0, 4, 1, 2, 3)  # (B, D, t, h, w)
-            s = F.grid_sample(grid, where[:, :, :, None], align_corners=False, padding_mode="border")  # (B, D, Q, K, 1)
+            s = F.grid_sample(
+                grid, where[:, :, :, None], align_corners=False, padding_mode="border"
+            )  # (B, D, Q, K, 1)
             q = q + self.sample(s[..., 0].permute(0, 2, 3, 1).flatten(2))  # (B, Q, W)
         x = (x.view(B, t, N // t, D) + self.time_embed).view(B, N, D)
         Q, W = q.shape[1], q.shape[2]
@@ -64,7 +81,9 @@ class AttentionReadout(nn.Module):
         def heads(z):  # (B, L, W) -> (B, h, L, W/h)
             return z.view(B, z.shape[1], self.heads, W // self.heads).transpose(1, 2)
 
-        y = F.scaled_dot_product_attention(heads(self.q(q)), heads(self.k(x)), heads(self.v(x)))  # (B, h, Q, W/h)
+        y = F.scaled_dot_product_attention(
+            heads(self.q(q)), heads(self.k(x)), heads(self.v(x))
+        )  # (B, h, Q, W/h)
         q = q + self.proj(y.transpose(1, 2).reshape(B, Q, W))
         q = self.out_norm(q + self.mlp(self.mlp_norm(q)))
         return self.out(q.reshape(B, 1, -1)) if self.joint else self.out(q)
@@ -89,4 +108,6 @@ def token_centres(grid: tuple[int, int, int]) -> torch.Tensor:
 def at_every_time(xy: torch.Tensor, t: int) -> torch.Tensor:
     """Places (..., 2) as (x, y) in [-1, 1] -> `where` (..., t, 3): that place at each of t token time steps."""
     times = (torch.arange(t, dtype=xy.dtype) + 0.5) / t * 2 - 1
-    return torch.cat([xy[..., None, :].expand(*xy.shape[:-1], t, 2), times.expand(*xy.shape[:-1], t)[..., None]], -1)
+    return torch.cat(
+        [xy[..., None, :].expand(*xy.shape[:-1], t, 2), times.expand(*xy.shape[:-1], t)[..., None]], -1
+    )

@@ -55,16 +55,24 @@ def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCac
     key = f"clips/{cfg.frames}x{cfg.size}/{world.model_dump_json()}/{split}/{n}"
 
     def build() -> Clips:
-        w = SyntheticWorld(frames=cfg.frames, size=cfg.size, seed=0, objects=world.objects, points=world.points,
-                           focal=world.focal, split=split)
+        w = SyntheticWorld(
+            frames=cfg.frames,
+            size=cfg.size,
+            seed=0,
+            objects=world.objects,
+            points=world.points,
+            focal=world.focal,
+            split=split,
+        )
         items = [w[i] for i in range(n)]
         return {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0]}
 
     return (cache or CACHE).get(key, build)
 
 
-def encoder_features(encoder: Encoder, video: np.ndarray, depth_fraction: float, grad: bool = False,
-                     batch_size: int = 32) -> torch.Tensor:
+def encoder_features(
+    encoder: Encoder, video: np.ndarray, depth_fraction: float, grad: bool = False, batch_size: int = 32
+) -> torch.Tensor:
     """video (M, T, S, S, 3) uint8 -> features (M, N, D) from the block at depth_fraction."""
     device = next(encoder.parameters()).device
     out = []
@@ -77,8 +85,14 @@ def encoder_features(encoder: Encoder, video: np.ndarray, depth_fraction: float,
     return torch.cat(out)
 
 
-def frozen_features(export_path, encoder: Encoder, clips_key: str, video: np.ndarray, depth_fraction: float,
-                    cache: ArrayCache | None = None) -> np.ndarray:
+def frozen_features(
+    export_path,
+    encoder: Encoder,
+    clips_key: str,
+    video: np.ndarray,
+    depth_fraction: float,
+    cache: ArrayCache | None = None,
+) -> np.ndarray:
     """Features (M, N, D) of a split, computed once per (checkpoint, split, depth) and cached."""
     w = export_dir(export_path) / WEIGHTS
     st = w.stat()  # exports are written atomically and never changed: path + size + mtime name the weights
@@ -90,20 +104,36 @@ def frozen_features(export_path, encoder: Encoder, clips_key: str, video: np.nda
     return (cache or CACHE).get(key, compute)["f"]
 
 
-def evaluate(export_path, task: str, mode: str = "frozen", readout: Readout = Readout(), data: Data = Data(),
-             device: str = "cpu", progress: Callable[[dict], None] | None = None,
-             cache_features: bool = True) -> dict[str, float]:
+def evaluate(
+    export_path,
+    task: str,
+    mode: str = "frozen",
+    readout: Readout = Readout(),
+    data: Data = Data(),
+    device: str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+    cache_features: bool = True,
+) -> dict[str, float]:
     """Metrics and `baseline_` metrics on test for one task (see module docstring)."""
     return evaluate_many(export_path, [task], mode, readout, data, device, progress, cache_features)[task]
 
 
-def evaluate_many(export_path, tasks: list[str], mode: str = "frozen", readout: Readout = Readout(),
-                  data: Data = Data(), device: str = "cpu", progress: Callable[[dict], None] | None = None,
-                  cache_features: bool = True) -> dict[str, dict[str, float]]:
+def evaluate_many(
+    export_path,
+    tasks: list[str],
+    mode: str = "frozen",
+    readout: Readout = Readout(),
+    data: Data = Data(),
+    device: str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+    cache_features: bool = True,
+) -> dict[str, dict[str, float]]:
     """Several tasks on one checkpoint, sharing its clips and frozen features."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or mode not in MODES:
-        raise ValueError(f"unknown task {unknown} or mode {mode!r}; tasks: {list(TASKS)}, modes: {list(MODES)}")
+        raise ValueError(
+            f"unknown task {unknown} or mode {mode!r}; tasks: {list(TASKS)}, modes: {list(MODES)}"
+        )
     encoder, _ = load_encoder(export_path, device)
     cfg = encoder.cfg
     world = getattr(data, "world", World())
@@ -121,7 +151,9 @@ def evaluate_many(export_path, tasks: list[str], mode: str = "frozen", readout: 
             enc = copy.deepcopy(encoder)  # every task starts from the checkpoint
 
             def feats(split, idx, train, enc=enc):
-                return encoder_features(enc, clips[split]["video"][idx.numpy()], readout.depth_fraction, grad=train)
+                return encoder_features(
+                    enc, clips[split]["video"][idx.numpy()], readout.depth_fraction, grad=train
+                )
         elif cache_features:
             enc, store = None, {s: cached(s) for s in SPLITS}
 
@@ -137,16 +169,31 @@ def evaluate_many(export_path, tasks: list[str], mode: str = "frozen", readout: 
     return results
 
 
-def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout: Readout,
-                  encoder: Encoder | None = None, device: str = "cpu",
-                  progress: Callable[[dict], None] | None = None) -> dict[str, float]:
+def fit_and_score(
+    task: Task,
+    feats: Callable,
+    clips: dict[str, Clips],
+    readout: Readout,
+    encoder: Encoder | None = None,
+    device: str = "cpu",
+    progress: Callable[[dict], None] | None = None,
+) -> dict[str, float]:
     """Train a readout for `task` on train (and `encoder` too, when given), pick the best epoch on val,
     return test metrics and the baseline's. feats(split, idx (B,), train) -> (B, N, D)."""
     cfg = task.cfg
     inputs = {s: task.inputs(clips[s]) for s in SPLITS}
     torch.manual_seed(readout.seed)
-    head = AttentionReadout(cfg.encoder.width, cfg.grid, task.out_dim, task.num_queries, task.cond_dim,
-                            readout.width, readout.heads, task.samples, task.joint).to(device)
+    head = AttentionReadout(
+        cfg.encoder.width,
+        cfg.grid,
+        task.out_dim,
+        task.num_queries,
+        task.cond_dim,
+        readout.width,
+        readout.heads,
+        task.samples,
+        task.joint,
+    ).to(device)
     groups = [{"params": list(head.parameters()), "lr": readout.lr}]
     if encoder is not None:
         groups.append({"params": list(encoder.parameters()), "lr": readout.lr * readout.finetune_lr_scale})
@@ -168,8 +215,12 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
         for m in modules:
             m.eval()
         idx = torch.arange(len(clips[split]["video"]))
-        return torch.cat([run_head(feats(split, i, False), batch(split, i)).float().cpu()
-                          for i in idx.split(4 * readout.batch_size)])
+        return torch.cat(
+            [
+                run_head(feats(split, i, False), batch(split, i)).float().cpu()
+                for i in idx.split(4 * readout.batch_size)
+            ]
+        )
 
     sign = 1.0 if higher_is_better(task.headline) else -1.0
     best_score, best_state = -math.inf, None
@@ -190,8 +241,15 @@ def fit_and_score(task: Task, feats: Callable, clips: dict[str, Clips], readout:
         if best_state is None or score > best_score:
             best_score, best_state = score, [copy.deepcopy(m.state_dict()) for m in modules]
         if progress:
-            progress({"task": task.name, "epoch": epoch + 1, "epochs": readout.epochs,
-                      "loss": float(np.mean(losses)), f"val_{task.headline}": val})
+            progress(
+                {
+                    "task": task.name,
+                    "epoch": epoch + 1,
+                    "epochs": readout.epochs,
+                    "loss": float(np.mean(losses)),
+                    f"val_{task.headline}": val,
+                }
+            )
     for m, state in zip(modules, best_state, strict=True):
         m.load_state_dict(state)
     task.tune(predict("val"), clips["val"])

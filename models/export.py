@@ -50,5 +50,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     enc = Encoder(cfg)
     missing, unexpected = enc.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ExportError(f"{d}: export does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ExportError(
+            f"{d}: export does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return enc.to(device).eval(), rung

@@ -37,7 +37,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(shape.width)
         self.attn = Attention(shape.width, shape.heads)
         self.norm2 = nn.LayerNorm(shape.width)
-        self.mlp = nn.Sequential(nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width))
+        self.mlp = nn.Sequential(
+            nn.Linear(shape.width, shape.mlp), nn.GELU(), nn.Linear(shape.mlp, shape.width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -102,7 +104,9 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(E)
         self.head = nn.Linear(E, cfg.patch_dim)
 
-    def forward(self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor
+    ) -> torch.Tensor:
         # latent (B, K, D) -> pixel predictions for the masked tokens (B, N-K, P)
         B, M = masked_idx.shape
         x_vis = self.embed(latent) + _take(self.pos_embed.expand(B, -1, -1), visible_idx)
@@ -129,7 +133,9 @@ class VideoMAE(nn.Module):
         x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
         return x.reshape(B, (T // t) * (H // h) * (W // w), t * h * w * C)
 
-    def forward(self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, video: torch.Tensor, visible_idx: torch.Tensor, masked_idx: torch.Tensor
+    ) -> torch.Tensor:
         """Mean squared error on the masked tubelets' pixels."""
         latent = self.encoder(video, visible_idx)
         pred = self.decoder(latent, visible_idx, masked_idx)
@@ -145,7 +151,9 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def random_masking(batch: int, cfg: MAEConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    batch: int, cfg: MAEConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (not tube) masking: per clip, a uniformly random set of visible tokens.
 
     Returns (visible_idx (B, K), masked_idx (B, N-K)). Driven only by `generator`,

@@ -41,9 +41,25 @@ from orchestrator.pretrain import peak_flops
 TINY = ViTShape(width=64, depth=2, mlp=256, heads=4)  # the `--tiny` encoder: seconds on a laptop CPU
 MAX_BATCH_RUNGS = ("B", "L")  # rungs whose largest micro-batch is searched (GPU only)
 COLUMNS = (
-    "rung", "impl", "device", "precision", "compile", "batch", "params", "flops_per_clip", "step_ms",
-    "clips_per_s", "tokens_per_s", "tflops", "mfu", "mfu_datasheet", "peak_mem_gib", "max_micro_batch",
-    "vs_peer", "peak_tflops_measured", "peak_tflops_datasheet",
+    "rung",
+    "impl",
+    "device",
+    "precision",
+    "compile",
+    "batch",
+    "params",
+    "flops_per_clip",
+    "step_ms",
+    "clips_per_s",
+    "tokens_per_s",
+    "tflops",
+    "mfu",
+    "mfu_datasheet",
+    "peak_mem_gib",
+    "max_micro_batch",
+    "vs_peer",
+    "peak_tflops_measured",
+    "peak_tflops_datasheet",
 )
 
 
@@ -53,8 +69,14 @@ def bench_config(rung: str, tiny: bool = False) -> MAEConfig:
         raise SpecError(f"unknown rung {rung!r} for bench; known: tiny, {', '.join(SIZES)}")
     encoder = TINY if rung == "tiny" else SIZES[rung]
     if tiny:
-        return MAEConfig(encoder=encoder, decoder=ViTShape(32, 1, 128, 2), frames=8, size=32, tubelet=(2, 8, 8),
-                         mask_ratio=0.75)
+        return MAEConfig(
+            encoder=encoder,
+            decoder=ViTShape(32, 1, 128, 2),
+            frames=8,
+            size=32,
+            tubelet=(2, 8, 8),
+            mask_ratio=0.75,
+        )
     return MAEConfig(encoder=encoder)
 
 
@@ -69,8 +91,14 @@ class Batch:
     bool_masked: torch.Tensor  # (B, N) True where masked: the peer's form of the same mask
 
 
-def stage_batches(cfg: MAEConfig, batch: int, device: torch.device, count: int = 2, seed: int = 0,
-                  video_on_device: bool = False) -> list[Batch]:
+def stage_batches(
+    cfg: MAEConfig,
+    batch: int,
+    device: torch.device,
+    count: int = 2,
+    seed: int = 0,
+    video_on_device: bool = False,
+) -> list[Batch]:
     """`count` random batches put on `device` once, before any timing.
 
     Video goes over as uint8 (4x fewer bytes than float) and is normalised on the
@@ -117,9 +145,18 @@ def peer_model(cfg: MAEConfig) -> nn.Module:
     assert h == w, "VideoMAEForPreTraining takes square patches"
     e, d = cfg.encoder, cfg.decoder
     hf = VideoMAEConfig(
-        image_size=cfg.size, patch_size=h, num_channels=cfg.channels, num_frames=cfg.frames, tubelet_size=t,
-        hidden_size=e.width, num_hidden_layers=e.depth, num_attention_heads=e.heads, intermediate_size=e.mlp,
-        decoder_hidden_size=d.width, decoder_num_hidden_layers=d.depth, decoder_num_attention_heads=d.heads,
+        image_size=cfg.size,
+        patch_size=h,
+        num_channels=cfg.channels,
+        num_frames=cfg.frames,
+        tubelet_size=t,
+        hidden_size=e.width,
+        num_hidden_layers=e.depth,
+        num_attention_heads=e.heads,
+        intermediate_size=e.mlp,
+        decoder_hidden_size=d.width,
+        decoder_num_hidden_layers=d.depth,
+        decoder_num_attention_heads=d.heads,
         decoder_intermediate_size=d.mlp,
         qkv_bias=True,  # q and v biases (HF never has a k bias)
         use_mean_pooling=False,  # a final encoder LayerNorm, as ours has
@@ -135,7 +172,9 @@ def peer_loss(model: nn.Module, b: Batch, precision: str) -> torch.Tensor:
         return model(video, bool_masked_pos=b.bool_masked).loss
 
 
-def make_step(model: nn.Module, loss_fn: Callable, precision: str, device: torch.device) -> Callable[[Batch], torch.Tensor]:
+def make_step(
+    model: nn.Module, loss_fn: Callable, precision: str, device: torch.device
+) -> Callable[[Batch], torch.Tensor]:
     """One training step as in pretrain.py: forward, backward, clip, AdamW. Returns the loss, never syncs."""
     params = [p for p in model.parameters() if p.requires_grad]
     # fused=True: one kernel for the whole update instead of a handful per tensor.
@@ -160,7 +199,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(step: Callable, batches: list[Batch], device: torch.device, steps: int, warmup: int, repeats: int) -> float:
+def time_step(
+    step: Callable, batches: list[Batch], device: torch.device, steps: int, warmup: int, repeats: int
+) -> float:
     """Median seconds per step over `repeats` runs of `steps` steps, after `warmup` untimed steps."""
     for i in range(warmup):  # compilation, cuDNN/cuBLAS autotuning, allocator growth, AdamW state
         step(batches[i % len(batches)])
@@ -215,7 +256,9 @@ def doubling_search(fits: Callable[[int], bool], start: int = 8, limit: int = 40
     return best
 
 
-def max_micro_batch(cfg: MAEConfig, device: torch.device, precision: str, start: int = 8, limit: int = 4096) -> int | None:
+def max_micro_batch(
+    cfg: MAEConfig, device: torch.device, precision: str, start: int = 8, limit: int = 4096
+) -> int | None:
     """Largest micro-batch whose eager training step fits on the GPU (None on CPU, or if even `start` does not).
 
     A doubling search, so the answer is within 2x of the true limit. Eager, because
@@ -251,8 +294,17 @@ def max_micro_batch(cfg: MAEConfig, device: torch.device, precision: str, start:
 # ------------------------------------------------------------------ the benchmark
 
 
-def _bench_one(impl: str, cfg: MAEConfig, batch: int, device: torch.device, precision: str, compile: bool,
-               steps: int, warmup: int, repeats: int) -> dict:
+def _bench_one(
+    impl: str,
+    cfg: MAEConfig,
+    batch: int,
+    device: torch.device,
+    precision: str,
+    compile: bool,
+    steps: int,
+    warmup: int,
+    repeats: int,
+) -> dict:
     torch.manual_seed(0)
     model = (VideoMAE(cfg) if impl == "sweep4d" else peer_model(cfg)).to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -310,8 +362,10 @@ def run_bench(
         try:
             import transformers
         except ImportError:
-            say("peer skipped: transformers is not installed (pip install transformers to compare with "
-                "VideoMAEForPreTraining)")
+            say(
+                "peer skipped: transformers is not installed (pip install transformers to compare with "
+                "VideoMAEForPreTraining)"
+            )
             peer = False
         else:
             say(f"peer: transformers {transformers.__version__} VideoMAEForPreTraining, SDPA attention")
@@ -320,8 +374,10 @@ def run_bench(
     datasheet = peak_flops(device)
     if cuda:
         sheet = f"{datasheet / 1e12:.0f} TFLOP/s" if datasheet else "unknown for this GPU"
-        say(f"{torch.cuda.get_device_name(device)}: bf16 matmul peak measured {measured / 1e12:.0f} TFLOP/s, "
-            f"datasheet {sheet}")
+        say(
+            f"{torch.cuda.get_device_name(device)}: bf16 matmul peak measured {measured / 1e12:.0f} TFLOP/s, "
+            f"datasheet {sheet}"
+        )
 
     rows = []
     for rung, cfg in cfgs.items():
@@ -331,7 +387,9 @@ def run_bench(
         for impl in impls:
             try:
                 r = _bench_one(impl, cfg, batch, device, precision, compile, steps, warmup, repeats)
-            except Exception as e:  # a peer that breaks (a transformers change, OOM) must not cost us our rows
+            except (
+                Exception
+            ) as e:  # a peer that breaks (a transformers change, OOM) must not cost us our rows
                 if impl == "sweep4d":
                     raise
                 say(f"{rung} peer failed, no ratio: {type(e).__name__}: {e}")
@@ -341,19 +399,32 @@ def run_bench(
                 continue
             clips_per_s = batch / (r["step_ms"] / 1e3)
             achieved = clips_per_s * flops
-            results.append({
-                "rung": rung, "impl": impl, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
-                "precision": precision, "compile": compile, "batch": batch, "params": r["params"],
-                "flops_per_clip": flops, "step_ms": r["step_ms"], "clips_per_s": clips_per_s,
-                "tokens_per_s": clips_per_s * cfg.num_tokens,  # every token of the clip, masked or not
-                "tflops": achieved / 1e12,
-                "mfu": achieved / measured if measured else None,
-                "mfu_datasheet": achieved / datasheet if datasheet else None,
-                "peak_mem_gib": r["peak_mem_gib"], "max_micro_batch": None, "vs_peer": None,
-                "peak_tflops_measured": measured / 1e12 if measured else None,
-                "peak_tflops_datasheet": datasheet / 1e12 if datasheet else None,
-            })
-            say(f"{rung} {impl}: {r['step_ms']:.1f} ms/step, {clips_per_s:.1f} clips/s, {achieved / 1e12:.3g} TFLOP/s")
+            results.append(
+                {
+                    "rung": rung,
+                    "impl": impl,
+                    "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+                    "precision": precision,
+                    "compile": compile,
+                    "batch": batch,
+                    "params": r["params"],
+                    "flops_per_clip": flops,
+                    "step_ms": r["step_ms"],
+                    "clips_per_s": clips_per_s,
+                    "tokens_per_s": clips_per_s * cfg.num_tokens,  # every token of the clip, masked or not
+                    "tflops": achieved / 1e12,
+                    "mfu": achieved / measured if measured else None,
+                    "mfu_datasheet": achieved / datasheet if datasheet else None,
+                    "peak_mem_gib": r["peak_mem_gib"],
+                    "max_micro_batch": None,
+                    "vs_peer": None,
+                    "peak_tflops_measured": measured / 1e12 if measured else None,
+                    "peak_tflops_datasheet": datasheet / 1e12 if datasheet else None,
+                }
+            )
+            say(
+                f"{rung} {impl}: {r['step_ms']:.1f} ms/step, {clips_per_s:.1f} clips/s, {achieved / 1e12:.3g} TFLOP/s"
+            )
         if len(results) == 2:
             results[0]["vs_peer"] = results[0]["clips_per_s"] / results[1]["clips_per_s"]
         if cuda and rung in MAX_BATCH_RUNGS:
@@ -364,8 +435,24 @@ def run_bench(
 
 # ------------------------------------------------------------------ printing
 
-HEADERS = ("rung", "impl", "batch", "prec", "compile", "params", "GFLOP/clip", "step ms", "clips/s", "tokens/s",
-           "TFLOP/s", "MFU", "MFU sheet", "peak mem", "max µbatch", "ours/peer")
+HEADERS = (
+    "rung",
+    "impl",
+    "batch",
+    "prec",
+    "compile",
+    "params",
+    "GFLOP/clip",
+    "step ms",
+    "clips/s",
+    "tokens/s",
+    "TFLOP/s",
+    "MFU",
+    "MFU sheet",
+    "peak mem",
+    "max µbatch",
+    "ours/peer",
+)
 
 
 def _fmt(x, spec: str, none: str = "-") -> str:
@@ -375,7 +462,6 @@ def _fmt(x, spec: str, none: str = "-") -> str:
 def print_table(rows: list[dict], console) -> None:
     """The benchmark as a rich table on `console`, with the peaks MFU is quoted against."""
     from rich.table import Table
-
 
     if not rows:
         console.print("no rows")
@@ -388,10 +474,19 @@ def print_table(rows: list[dict], console) -> None:
     for r in rows:
         mfu_none = "n/a" if cpu else "-"
         t.add_row(
-            r["rung"], r["impl"], str(r["batch"]), r["precision"], "yes" if r["compile"] else "no",
-            human_count(r["params"]), f"{r['flops_per_clip'] / 1e9:.3g}", f"{r['step_ms']:.1f}",
-            f"{r['clips_per_s']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{r['tflops']:.3g}",
-            _fmt(r["mfu"], ".1%", mfu_none), _fmt(r["mfu_datasheet"], ".1%", mfu_none),
+            r["rung"],
+            r["impl"],
+            str(r["batch"]),
+            r["precision"],
+            "yes" if r["compile"] else "no",
+            human_count(r["params"]),
+            f"{r['flops_per_clip'] / 1e9:.3g}",
+            f"{r['step_ms']:.1f}",
+            f"{r['clips_per_s']:.1f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['tflops']:.3g}",
+            _fmt(r["mfu"], ".1%", mfu_none),
+            _fmt(r["mfu_datasheet"], ".1%", mfu_none),
             _fmt(r["peak_mem_gib"], ".1f", "n/a") + ("" if r["peak_mem_gib"] is None else " GiB"),
             "n/a on CPU" if cpu else _fmt(r["max_micro_batch"], "d"),
             _fmt(r["vs_peer"], ".2f") + ("" if r["vs_peer"] is None else "x"),
@@ -400,8 +495,12 @@ def print_table(rows: list[dict], console) -> None:
     if cpu:
         console.print("MFU: n/a on CPU (no bf16 tensor-core peak to compare with)")
     else:
-        console.print(f"MFU = achieved / measured bf16 matmul peak ({_fmt(first['peak_tflops_measured'], '.0f')} "
-                      f"TFLOP/s); MFU sheet = achieved / datasheet dense bf16 peak "
-                      f"({_fmt(first['peak_tflops_datasheet'], '.0f')} TFLOP/s)")
-    console.print("FLOPs: analytic training FLOPs per clip (models/cost.py), the same for both impls; "
-                  "tokens/s counts every token of the clip")
+        console.print(
+            f"MFU = achieved / measured bf16 matmul peak ({_fmt(first['peak_tflops_measured'], '.0f')} "
+            f"TFLOP/s); MFU sheet = achieved / datasheet dense bf16 peak "
+            f"({_fmt(first['peak_tflops_datasheet'], '.0f')} TFLOP/s)"
+        )
+    console.print(
+        "FLOPs: analytic training FLOPs per clip (models/cost.py), the same for both impls; "
+        "tokens/s counts every token of the clip"
+    )

@@ -34,7 +34,10 @@ def _files(root: Path) -> list[Path]:
 
 def seal(staging: Path, final: Path, step: int, rung_key: str, extra: dict | None = None) -> Path:
     """Write the manifest, flush everything to disk, and rename staging -> final atomically."""
-    files = {str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(staging)}
+    files = {
+        str(p.relative_to(staging)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in _files(staging)
+    }
     manifest = {"step": step, "rung_key": rung_key, "files": files, **(extra or {})}
     tmp = staging / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -33,7 +33,11 @@ def plan_rung(r: RungConfig, mfu: float, peak_flops: float, gpu_memory_bytes: fl
     m = r.model
     enc, dec = encoder_params(m), decoder_params(m)
     mem = zero3_memory_per_gpu(
-        m, r.workers, r.micro_batch_size, bf16=r.precision == "bf16", activation_checkpointing=r.activation_checkpointing
+        m,
+        r.workers,
+        r.micro_batch_size,
+        bf16=r.precision == "bf16",
+        activation_checkpointing=r.activation_checkpointing,
     ).total
     train_flops = flops_per_clip(m).train * r.batch_size * r.steps
     gpu_hours = train_flops / (peak_flops * mfu) / 3600 if r.gpus else 0.0
@@ -57,7 +61,9 @@ def plan_rung(r: RungConfig, mfu: float, peak_flops: float, gpu_memory_bytes: fl
     )
 
 
-def plan_sweep(spec: SweepSpec, mfu: float = 0.4, peak_flops: float = H100_BF16_PEAK, gpu_memory_gib: float = 80) -> list[RungPlan]:
+def plan_sweep(
+    spec: SweepSpec, mfu: float = 0.4, peak_flops: float = H100_BF16_PEAK, gpu_memory_gib: float = 80
+) -> list[RungPlan]:
     return [plan_rung(r, mfu, peak_flops, gpu_memory_gib * 2**30) for r in spec.rungs()]
 
 

@@ -120,7 +120,6 @@ def train_loop(config: dict) -> None:
     import ray.train as train
     import torch.distributed as dist
 
-
     rung = RungConfig.from_dict(config["rung"])
     paths = RungPaths(Path(config["run_dir"]))
     tracker, run_id = config.get("tracker"), config.get("run_id")
@@ -143,7 +142,9 @@ def train_loop(config: dict) -> None:
     o = rung.optimizer
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, fused=gpu)
     schedule = partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=partial(lr_factor, rung=rung))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config
+    )
 
     # Resume from Ray's latest registered checkpoint, or an older one if it is corrupt.
     registered = train.get_checkpoint()
@@ -156,16 +157,29 @@ def train_loop(config: dict) -> None:
         for w in warnings:
             print(f"WARNING [{rung.key}] {w}", flush=True)
         if found is not None:
-            print(f"[{rung.key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
+            print(
+                f"[{rung.key}] resuming from {found.path}" + ("" if registered else " (found on disk)"),
+                flush=True,
+            )
         write_json(paths.resume, {"step": start, "warnings": warnings, "time": time.time()})
 
     # Who ran where, and how much of the model each rank holds (ZeRO-3 partitioning).
-    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters())
-    write_json(paths.worker(rank), {
-        "rank": rank, "pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id(),
-        "hostname": os.uname().nodename, "local_param_elements": local, "total_param_elements": rung.total_params,
-        "start_step": start, "time": time.time(),
-    })
+    local = sum(
+        p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in engine.module.parameters()
+    )
+    write_json(
+        paths.worker(rank),
+        {
+            "rank": rank,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "hostname": os.uname().nodename,
+            "local_param_elements": local,
+            "total_param_elements": rung.total_params,
+            "start_step": start,
+            "time": time.time(),
+        },
+    )
 
     per_rank = rung.batch_size // world
     micro = rung.micro_batch_size
@@ -185,13 +199,18 @@ def train_loop(config: dict) -> None:
     for step, clips in batches:  # clips: (per_rank, T, S, S, 3) uint8, a pure function of (seed, step, rank)
         if step >= rung.steps:
             break
-        visible, masked = random_masking(per_rank, rung.model, torch.Generator().manual_seed(mask_seed(rung.seed, step, rank)))
+        visible, masked = random_masking(
+            per_rank, rung.model, torch.Generator().manual_seed(mask_seed(rung.seed, step, rank))
+        )
         lr = scheduler.get_last_lr()[0]
         loss_sum = torch.zeros((), device=device)
         for i in range(0, per_rank, micro):
             video = normalize_video(clips[i : i + micro].to(device, non_blocking=True)).to(dtype)
-            loss = engine(video, visible[i : i + micro].to(device, non_blocking=True),
-                          masked[i : i + micro].to(device, non_blocking=True))
+            loss = engine(
+                video,
+                visible[i : i + micro].to(device, non_blocking=True),
+                masked[i : i + micro].to(device, non_blocking=True),
+            )
             engine.backward(loss)
             engine.step()  # DeepSpeed steps the optimiser only at the accumulation boundary
             loss_sum += loss.detach().float()
@@ -201,9 +220,11 @@ def train_loop(config: dict) -> None:
         grad_norm = engine.get_global_grad_norm()
         done = step + 1
         metrics = {
-            "train/loss": loss_value, "train/lr": lr,
+            "train/loss": loss_value,
+            "train/lr": lr,
             "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "train/clips_per_s": rung.batch_size / dt, "train/tokens_per_s": rung.batch_size * rung.model.num_tokens / dt,
+            "train/clips_per_s": rung.batch_size / dt,
+            "train/tokens_per_s": rung.batch_size * rung.model.num_tokens / dt,
             "train/tflops": flops_step / dt / 1e12,
         }
         if peak:
@@ -218,9 +239,20 @@ def train_loop(config: dict) -> None:
                     last_system = time.monotonic()
                 tracker.log_metrics.remote(run_id, metrics, done)
             with open(paths.metrics, "a") as f:
-                f.write(json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}}) + "\n")
-            write_json(paths.progress, {"step": done, "total": rung.steps, "loss": loss_value,
-                                                     "clips_per_s": metrics["train/clips_per_s"], "time": time.time()})
+                f.write(
+                    json.dumps({"step": done, **{k: v for k, v in metrics.items() if math.isfinite(v)}})
+                    + "\n"
+                )
+            write_json(
+                paths.progress,
+                {
+                    "step": done,
+                    "total": rung.steps,
+                    "loss": loss_value,
+                    "clips_per_s": metrics["train/clips_per_s"],
+                    "time": time.time(),
+                },
+            )
         last_metrics = {"step": done, "loss": loss_value}
         if failure:
             break
@@ -236,14 +268,15 @@ def train_loop(config: dict) -> None:
         train.report(last_metrics)
 
 
-def _save(engine, paths: RungPaths, step: int, rung: RungConfig, rank: int, world: int, metrics: dict, final: bool) -> None:
+def _save(
+    engine, paths: RungPaths, step: int, rung: RungConfig, rank: int, world: int, metrics: dict, final: bool
+) -> None:
     """Every rank writes its ZeRO shards into a staging dir; rank 0 exports the encoder, seals, registers."""
     import ray.train as train
     import torch.distributed as dist
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from ray.train import Checkpoint, CheckpointUploadMode
     from safetensors.torch import save_file
-
 
     staging, final_dir = paths.staging(step), paths.checkpoint(step)
     if rank == 0:
@@ -255,13 +288,20 @@ def _save(engine, paths: RungPaths, step: int, rung: RungConfig, rank: int, worl
     if final:
         # The engine's own features for one fixed clip, kept to check the export against.
         gen = torch.Generator().manual_seed(rung.seed)
-        video = torch.randint(0, 256, (1, rung.model.frames, rung.model.size, rung.model.size, 3), generator=gen,
-                              dtype=torch.uint8)
+        video = torch.randint(
+            0,
+            256,
+            (1, rung.model.frames, rung.model.size, rung.model.size, 3),
+            generator=gen,
+            dtype=torch.uint8,
+        )
         every = torch.arange(rung.model.num_tokens)[None]
         engine.eval()
         with torch.no_grad():
             x = normalize_video(video).to(engine.device)
-            feats = engine.module.encoder(x.to(next(iter(engine.module.parameters())).dtype), every.to(engine.device))
+            feats = engine.module.encoder(
+                x.to(next(iter(engine.module.parameters())).dtype), every.to(engine.device)
+            )
         engine.train()
         probe = {"video": video, "features": feats.float().cpu()}
     dist.barrier()
@@ -273,8 +313,12 @@ def _save(engine, paths: RungPaths, step: int, rung: RungConfig, rank: int, worl
             save_file(probe, str(staging / EXPORT / PROBE))
         ckpt.seal(staging, final_dir, step, rung.key, extra={"world_size": world, "time": time.time()})
     dist.barrier()
-    train.report(metrics, checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
-                 checkpoint_dir_name=f"checkpoints/step_{step:08d}", checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+    train.report(
+        metrics,
+        checkpoint=Checkpoint.from_directory(str(final_dir)) if rank == 0 else None,
+        checkpoint_dir_name=f"checkpoints/step_{step:08d}",
+        checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+    )
 
 
 # ------------------------------------------------------------------ the driver side
@@ -299,15 +343,20 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
         return None
     except json.JSONDecodeError:
         snap = {"checkpoint_results": [{"checkpoint_dir_name": "(unreadable snapshot)"}]}
-    missing = [c["checkpoint_dir_name"] for c in snap.get("checkpoint_results", [])
-               if not (paths.root / c["checkpoint_dir_name"]).is_dir()]
+    missing = [
+        c["checkpoint_dir_name"]
+        for c in snap.get("checkpoint_results", [])
+        if not (paths.root / c["checkpoint_dir_name"]).is_dir()
+    ]
     if not missing:
         return None
     path.rename(path.with_name(f"{RAY_SNAPSHOT}.stale-{int(time.time())}"))
     return f"Ray's run snapshot names missing checkpoints ({', '.join(missing)}); resuming from the run directory instead"
 
 
-def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, max_failures: int = 2) -> RungOutcome:
+def fit_rung(
+    rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, max_failures: int = 2
+) -> RungOutcome:
     """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -322,19 +371,32 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
     gpu = rung.gpus > 0
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"rung": rung.to_dict(), "run_dir": str(run_dir.resolve()), "tracker": tracker, "run_id": run_id},
-        scaling_config=ScalingConfig(num_workers=rung.workers, use_gpu=gpu,
-                                     resources_per_worker={"CPU": rung.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
-        run_config=RunConfig(name=rung.key, storage_path=str(run_dir.parent.resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
+        train_loop_config={
+            "rung": rung.to_dict(),
+            "run_dir": str(run_dir.resolve()),
+            "tracker": tracker,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=rung.workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": rung.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=rung.key,
+            storage_path=str(run_dir.parent.resolve()),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
     )
     try:
         result = trainer.fit()
     except Exception as e:  # Ray Train gave up after max_failures
         cause = getattr(e, "__cause__", None) or e
-        return RungOutcome(rung.key, False, _last_step(paths), f"training failed: {type(cause).__name__}: {cause}")
+        return RungOutcome(
+            rung.key, False, _last_step(paths), f"training failed: {type(cause).__name__}: {cause}"
+        )
     del result  # outcomes are read from the run dir, where rank 0 records a divergence
     failure = (read_failure(paths) or {}).get("reason")
     if failure:

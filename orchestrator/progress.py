@@ -22,12 +22,22 @@ def rung_table(rows: list[dict], title: str) -> Table:
     for col in ("rung", "state", "step", "loss", "clips/s", "ETA", "evals", "note"):
         t.add_column(col, justify="right" if col not in ("rung", "state", "note") else "left")
     for r in rows:
-        color = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}.get(r["state"], "white")
-        evals = f"{r['evals_done']}/{r['evals_total']}" + (f" ({r['evals_failed']} failed)" if r.get("evals_failed") else "")
-        t.add_row(r["rung"], f"[{color}]{r['state']}[/]", f"{r['step']}/{r['total']}",
-                  f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
-                  f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-", duration(r.get("eta_s")), evals,
-                  (r.get("reason") or "")[:60])
+        color = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow"}.get(
+            r["state"], "white"
+        )
+        evals = f"{r['evals_done']}/{r['evals_total']}" + (
+            f" ({r['evals_failed']} failed)" if r.get("evals_failed") else ""
+        )
+        t.add_row(
+            r["rung"],
+            f"[{color}]{r['state']}[/]",
+            f"{r['step']}/{r['total']}",
+            f"{r['loss']:.4f}" if r.get("loss") is not None else "-",
+            f"{r['clips_per_s']:.1f}" if r.get("clips_per_s") else "-",
+            duration(r.get("eta_s")),
+            evals,
+            (r.get("reason") or "")[:60],
+        )
     return t
 
 
@@ -61,9 +71,15 @@ class SweepDisplay:
         for r in rows:
             sig = (r["state"], r["evals_done"], r["step"])
             changed_state = self._last.get(r["rung"], (None,))[:2] != sig[:2]
-            if sig != self._last.get(r["rung"]) and (changed_state or now - self._last_print.get(r["rung"], 0) >= 10):
+            if sig != self._last.get(r["rung"]) and (
+                changed_state or now - self._last_print.get(r["rung"], 0) >= 10
+            ):
                 loss = f" loss {r['loss']:.4f}" if r.get("loss") is not None else ""
                 rate = f" {r['clips_per_s']:.1f} clips/s" if r.get("clips_per_s") else ""
-                print(f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {duration(r.get('eta_s'))} "
-                      f"evals {r['evals_done']}/{r['evals_total']}", flush=True, file=sys.stdout)
+                print(
+                    f"{r['rung']}: {r['state']} step {r['step']}/{r['total']}{loss}{rate} ETA {duration(r.get('eta_s'))} "
+                    f"evals {r['evals_done']}/{r['evals_total']}",
+                    flush=True,
+                    file=sys.stdout,
+                )
                 self._last[r["rung"]], self._last_print[r["rung"]] = sig, now

@@ -44,7 +44,9 @@ def select_rungs(spec: SweepSpec, only: list[str] | None) -> list[RungConfig]:
     names = {r.name for r in rungs}
     unknown = [n for n in only if n not in names]
     if unknown:
-        raise SpecError(f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}")
+        raise SpecError(
+            f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}"
+        )
     return [r for r in rungs if r.name in only]
 
 
@@ -61,12 +63,29 @@ def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int
 def rung_params(rung: RungConfig) -> dict:
     m, e = rung.model, rung.model.encoder
     return {
-        "width": e.width, "depth": e.depth, "mlp": e.mlp, "heads": e.heads, "encoder_params": rung.encoder_params,
-        "total_params": rung.total_params, "flops_per_clip": rung.flops_per_clip, "train_flops": rung.train_flops,
-        "num_tokens": m.num_tokens, "frames": m.frames, "resolution": m.size, "tubelet": "x".join(map(str, m.tubelet)),
-        "mask_ratio": m.mask_ratio, "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
-        "steps": rung.steps, "batch_size": rung.batch_size, "lr": rung.optimizer.lr, "precision": rung.precision,
-        "seed": rung.seed, "gpus": rung.gpus, "workers": rung.workers, "zero_stage": rung.zero_stage, "rung_key": rung.key,
+        "width": e.width,
+        "depth": e.depth,
+        "mlp": e.mlp,
+        "heads": e.heads,
+        "encoder_params": rung.encoder_params,
+        "total_params": rung.total_params,
+        "flops_per_clip": rung.flops_per_clip,
+        "train_flops": rung.train_flops,
+        "num_tokens": m.num_tokens,
+        "frames": m.frames,
+        "resolution": m.size,
+        "tubelet": "x".join(map(str, m.tubelet)),
+        "mask_ratio": m.mask_ratio,
+        "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
+        "steps": rung.steps,
+        "batch_size": rung.batch_size,
+        "lr": rung.optimizer.lr,
+        "precision": rung.precision,
+        "seed": rung.seed,
+        "gpus": rung.gpus,
+        "workers": rung.workers,
+        "zero_stage": rung.zero_stage,
+        "rung_key": rung.key,
     }
 
 
@@ -95,10 +114,14 @@ def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict
     for r in rungs:
         if not _fits(nodes, _bundle(r), r.workers):
             need = f"{r.workers} workers x {_bundle(r)}"
-            problems.append(f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true")
+            problems.append(
+                f"rung {r.name} needs {need} but {have}; lower its gpus/cpu_workers or set cluster.autoscaling: true"
+            )
     ev = spec.evals
     if ev.tasks and not _fits(nodes, {"CPU": ev.cpus, **({"GPU": ev.gpus} if ev.gpus else {})}, 1):
-        problems.append(f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus")
+        problems.append(
+            f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus"
+        )
     return problems
 
 
@@ -116,12 +139,14 @@ def _eval_task(export_path: str, task: str, mode: str, readout: dict, data: dict
     import ray
     import torch
 
-
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
     metrics = evaluate(export_path, task, mode=mode, readout=Readout(**readout), data=Data(**data))
-    return {"metrics": {k: float(v) for k, v in metrics.items()}, "seconds": time.time() - t0,
-            "node_id": ray.get_runtime_context().get_node_id()}
+    return {
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "seconds": time.time() - t0,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
 
 
 @dataclass
@@ -154,8 +179,17 @@ class RungRun:
 
 
 class Sweep:
-    def __init__(self, spec: SweepSpec, spec_path: Path, rungs: list[RungConfig], runs_root: Path, *,
-                 train_only: bool = False, max_concurrent: int | None = None, report: Callable[[str], None] = print):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        spec_path: Path,
+        rungs: list[RungConfig],
+        runs_root: Path,
+        *,
+        train_only: bool = False,
+        max_concurrent: int | None = None,
+        report: Callable[[str], None] = print,
+    ):
         self.spec, self.spec_path, self.rungs = spec, spec_path, rungs
         self.root = runs_root.resolve()
         self.paths = SweepPaths.of(self.root, spec.name)
@@ -171,8 +205,10 @@ class Sweep:
     def preflight(self) -> None:
         holder = self.lock.holder()
         if holder:
-            raise SpecError(f"sweep '{self.spec.name}' is already running (pid {holder['pid']} on {holder['host']}); "
-                            f"wait for it or stop it first")
+            raise SpecError(
+                f"sweep '{self.spec.name}' is already running (pid {holder['pid']} on {holder['host']}); "
+                f"wait for it or stop it first"
+            )
 
     def describe(self) -> list[dict]:
         """What a run would do, from disk alone (used by --dry-run and status)."""
@@ -180,15 +216,28 @@ class Sweep:
         for r in self.rungs:
             paths = RungPaths.for_rung(r, self.root)
             sealed = [f.step for f in ckpt.list_steps(paths.root)]
-            done_evals = sum(1 for s in eval_steps(self.spec, r, sealed) for t in self.spec.evals.tasks
-                             for m in self.spec.evals.modes if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done")
+            done_evals = sum(
+                1
+                for s in eval_steps(self.spec, r, sealed)
+                for t in self.spec.evals.tasks
+                for m in self.spec.evals.modes
+                if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done"
+            )
             if ckpt.is_trained(r, self.root):
                 action = "skip (trained)"
             elif sealed:
                 action = f"resume from step {sealed[-1]}"
             else:
                 action = "train"
-            rows.append({"rung": r.key, "action": action, "steps": r.steps, "checkpoints": len(sealed), "evals_done": done_evals})
+            rows.append(
+                {
+                    "rung": r.key,
+                    "action": action,
+                    "steps": r.steps,
+                    "checkpoints": len(sealed),
+                    "evals_done": done_evals,
+                }
+            )
         return rows
 
     # -------------------------------------------------------- the run
@@ -201,7 +250,9 @@ class Sweep:
         try:
             problems = check_schedulable(self.spec, self.rungs, alive_node_resources())
             if problems:
-                raise SpecError("this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems))
+                raise SpecError(
+                    "this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems)
+                )
             self.lock.acquire()
             try:
                 self._open_tracking()
@@ -217,17 +268,31 @@ class Sweep:
 
         address = address or self.spec.cluster.address
         quiet = os.environ.get("SWEEP4D_WORKER_LOGS", "0") != "1"
-        env = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1", "TOKENIZERS_PARALLELISM": "false"}}
+        env = {
+            "env_vars": {
+                "PYTHONWARNINGS": "ignore",
+                "RAY_TRAIN_V2_ENABLED": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+            }
+        }
         if address:
             self.say(f"connecting to the Ray cluster at {address}")
             ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
         else:
             # "local" starts a fresh cluster even when a `ray start` cluster runs on this machine,
             # which a bare ray.init() would silently join.
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=not quiet,
-                     logging_level=logging.WARNING, runtime_env=env)
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=not quiet,
+                logging_level=logging.WARNING,
+                runtime_env=env,
+            )
         res = ray.cluster_resources()
-        self.say(f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+        self.say(
+            f"Ray: {len(alive_node_resources())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
+        )
 
     def _open_tracking(self) -> None:
         import ray
@@ -240,20 +305,49 @@ class Sweep:
         artifacts = (self.root / "mlartifacts").resolve().as_uri()
         here = ray.get_runtime_context().get_node_id()
         # The one MLflow writer, on this node because the SQLite file is here.
-        self.tracker = ray.remote(num_cpus=0)(Tracker).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote(uri, artifacts)
+        self.tracker = (
+            ray.remote(num_cpus=0)(Tracker)
+            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+            .remote(uri, artifacts)
+        )
         commit = git_commit()
-        self.parent = ray.get(self.tracker.sweep_run.remote(
-            spec.name, {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit}, {"spec": str(self.spec_path), "rungs": len(spec.ladder)}))
-        write_json(self.paths.sweep_json, {"spec": str(Path(self.spec_path).resolve()), "spec_hash": spec.spec_hash(),
-                                             "tracking_uri": uri, "parent_run_id": self.parent, "started": time.time(),
-                                             "resolved": spec.model_dump(mode="json")})
+        self.parent = ray.get(
+            self.tracker.sweep_run.remote(
+                spec.name,
+                {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit},
+                {"spec": str(self.spec_path), "rungs": len(spec.ladder)},
+            )
+        )
+        write_json(
+            self.paths.sweep_json,
+            {
+                "spec": str(Path(self.spec_path).resolve()),
+                "spec_hash": spec.spec_hash(),
+                "tracking_uri": uri,
+                "parent_run_id": self.parent,
+                "started": time.time(),
+                "resolved": spec.model_dump(mode="json"),
+            },
+        )
         ray.get(self.tracker.log_artifact.remote(self.parent, str(self.paths.sweep_json), "spec"))
         for r in self.rungs:
-            run_id = ray.get(self.tracker.rung_run.remote(spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)))
+            run_id = ray.get(
+                self.tracker.rung_run.remote(
+                    spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r)
+                )
+            )
             paths = RungPaths.for_rung(r, self.root)
-            write_json(paths.info, {"key": r.key, "hash": r.hash, "identity": r.identity(), "config": r.to_dict(),
-                                               "git_commit": commit, "mlflow_run_id": run_id})
+            write_json(
+                paths.info,
+                {
+                    "key": r.key,
+                    "hash": r.hash,
+                    "identity": r.identity(),
+                    "config": r.to_dict(),
+                    "git_commit": commit,
+                    "mlflow_run_id": run_id,
+                },
+            )
             self.runs[r.key] = RungRun(r, run_id)
 
     # -------------------------------------------------------- the loop
@@ -269,7 +363,9 @@ class Sweep:
             while True:
                 self.lock.beat()
                 running = [rr for rr in self.runs.values() if rr.state == "running"]
-                for rr in [q for q in queue if q.state == "pending"][: max(0, self.max_concurrent - len(running))]:
+                for rr in [q for q in queue if q.state == "pending"][
+                    : max(0, self.max_concurrent - len(running))
+                ]:
                     self._start_rung(rr)
                 for rr in running:
                     if not rr.thread.is_alive():
@@ -280,15 +376,22 @@ class Sweep:
                     self._recount()
                 if display:
                     display(self.snapshot())
-                if all(rr.state in ("done", "failed") for rr in self.runs.values()) and not self._pending_evals():
+                if (
+                    all(rr.state in ("done", "failed") for rr in self.runs.values())
+                    and not self._pending_evals()
+                ):
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
-            self.say("interrupted: stopping launches, cancelling evals; rungs resume from their last checkpoint next time")
+            self.say(
+                "interrupted: stopping launches, cancelling evals; rungs resume from their last checkpoint next time"
+            )
             for job in self.jobs.values():
                 if job.ref is not None:
                     ray.cancel(job.ref, force=True)
-                    RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode).unlink(missing_ok=True)
+                    RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode).unlink(
+                        missing_ok=True
+                    )
             for rr in self.runs.values():
                 if rr.state == "running":
                     rr.state, rr.reason = "interrupted", "interrupted by the user"
@@ -362,7 +465,14 @@ class Sweep:
                     continue
                 job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
                 export = RungPaths.for_rung(rr.rung, self.root).checkpoint(step)
-                job.ref = remote.remote(str(export), task, mode, ev.readout_for(task).model_dump(), self.spec.data.model_dump(), ev.cpus)
+                job.ref = remote.remote(
+                    str(export),
+                    task,
+                    mode,
+                    ev.readout_for(task).model_dump(),
+                    self.spec.data.model_dump(),
+                    ev.cpus,
+                )
                 job.attempts += 1
                 job.started = time.time()
                 write_json(path, {"state": "running", "attempts": job.attempts, "started": job.started})
@@ -371,7 +481,10 @@ class Sweep:
         """Eval counts per rung, from the records on disk (the source of truth)."""
         for rr in self.runs.values():
             wanted = self._wanted(rr)
-            recs = [read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {} for s, t, m in wanted]
+            recs = [
+                read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
+                for s, t, m in wanted
+            ]
             rr.evals_total = len(wanted)
             rr.evals_done = sum(r.get("state") == "done" for r in recs)
             rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
@@ -391,10 +504,14 @@ class Sweep:
             except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 if job.attempts < EVAL_ATTEMPTS:
-                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying")
+                    self.say(
+                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} failed ({reason}); retrying"
+                    )
                     path.unlink(missing_ok=True)
                 else:
-                    self.say(f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}")
+                    self.say(
+                        f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} FAILED: {reason}"
+                    )
                     write_json(path, {"state": "failed", "attempts": job.attempts, "reason": reason})
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
@@ -415,7 +532,9 @@ class Sweep:
         # A checkpoint sealed after the last submit pass still needs its evals.
         for rr in self.runs.values():
             for s, t, m in self._wanted(rr):
-                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get("state") not in ("done", "failed"):
+                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get(
+                    "state"
+                ) not in ("done", "failed"):
                     return True
         return False
 
@@ -437,14 +556,28 @@ class Sweep:
             prog = read_json(RungPaths.for_rung(rr.rung, self.root).progress) or {}
             step = prog.get("step", 0)
             rate = prog.get("clips_per_s")
-            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
+            eta = (
+                (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and rr.state == "running" else None
+            )
             state = rr.state
             rank0 = read_json(RungPaths.for_rung(rr.rung, self.root).worker(0)) or {}
             if state == "running" and rank0.get("time", 0) < rr.submitted:
                 state = "queued"  # submitted, waiting for its placement group
-            rows.append({"rung": rr.rung.key, "state": state, "step": step, "total": rr.rung.steps, "loss": prog.get("loss"),
-                         "clips_per_s": rate, "eta_s": eta, "evals_done": rr.evals_done, "evals_total": rr.evals_total,
-                         "evals_failed": rr.evals_failed, "reason": rr.reason})
+            rows.append(
+                {
+                    "rung": rr.rung.key,
+                    "state": state,
+                    "step": step,
+                    "total": rr.rung.steps,
+                    "loss": prog.get("loss"),
+                    "clips_per_s": rate,
+                    "eta_s": eta,
+                    "evals_done": rr.evals_done,
+                    "evals_total": rr.evals_total,
+                    "evals_failed": rr.evals_failed,
+                    "reason": rr.reason,
+                }
+            )
         return rows
 
     def summary(self) -> dict:
@@ -455,9 +588,19 @@ class Sweep:
         for rr in self.runs.values():
             st = read_json(RungPaths.for_rung(rr.rung, self.root).status) or {}
             gpu_hours += st.get("train_s", 0) * rr.rung.gpus / 3600
-            rows.append({"rung": rr.rung.key, "state": rr.state, "reason": rr.reason, "wait_s": st.get("wait_s"),
-                         "train_s": st.get("train_s"), "evals_done": rr.evals_done, "evals_total": rr.evals_total,
-                         "evals_failed": rr.evals_failed, "failures": rr.failures})
+            rows.append(
+                {
+                    "rung": rr.rung.key,
+                    "state": rr.state,
+                    "reason": rr.reason,
+                    "wait_s": st.get("wait_s"),
+                    "train_s": st.get("train_s"),
+                    "evals_done": rr.evals_done,
+                    "evals_total": rr.evals_total,
+                    "evals_failed": rr.evals_failed,
+                    "failures": rr.failures,
+                }
+            )
         for rr in self.runs.values():
             for s, t, m in self._wanted(rr):
                 rec = read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}

@@ -36,7 +36,12 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         elif state == "running" and not driver_alive:
             state = "interrupted"  # the driver is gone; the next `sweep run` resumes it
         sealed = ckpt.list_steps(paths.root)
-        evals = [(s, t, m) for s in planned_checkpoints(spec, r) for t in spec.evals.tasks for m in spec.evals.modes]
+        evals = [
+            (s, t, m)
+            for s in planned_checkpoints(spec, r)
+            for t in spec.evals.tasks
+            for m in spec.evals.modes
+        ]
         recs = [read_json(paths.eval_record(s, t, m)) or {} for s, t, m in evals]
         failures = [rec.get("reason", "") for rec in recs if rec.get("state") == "failed"]
         if st.get("reason") and state == "failed":
@@ -44,9 +49,20 @@ def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
         step = prog.get("step", sealed[-1].step if sealed else 0)
         rate = prog.get("clips_per_s")
         fresh = time.time() - prog.get("time", 0) < 120
-        eta = duration((r.steps - step) * r.batch_size / rate) if state == "running" and rate and fresh else "-"
-        rows.append({"rung": r.key, "state": state, "step": step, "total": r.steps,
-                     "last_checkpoint": sealed[-1].step if sealed else None,
-                     "evals_done": sum(rec.get("state") == "done" for rec in recs), "evals_total": len(evals),
-                     "failures": "; ".join(failures)[:120], "eta": eta})
+        eta = (
+            duration((r.steps - step) * r.batch_size / rate) if state == "running" and rate and fresh else "-"
+        )
+        rows.append(
+            {
+                "rung": r.key,
+                "state": state,
+                "step": step,
+                "total": r.steps,
+                "last_checkpoint": sealed[-1].step if sealed else None,
+                "evals_done": sum(rec.get("state") == "done" for rec in recs),
+                "evals_total": len(evals),
+                "failures": "; ".join(failures)[:120],
+                "eta": eta,
+            }
+        )
     return rows

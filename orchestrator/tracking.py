@@ -27,13 +27,13 @@ def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
     """Make a relative `sqlite:///runs/mlflow.db` absolute, so every process agrees on the file."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = (base or Path.cwd()) / uri[len(prefix):]
+        path = (base or Path.cwd()) / uri[len(prefix) :]
         return prefix + str(path.resolve())
     return uri
 
 
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 class Tracker:
@@ -69,8 +69,16 @@ class Tracker:
             self.set_tags(run_id, tags)
         return run_id
 
-    def rung_run(self, sweep: str, parent_id: str | None, key: str, name: str, run_name: str, params: dict,
-                 tags: dict[str, str] | None = None) -> str:
+    def rung_run(
+        self,
+        sweep: str,
+        parent_id: str | None,
+        key: str,
+        name: str,
+        run_name: str,
+        params: dict,
+        tags: dict[str, str] | None = None,
+    ) -> str:
         exp = self.experiment_id(sweep)
         run_id = self._find(exp, RUNG_KEY_TAG, key)
         if run_id is None:
@@ -93,8 +101,13 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self._pending.setdefault(run_id, []).extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
-        if sum(map(len, self._pending.values())) >= FLUSH_AT or time.monotonic() - self._last_flush > FLUSH_EVERY_S:
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+        )
+        if (
+            sum(map(len, self._pending.values())) >= FLUSH_AT
+            or time.monotonic() - self._last_flush > FLUSH_EVERY_S
+        ):
             self.flush()
 
     def flush(self) -> None:

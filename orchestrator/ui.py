@@ -37,12 +37,28 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise UIError(f"port {port} on {host} is already in use ({e.strerror}); pick another with --port") from None
+            raise UIError(
+                f"port {port} on {host} is already in use ({e.strerror}); pick another with --port"
+            ) from None
 
 
 def server_command(uri: str, host: str, port: int, artifact_root: Path) -> list[str]:
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--default-artifact-root",
-            artifact_root.resolve().as_uri(), "--host", host, "--port", str(port), "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifact_root.resolve().as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -67,7 +83,9 @@ def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -
     uri, sweep = resolve_store(spec, runs_root)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        raise UIError(f"no tracking store at {db}: run `sweep run SPEC` first (or pass the spec whose store you want)")
+        raise UIError(
+            f"no tracking store at {db}: run `sweep run SPEC` first (or pass the spec whose store you want)"
+        )
     check_port_free(host, port)
     cmd = server_command(uri, host, port, runs_root / "mlartifacts")
     # kill / a closed terminal / a CI timeout stop the server too, the way Ctrl-C does (else it is orphaned).
@@ -87,7 +105,9 @@ def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -
             exp = MlflowClient(uri).get_experiment_by_name(sweep)
             if exp is not None:
                 # /runs in the training view: MLflow 3 otherwise lands on its GenAI overview (traces), empty here.
-                say(f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+                say(
+                    f"sweep '{sweep}': {url}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                )
         say("Ctrl-C stops the server.")
         return proc.wait()
     except KeyboardInterrupt:

@@ -24,7 +24,19 @@ from contracts.names import (
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better
 
-COLUMNS = ["sweep", "rung", "rung_key", "params", "train_flops", "step", "task", "mode", "metric", "value", "higher_is_better"]
+COLUMNS = [
+    "sweep",
+    "rung",
+    "rung_key",
+    "params",
+    "train_flops",
+    "step",
+    "task",
+    "mode",
+    "metric",
+    "value",
+    "higher_is_better",
+]
 OPTIONAL = ["clips_seen", "tokens", "status", "failure", "split"]
 
 
@@ -47,11 +59,16 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
-        raise ReportError(f"no MLflow experiment named {sweep!r} in {tracking_uri} (the experiment is the sweep's name)")
+        raise ReportError(
+            f"no MLflow experiment named {sweep!r} in {tracking_uri} (the experiment is the sweep's name)"
+        )
     rows: list[dict] = []
     for run in _search_all(client, exp.experiment_id, f"tags.`{ROLE_TAG}` = 'rung'"):
         tags, params = run.data.tags, run.data.params
-        num = {k: _number(params.get(k)) for k in ("encoder_params", "flops_per_clip", "batch_size", "steps", "num_tokens")}
+        num = {
+            k: _number(params.get(k))
+            for k in ("encoder_params", "flops_per_clip", "batch_size", "steps", "num_tokens")
+        }
         rung = {
             "sweep": sweep,
             "rung": tags.get(RUNG_TAG, run.info.run_name),
@@ -69,10 +86,19 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
             for m in client.get_metric_history(run.info.run_id, key):
                 found = True
                 clips = num["batch_size"] * m.step
-                rows.append(rung | {
-                    "step": m.step, "task": task, "mode": mode, "metric": metric, "value": m.value,
-                    "train_flops": num["flops_per_clip"] * clips, "clips_seen": clips, "tokens": num["num_tokens"] * clips,
-                })
+                rows.append(
+                    rung
+                    | {
+                        "step": m.step,
+                        "task": task,
+                        "mode": mode,
+                        "metric": metric,
+                        "value": m.value,
+                        "train_flops": num["flops_per_clip"] * clips,
+                        "clips_seen": clips,
+                        "tokens": num["num_tokens"] * clips,
+                    }
+                )
         if not found:
             rows.append(rung | {"step": np.nan, "task": None, "mode": None, "metric": None, "value": np.nan})
     if not rows:
@@ -125,7 +151,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     for col in ("rung", "params", "metric", "value"):
         if col not in df.columns:
             need = "model (or rung)" if col == "rung" else col
-            raise ReportError(f"{path}: missing column {need!r}; a results table needs model (or rung), params, metric, value")
+            raise ReportError(
+                f"{path}: missing column {need!r}; a results table needs model (or rung), params, metric, value"
+            )
     for col in ("params", "value", "step", "train_flops", "tokens", "clips_seen"):
         if col in df.columns:
             num = pd.to_numeric(df[col], errors="coerce")
@@ -148,15 +176,26 @@ def normalize(df: pd.DataFrame, sweep: str = "") -> pd.DataFrame:
             df[col] = value
     if "step" not in df.columns:
         # Without steps, a rung's checkpoints are ordered by how much they have seen.
-        order = next((c for c in ("tokens", "clips_seen", "train_flops") if c in df.columns and df[c].notna().any()), None)
+        order = next(
+            (c for c in ("tokens", "clips_seen", "train_flops") if c in df.columns and df[c].notna().any()),
+            None,
+        )
         by = df[order] if order else pd.Series(np.arange(len(df)), index=df.index)
-        df["step"] = by.groupby([df["rung"], df["task"].fillna(""), df["mode"], df["metric"]]).rank(method="first")
+        df["step"] = by.groupby([df["rung"], df["task"].fillna(""), df["mode"], df["metric"]]).rank(
+            method="first"
+        )
     given = df["higher_is_better"] if "higher_is_better" in df.columns else [None] * len(df)
-    df["higher_is_better"] = [higher_is_better(m) if pd.isna(h) else _boolean(h) for m, h in zip(df["metric"], given, strict=True)]
+    df["higher_is_better"] = [
+        higher_is_better(m) if pd.isna(h) else _boolean(h) for m, h in zip(df["metric"], given, strict=True)
+    ]
     df["task"] = df["task"].fillna("").astype(str).where(df["metric"].notna(), None)
     cols = COLUMNS + [c for c in OPTIONAL if c in df.columns]
     cols += [c for c in df.columns if c not in cols]
-    return df[cols].sort_values(["params", "rung", "task", "mode", "metric", "step"], na_position="last", kind="stable").reset_index(drop=True)
+    return (
+        df[cols]
+        .sort_values(["params", "rung", "task", "mode", "metric", "step"], na_position="last", kind="stable")
+        .reset_index(drop=True)
+    )
 
 
 def _boolean(v) -> bool:

@@ -41,7 +41,12 @@ def write_all(result: dict, table: pd.DataFrame, out: Path) -> list[Path]:
     if result["series"]:
         files += _save(scaling_figure(result, table), out / "scaling")
         files += _save(compute_figure(table), out / "compute")
-    chin = [(s, e) for s in result["series"] for e in s["fits"] if e["form"] == "chinchilla" and e["status"] == "fitted"]
+    chin = [
+        (s, e)
+        for s in result["series"]
+        for e in s["fits"]
+        if e["form"] == "chinchilla" and e["status"] == "fitted"
+    ]
     if chin:
         files += _save(chinchilla_figure(chin), out / "chinchilla")
     return files
@@ -106,16 +111,33 @@ def scaling_figure(result: dict, table: pd.DataFrame):
             grid_in, grid_out = np.geomspace(lo_n, hi_n, 100), np.geomspace(hi_n, end, 40)
             for grid, style in ((grid_in, "-"), (grid_out, "--")):
                 v, lo, hi = predict(fitted["fit"], grid)
-                ax.plot(grid, v, style, color=color, lw=1.5, label=f"{fitted['form']} fit" if style == "-" else None)
+                ax.plot(
+                    grid,
+                    v,
+                    style,
+                    color=color,
+                    lw=1.5,
+                    label=f"{fitted['form']} fit" if style == "-" else None,
+                )
                 if np.isfinite(lo).all():
-                    if 0 <= np.nanmin(y) and np.nanmax(y) <= 1:  # a rate or accuracy: the band cannot leave [0, 1]
+                    if (
+                        0 <= np.nanmin(y) and np.nanmax(y) <= 1
+                    ):  # a rate or accuracy: the band cannot leave [0, 1]
                         lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
                     ax.fill_between(grid, lo, hi, color=color, alpha=0.15, lw=0)
         base = table[(table["task"] == task) & (table["metric"] == BASELINE_PREFIX + metric)]
         for mode, b in base.groupby("mode"):
-            ax.axhline(b["value"].mean(), ls=":", color=MODE_COLORS.get(mode, "0.3"), lw=1, label=f"baseline ({mode})")
+            ax.axhline(
+                b["value"].mean(),
+                ls=":",
+                color=MODE_COLORS.get(mode, "0.3"),
+                lw=1,
+                label=f"baseline ({mode})",
+            )
         _size_ticks(ax, ticks)
-        hib = next(s["higher_is_better"] for s in result["series"] if (s["task"], s["metric"]) == (task, metric))
+        hib = next(
+            s["higher_is_better"] for s in result["series"] if (s["task"], s["metric"]) == (task, metric)
+        )
         ax.set_title(_title(task, metric, hib), fontsize=10)
         ax.set_xlabel("encoder parameters" if x == "params" else "training FLOPs", fontsize=9)
         ax.grid(alpha=0.3)
@@ -130,7 +152,14 @@ def compute_figure(table: pd.DataFrame):
     keys = sorted({(a, b) for a, b in zip(t["task"], t["metric"], strict=True)})
     fig, axes = _panels(max(len(keys), 1))
     if not keys:
-        axes[0].text(0.5, 0.5, "no training FLOPs in the results table", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].text(
+            0.5,
+            0.5,
+            "no training FLOPs in the results table",
+            ha="center",
+            va="center",
+            transform=axes[0].transAxes,
+        )
         return fig
     params = t.groupby("rung")["params"].first().sort_values()
     cmap = plt.get_cmap("viridis")
@@ -141,7 +170,15 @@ def compute_figure(table: pd.DataFrame):
         g = g[g["mode"] == mode].sort_values("train_flops")
         hib = bool(g["higher_is_better"].iloc[0])
         for rung, r in g.groupby("rung", sort=False):
-            ax.plot(r["train_flops"], r["value"], "o-", ms=3, lw=1, color=colors.get(rung, "0.5"), label=f"{rung} ({format_size(params[rung])})")
+            ax.plot(
+                r["train_flops"],
+                r["value"],
+                "o-",
+                ms=3,
+                lw=1,
+                color=colors.get(rung, "0.5"),
+                label=f"{rung} ({format_size(params[rung])})",
+            )
         # Frontier: the best value reached with at most this much compute, by any rung.
         best = np.maximum.accumulate(g["value"]) if hib else np.minimum.accumulate(g["value"])
         ax.step(g["train_flops"], best, where="post", color="k", ls="--", lw=1, label="frontier")
@@ -162,7 +199,9 @@ def chinchilla_figure(items: list[tuple[dict, dict]]):
         Ns = np.sort(pts["params"].unique())
         lN = np.log(Ns)
         span = max(lN[-1] - lN[0], 1e-12)
-        ax.scatter(pts["D"], pts["value"], c=(np.log(pts["params"]) - lN[0]) / span, cmap=cmap, s=10, zorder=3)
+        ax.scatter(
+            pts["D"], pts["value"], c=(np.log(pts["params"]) - lN[0]) / span, cmap=cmap, s=10, zorder=3
+        )
         # With many sizes (e.g. the Chinchilla data), draw the surface at a few of them.
         shown = Ns if len(Ns) <= 8 else Ns[np.unique(np.linspace(0, len(Ns) - 1, 6).round().astype(int))]
         d = np.geomspace(pts["D"].min(), pts["D"].max(), 100)
@@ -170,7 +209,10 @@ def chinchilla_figure(items: list[tuple[dict, dict]]):
             v, _, _ = predict(e["fit"], np.full_like(d, n), d)
             ax.plot(d, v, color=cmap((np.log(n) - lN[0]) / span), lw=1.2, label=format_size(n))
         p = e["fit"]["params"]
-        ax.set_title(f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3f} β={p['beta']:.3f}", fontsize=8)
+        ax.set_title(
+            f"{s['label']}\nE={p['E']:.3g} A={p['A']:.3g} B={p['B']:.3g} α={p['alpha']:.3f} β={p['beta']:.3f}",
+            fontsize=8,
+        )
         ax.set_xscale("log")
         ax.set_xlabel(f"data seen ({e['D']})", fontsize=9)
         ax.grid(alpha=0.3)

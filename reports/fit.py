@@ -80,9 +80,17 @@ class Form:
 _FORMS = {
     "powerlaw": Form("powerlaw", ("log_a0", "b"), _powerlaw, (-np.inf, -10.0), (np.inf, 10.0)),
     # b ≥ 0: the quantity decreases with size; c = e^lc ≥ 0 is the floor it saturates to.
-    "saturating": Form("saturating", ("log_a0", "b", "log_c"), _saturating, (-np.inf, 0.0, -30.0), (np.inf, 10.0, np.inf)),
+    "saturating": Form(
+        "saturating", ("log_a0", "b", "log_c"), _saturating, (-np.inf, 0.0, -30.0), (np.inf, 10.0, np.inf)
+    ),
     # α, β ≥ 0: more parameters or data never hurt in this form.
-    "chinchilla": Form("chinchilla", ("a", "b", "e", "alpha", "beta"), _chinchilla, (-np.inf,) * 3 + (0.0, 0.0), (np.inf,) * 5),
+    "chinchilla": Form(
+        "chinchilla",
+        ("a", "b", "e", "alpha", "beta"),
+        _chinchilla,
+        (-np.inf,) * 3 + (0.0, 0.0),
+        (np.inf,) * 5,
+    ),
 }
 
 
@@ -102,7 +110,9 @@ def _size_grid(form: str, logq: np.ndarray) -> np.ndarray:
     """Data-scaled starts for the size laws (few parameters: a small grid is plenty)."""
     mid = float(np.median(logq))
     if form == "powerlaw":
-        return np.array([[mid + da, b] for da in (-1.0, 0.0, 1.0) for b in (-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0)])
+        return np.array(
+            [[mid + da, b] for da in (-1.0, 0.0, 1.0) for b in (-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0)]
+        )
     qmin, qmed = float(np.exp(logq.min())), float(np.exp(mid))
     starts = []
     for frac in (1e-3, 0.3, 0.6, 0.9):
@@ -145,12 +155,24 @@ def _fit_theta(form: Form, cols, logq, delta, starts) -> np.ndarray:
     """
     w = np.ones_like(logq)
     lower, upper = np.array(form.lower), np.array(form.upper)
-    x, f = minimize_batch(lambda t, rows: _objective(form, t, cols, logq, w, delta), starts, lower, upper, gtol=1e-6, ftol=1e-10)
-    bounds = [(None if np.isinf(lo) else lo, None if np.isinf(hi) else hi) for lo, hi in zip(lower, upper, strict=True)]
+    x, f = minimize_batch(
+        lambda t, rows: _objective(form, t, cols, logq, w, delta), starts, lower, upper, gtol=1e-6, ftol=1e-10
+    )
+    bounds = [
+        (None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
+        for lo, hi in zip(lower, upper, strict=True)
+    ]
     best = None
     for i in np.argsort(np.where(np.isfinite(f), f, np.inf))[:3]:
-        res = minimize(_objective_scipy, x[i], args=(form, cols, logq, w, delta), jac=True, method="L-BFGS-B",
-                       bounds=bounds, options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000})
+        res = minimize(
+            _objective_scipy,
+            x[i],
+            args=(form, cols, logq, w, delta),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000},
+        )
         if best is None or res.fun < best.fun:
             best = res
     return best.x
@@ -196,7 +218,13 @@ def _natural(form: str, theta: np.ndarray, x0: float) -> dict[str, np.ndarray]:
         return {"a": np.exp(t[..., 0] - t[..., 1] * x0), "b": t[..., 1]}
     if form == "saturating":
         return {"a": np.exp(t[..., 0] + t[..., 1] * x0), "b": t[..., 1], "c": np.exp(t[..., 2])}
-    return {"E": np.exp(t[..., 2]), "A": np.exp(t[..., 0]), "B": np.exp(t[..., 1]), "alpha": t[..., 3], "beta": t[..., 4]}
+    return {
+        "E": np.exp(t[..., 2]),
+        "A": np.exp(t[..., 0]),
+        "B": np.exp(t[..., 1]),
+        "alpha": t[..., 3],
+        "beta": t[..., 4],
+    }
 
 
 def fitted_quantity(form: str, y, higher_is_better: bool) -> tuple[np.ndarray, str]:
@@ -258,7 +286,9 @@ def fit(
     q, target = fitted_quantity(form, y, higher_is_better)
     bad = ~np.isfinite(q) | (q <= 0) | ~(N > 0) | (False if D is None else ~(D > 0))
     if bad.any():
-        raise FitError(f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) cannot be fitted in log space")
+        raise FitError(
+            f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) cannot be fitted in log space"
+        )
     rungs = np.unique(N)
     if rungs.size < MIN_RUNGS:
         raise FitError(f"needs at least {MIN_RUNGS} rungs, got {rungs.size}")
@@ -274,16 +304,33 @@ def fit(
     resid = p - logq
     r2 = 1.0 - float((resid**2).sum() / max(((logq - logq.mean()) ** 2).sum(), 1e-300))
     nat = {k: float(v) for k, v in _natural(form, theta, x0).items()}
-    out = Fit(form, nat, {}, huber_loss(resid, huber_delta), huber_delta, int(N.size), int(rungs.size), target, x0,
-              [float(t) for t in theta], r2, [float(r) for r in resid])
+    out = Fit(
+        form,
+        nat,
+        {},
+        huber_loss(resid, huber_delta),
+        huber_delta,
+        int(N.size),
+        int(rungs.size),
+        target,
+        x0,
+        [float(t) for t in theta],
+        r2,
+        [float(r) for r in resid],
+    )
 
     if bootstrap:
         boot = _bootstrap(spec, cols, logq, N, huber_delta, theta, bootstrap, seed)
         out.boot = boot.tolist()
         lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-        out.ci = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] for k, v in _natural(form, boot, x0).items()}
+        out.ci = {
+            k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+            for k, v in _natural(form, boot, x0).items()
+        }
     if extrapolate:
-        out.extrapolation = _leave_largest_out(form, N, y, D, higher_is_better, huber_delta, grid if form == "chinchilla" else None)
+        out.extrapolation = _leave_largest_out(
+            form, N, y, D, higher_is_better, huber_delta, grid if form == "chinchilla" else None
+        )
     return out
 
 
@@ -309,7 +356,9 @@ def _bootstrap(spec: Form, cols, logq, N, delta, theta, n, seed) -> np.ndarray:
 
     # Warm starts converge in tens of iterations; the cap only trims a slow tail of
     # resamples sitting on a Huber kink, which moves the percentiles by nothing visible.
-    x, _ = minimize_batch(fun, np.tile(theta, (len(W), 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300)
+    x, _ = minimize_batch(
+        fun, np.tile(theta, (len(W), 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300
+    )
     return x
 
 
@@ -319,8 +368,17 @@ def _leave_largest_out(form, N, y, D, higher_is_better, delta, grid) -> dict:
     keep = N < largest
     base = {"held_out_N": float(largest)}
     try:
-        f = fit(form, N[keep], y[keep], None if D is None else D[keep], higher_is_better=higher_is_better,
-                huber_delta=delta, bootstrap=0, grid=grid, extrapolate=False)
+        f = fit(
+            form,
+            N[keep],
+            y[keep],
+            None if D is None else D[keep],
+            higher_is_better=higher_is_better,
+            huber_delta=delta,
+            bootstrap=0,
+            grid=grid,
+            extrapolate=False,
+        )
     except FitError as e:
         return base | {"error": f"not computed: without the largest rung, {e}"}
     held = ~keep
@@ -334,7 +392,12 @@ def _leave_largest_out(form, N, y, D, higher_is_better, delta, grid) -> dict:
         pred = float(predict(f, largest)[0][0])
         actual = float(np.mean(y[held]))
         mean_abs = abs(pred - actual) / abs(actual)
-    return base | {"predicted": pred, "actual": actual, "rel_error": (pred - actual) / abs(actual), "mean_abs_rel_error": mean_abs}
+    return base | {
+        "predicted": pred,
+        "actual": actual,
+        "rel_error": (pred - actual) / abs(actual),
+        "mean_abs_rel_error": mean_abs,
+    }
 
 
 def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -61,7 +61,9 @@ def make_report(
     notes: list[str] = []
     failed = _failed_rungs(table, notes)
     if checkpoint == "best" and "split" not in table.columns:
-        notes.append("checkpoint=best needs a `split` column with validation rows; used each rung's final checkpoint")
+        notes.append(
+            "checkpoint=best needs a `split` column with validation rows; used each rung's final checkpoint"
+        )
     ok = table[~table["rung"].isin(failed) & table["metric"].notna() & ~table["metric"].map(is_baseline)]
     ok = ok[ok["value"].notna()]
     rungs = table.loc[~table["rung"].isin(failed)].groupby("rung")["params"].first().sort_values()
@@ -75,19 +77,43 @@ def make_report(
         if missing:
             notes.append(f"{label}: no value for rung(s) {', '.join(missing)}, which other metrics have")
         points = _size_points(g, checkpoint, hib)
-        s = {"task": task, "mode": mode, "metric": metric, "label": label, "higher_is_better": hib,
-             "missing_rungs": missing, "points": _records(points, ["rung", "params", "train_flops", "step", "value"]), "fits": []}
+        s = {
+            "task": task,
+            "mode": mode,
+            "metric": metric,
+            "label": label,
+            "higher_is_better": hib,
+            "missing_rungs": missing,
+            "points": _records(points, ["rung", "params", "train_flops", "step", "value"]),
+            "fits": [],
+        }
         for form in fits:
-            entry = _fit_one(form, g if form == "chinchilla" else points, x, hib, huber_delta, bootstrap, seed, label, notes)
+            entry = _fit_one(
+                form,
+                g if form == "chinchilla" else points,
+                x,
+                hib,
+                huber_delta,
+                bootstrap,
+                seed,
+                label,
+                notes,
+            )
             s["fits"].append(entry)
             log(f"[{i}/{len(groups)}] {label} {form}: {_summary(entry)}")
         series.append(s)
 
     result = {
         "sweep": str(table["sweep"].iloc[0]) if len(table) else "",
-        "x": x, "huber_delta": huber_delta, "bootstrap": bootstrap, "seed": seed, "checkpoint": checkpoint,
+        "x": x,
+        "huber_delta": huber_delta,
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "checkpoint": checkpoint,
         "rungs": [{"rung": r, "params": float(p)} for r, p in rungs.items()],
-        "failed_rungs": failed, "series": series, "notes": notes,
+        "failed_rungs": failed,
+        "series": series,
+        "notes": notes,
     }
     files = {
         "results.parquet": out / "results.parquet",
@@ -113,7 +139,11 @@ def _failed_rungs(table: pd.DataFrame, notes: list[str]) -> list[str]:
     bad = table[table["status"].astype(str).str.lower() == FAILED]
     names = []
     for rung, g in bad.groupby("rung", sort=False):
-        why = g["failure"].dropna().astype(str).iloc[0] if "failure" in g and g["failure"].notna().any() else "no reason recorded"
+        why = (
+            g["failure"].dropna().astype(str).iloc[0]
+            if "failure" in g and g["failure"].notna().any()
+            else "no reason recorded"
+        )
         notes.append(f"rung {rung} failed ({why}); left out of every fit")
         names.append(str(rung))
     return names
@@ -142,7 +172,10 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, delta, bootstrap, seed, label, not
     if form == "chinchilla":
         entry["D"], D = _data_seen(pts)
         if D is None:
-            return entry | {"status": "not fitted", "reason": "chinchilla needs clips_seen, tokens or train_flops per checkpoint"}
+            return entry | {
+                "status": "not fitted",
+                "reason": "chinchilla needs clips_seen, tokens or train_flops per checkpoint",
+            }
         entry["points"] = _records(pts.assign(D=D), ["rung", "params", "step", "D", "value"])
     y = pts["value"].to_numpy(float)
     try:
@@ -153,12 +186,25 @@ def _fit_one(form, pts: pd.DataFrame, x, hib, delta, bootstrap, seed, label, not
     if bad.any():
         excl = pts[bad]
         entry["excluded"] = _records(excl, ["rung", "step", "value"])
-        where = ", ".join(f"{r} (step {_fmt(s)}: {_fmt(v)})" for r, s, v in zip(excl["rung"], excl["step"], excl["value"], strict=True))
-        notes.append(f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; left out of this log-space fit")
+        where = ", ".join(
+            f"{r} (step {_fmt(s)}: {_fmt(v)})"
+            for r, s, v in zip(excl["rung"], excl["step"], excl["value"], strict=True)
+        )
+        notes.append(
+            f"{label} {form}: {target} is not positive (or {entry['x']} is missing) for {where}; left out of this log-space fit"
+        )
     keep = ~bad
     try:
-        f = fit(form, N[keep], y[keep], None if D is None else D[keep], higher_is_better=hib,
-                huber_delta=delta, bootstrap=bootstrap, seed=seed)
+        f = fit(
+            form,
+            N[keep],
+            y[keep],
+            None if D is None else D[keep],
+            higher_is_better=hib,
+            huber_delta=delta,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
     except FitError as e:
         rungs = list(dict.fromkeys(pts.loc[keep].sort_values("params")["rung"]))
         return entry | {"status": "not fitted", "reason": f"{e} (usable rungs: {', '.join(rungs) or 'none'})"}
@@ -223,7 +269,10 @@ def _summary(entry: dict) -> str:
     if entry["status"] != "fitted":
         return f"not fitted: {entry['reason']}"
     f = entry["fit"]
-    return ", ".join(f"{k} = {v}" for k, v in _param_text(f)) + f"; R²(log) {f['r2_log']:.3f}; leave-largest-out {_extrap_text(f)}"
+    return (
+        ", ".join(f"{k} = {v}" for k, v in _param_text(f))
+        + f"; R²(log) {f['r2_log']:.3f}; leave-largest-out {_extrap_text(f)}"
+    )
 
 
 def _fit_rows(result: dict) -> list[list[str]]:
@@ -232,14 +281,33 @@ def _fit_rows(result: dict) -> list[list[str]]:
         for e in s["fits"]:
             if e["status"] == "fitted":
                 f = e["fit"]
-                rows.append([s["label"], e["form"], str(f["n_rungs"]), "; ".join(f"{k} = {v}" for k, v in _param_text(f)),
-                             f"{f['r2_log']:.3f}", f"{f['loss']:.4g}", _extrap_text(f), f["target"]])
+                rows.append(
+                    [
+                        s["label"],
+                        e["form"],
+                        str(f["n_rungs"]),
+                        "; ".join(f"{k} = {v}" for k, v in _param_text(f)),
+                        f"{f['r2_log']:.3f}",
+                        f"{f['loss']:.4g}",
+                        _extrap_text(f),
+                        f["target"],
+                    ]
+                )
             else:
                 rows.append([s["label"], e["form"], "–", f"not fitted: {e['reason']}", "–", "–", "–", "–"])
     return rows
 
 
-FIT_HEADER = ["series", "form", "rungs", "parameters [95% bootstrap CI]", "R² (log)", "Huber loss", "leave-largest-out error", "fitted on"]
+FIT_HEADER = [
+    "series",
+    "form",
+    "rungs",
+    "parameters [95% bootstrap CI]",
+    "R² (log)",
+    "Huber loss",
+    "leave-largest-out error",
+    "fitted on",
+]
 
 
 def _final_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -252,7 +320,9 @@ def _final_table(table: pd.DataFrame) -> pd.DataFrame:
     t = t[(t["step"] == last) | last.isna()]
     base = t[t["metric"].map(is_baseline)]
     t = t[~t["metric"].map(is_baseline)]
-    label = lambda d, metric: [series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)]  # noqa: E731
+    label = lambda d, metric: [
+        series_label(a, b, c) for a, b, c in zip(d["task"], d["mode"], metric, strict=True)
+    ]  # noqa: E731
     t = t.assign(series=label(t, t["metric"]))
     rungs = t.drop_duplicates("rung").sort_values("params")
     wide = t.pivot_table(index="series", columns="rung", values="value", aggfunc="mean")[list(rungs["rung"])]
@@ -267,16 +337,26 @@ def _final_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _markdown(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
-    lines = [f"# Scaling report: {result['sweep']}", "",
-             f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; {result['bootstrap']} bootstrap resamples "
-             f"(seed {result['seed']}); {result['checkpoint']} checkpoint per rung.", ""]
+    lines = [
+        f"# Scaling report: {result['sweep']}",
+        "",
+        f"x = {result['x']}; Huber δ = {result['huber_delta']:g}, summed; {result['bootstrap']} bootstrap resamples "
+        f"(seed {result['seed']}); {result['checkpoint']} checkpoint per rung.",
+        "",
+    ]
     lines += ["## Fits", "", "| " + " | ".join(FIT_HEADER) + " |", "|" + " --- |" * len(FIT_HEADER)]
     lines += ["| " + " | ".join(r) + " |" for r in _fit_rows(result)]
     lines += ["", "## Notes", ""] + ([f"- {n}" for n in result["notes"]] or ["- none"])
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figs if p.suffix == ".png"]
     wide = _final_table(table)
     if not wide.empty:
-        lines += ["", "## Final-checkpoint results", "", "| " + " | ".join(map(str, wide.columns)) + " |", "|" + " --- |" * len(wide.columns)]
+        lines += [
+            "",
+            "## Final-checkpoint results",
+            "",
+            "| " + " | ".join(map(str, wide.columns)) + " |",
+            "|" + " --- |" * len(wide.columns),
+        ]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in wide.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
@@ -296,13 +376,20 @@ def _html(result: dict, table: pd.DataFrame, figs: list[Path]) -> str:
     imgs = "".join(
         f'<figure><img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"/>'
         f"<figcaption>{esc(p.stem)}</figcaption></figure>"
-        for p in figs if p.suffix == ".png"
+        for p in figs
+        if p.suffix == ".png"
     )
     notes = "".join(f"<li>{esc(n)}</li>" for n in result["notes"]) or "<li>none</li>"
     wide = _final_table(table)
-    final = tab(wide.columns, [[_fmt(v) for v in r] for r in wide.itertuples(index=False)]) if not wide.empty else "<p>no results</p>"
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f4f4f4}img{max-width:100%}")
+    final = (
+        tab(wide.columns, [[_fmt(v) for v in r] for r in wide.itertuples(index=False)])
+        if not wide.empty
+        else "<p>no results</p>"
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f4f4f4}img{max-width:100%}"
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Scaling report: {esc(result['sweep'])}</title>"
         f"<style>{style}</style></head><body><h1>Scaling report: {esc(result['sweep'])}</h1>"
@@ -322,7 +409,11 @@ def log_report_to_mlflow(tracking_uri: str, sweep: str, out_dir: str | Path) -> 
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(sweep)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1) if exp else []
+    runs = (
+        client.search_runs([exp.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", max_results=1)
+        if exp
+        else []
+    )
     if not runs:
         raise ReportError(f"no parent run (tag {ROLE_TAG}=sweep) for sweep {sweep!r} in {tracking_uri}")
     run_id = runs[0].info.run_id
@@ -351,6 +442,20 @@ def predict_from_fits(fits_json: str | Path | dict, size: str | float | int) -> 
                 continue
             D = max(e["points"]["D"]) if e["form"] == "chinchilla" else None
             value, lo, hi = (float(a[0]) for a in predict(e["fit"], N, D))
-            rows.append({"series": s["label"], "task": s["task"], "mode": s["mode"], "metric": s["metric"], "form": e["form"],
-                         "x": e["x"], "N": N, "size": format_size(N), "D": D, "value": value, "lo": lo, "hi": hi})
+            rows.append(
+                {
+                    "series": s["label"],
+                    "task": s["task"],
+                    "mode": s["mode"],
+                    "metric": s["metric"],
+                    "form": e["form"],
+                    "x": e["x"],
+                    "N": N,
+                    "size": format_size(N),
+                    "D": D,
+                    "value": value,
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
     return rows

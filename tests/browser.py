@@ -26,8 +26,17 @@ from pathlib import Path
 CHROMIUM = os.environ.get("SWEEP4D_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("SWEEP4D_CHROMEDRIVER", "/usr/bin/chromedriver")
 INSTALL_HINT = "install chromium chromium-driver: apt-get install -y chromium chromium-driver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1600,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+]
 
 
 class BrowserMissing(RuntimeError):
@@ -49,11 +58,16 @@ def _install_with_apt() -> str | None:
     if prefix and shutil.which("sudo") is None:
         return "not root and no sudo"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print(f"\nbrowser tests: installing {' '.join(PACKAGES)} with apt-get (once per machine, about a minute)",
-          file=sys.__stderr__, flush=True)
+    print(
+        f"\nbrowser tests: installing {' '.join(PACKAGES)} with apt-get (once per machine, about a minute)",
+        file=sys.__stderr__,
+        flush=True,
+    )
     wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another apt run (or test session) may hold it
-    for cmd in (["apt-get", *wait_for_lock, "update", "-qq"],
-                ["apt-get", *wait_for_lock, "install", "-y", "-qq", *PACKAGES]):
+    for cmd in (
+        ["apt-get", *wait_for_lock, "update", "-qq"],
+        ["apt-get", *wait_for_lock, "install", "-y", "-qq", *PACKAGES],
+    ):
         done = subprocess.run(prefix + cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             return f"`{' '.join(prefix + cmd)}` failed: {(done.stderr or done.stdout).strip()[-500:]}"
@@ -66,8 +80,10 @@ def _find(path: str, name: str) -> str:
         why = _install_with_apt()
         found = _located(path, name)
         if not found:
-            raise BrowserMissing(f"{name} not found at {path} or on PATH and could not be installed "
-                                 f"({why or 'installed, yet still missing'}); {INSTALL_HINT}")
+            raise BrowserMissing(
+                f"{name} not found at {path} or on PATH and could not be installed "
+                f"({why or 'installed, yet still missing'}); {INSTALL_HINT}"
+            )
     return found
 
 
@@ -104,12 +120,16 @@ def wait_for_text(driver, *needles: str, timeout: float = 60, what: str | None =
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: all(n in page_text(d) for n in needles))
+        WebDriverWait(driver, timeout, poll_frequency=0.25).until(
+            lambda d: all(n in page_text(d) for n in needles)
+        )
     except TimeoutException:
         text = page_text(driver)
         missing = [n for n in needles if n not in text]
-        raise AssertionError(f"{what or driver.current_url}: {missing} not shown after {timeout:.0f} s; "
-                             f"the page says:\n{text[:3000]}") from None
+        raise AssertionError(
+            f"{what or driver.current_url}: {missing} not shown after {timeout:.0f} s; "
+            f"the page says:\n{text[:3000]}"
+        ) from None
     return page_text(driver)
 
 

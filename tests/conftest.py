@@ -11,6 +11,12 @@ def ray_cluster():
     """One real local Ray cluster for the integration tests of a session."""
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     yield ray
     ray.shutdown()

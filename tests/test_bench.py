@@ -112,8 +112,13 @@ def test_a_failing_peer_costs_no_rows_of_ours(one_thread, monkeypatch):
     assert any("peer failed" in line and "peer config changed" in line for line in lines), lines
 
 
-PROBES = ("encoder.patch_embed.weight", "encoder.blocks.0.attn.qkv.weight", "encoder.blocks.1.mlp.2.weight",
-          "decoder.blocks.0.attn.proj.weight", "decoder.head.weight")
+PROBES = (
+    "encoder.patch_embed.weight",
+    "encoder.blocks.0.attn.qkv.weight",
+    "encoder.blocks.1.mlp.2.weight",
+    "decoder.blocks.0.attn.proj.weight",
+    "decoder.head.weight",
+)
 
 
 def _loss_and_grads(model, b: Batch, precision: str):
@@ -172,6 +177,7 @@ def test_step_updates_the_weights_and_clears_the_grads(one_thread):
 
 def test_peer_costs_the_same_flops_per_clip_as_ours(one_thread):
     import transformers  # noqa: F401  (a dev dependency: the peer must be testable)
+
     cfg = bench_config("tiny", tiny=True)
     b = stage_batches(cfg, 2, CPU, count=1)[0]
     counts = []
@@ -187,6 +193,7 @@ def test_peer_costs_the_same_flops_per_clip_as_ours(one_thread):
 
 def test_bench_with_the_peer_reports_our_ratio(one_thread):
     import transformers  # noqa: F401  (a dev dependency: the peer must be testable)
+
     rows = run_bench(tiny=True, peer=True, device="cpu", steps=2, warmup=1, repeats=1, log=None)
     ours, peer = rows
     assert (ours["impl"], peer["impl"]) == ("sweep4d", "hf-videomae")

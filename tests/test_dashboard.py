@@ -53,8 +53,9 @@ def free_port() -> int:
 
 
 def get(url: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body else None, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
@@ -65,13 +66,20 @@ class UI:
     def __init__(self, cwd: Path, *args: str):
         self.port, self.log = free_port(), cwd / f"ui-{time.monotonic_ns()}.log"
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([*SWEEP, "ui", "--port", str(self.port), *args], cwd=cwd, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*SWEEP, "ui", "--port", str(self.port), *args],
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while time.time() < deadline:
             assert self.proc.poll() is None, self.output()
-            if "Ctrl-C stops the server" in self.output():  # printed once the server answers and links are out
+            if (
+                "Ctrl-C stops the server" in self.output()
+            ):  # printed once the server answers and links are out
                 break
             time.sleep(0.5)
         else:
@@ -88,7 +96,9 @@ class UI:
         try:
             code = self.proc.wait(30)
             gone, alive = psutil.wait_procs(self.server, timeout=30)
-            assert not alive, f"sweep ui exited but left the MLflow server running: {[p.cmdline() for p in alive]}"
+            assert not alive, (
+                f"sweep ui exited but left the MLflow server running: {[p.cmdline() for p in alive]}"
+            )
             return code
         finally:  # leave nothing running on a shared machine, whatever failed
             if self.proc.poll() is None:
@@ -105,13 +115,20 @@ def served(tmp_path_factory):
     (root / "spec.yaml").write_text(textwrap.dedent(SPEC))
     run = subprocess.run([*SWEEP, "run", "spec.yaml"], cwd=root, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
-    report = subprocess.run([*SWEEP, "report", "--fit", "powerlaw", "--bootstrap", "100"], cwd=root,
-                            capture_output=True, text=True, timeout=600)
+    report = subprocess.run(
+        [*SWEEP, "report", "--fit", "powerlaw", "--bootstrap", "100"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert report.returncode == 0, report.stdout + report.stderr
     ui = UI(root, "spec.yaml")
     url = ui.url
     exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dash")["experiment"]
-    runs = get(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    runs = get(
+        f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
+    )["runs"]
     yield {"root": root, "url": url, "ui": ui, "exp": exp["experiment_id"], "runs": runs}
     assert ui.stop() == 0  # Ctrl-C stops `sweep ui` and the server with it
 
@@ -133,12 +150,29 @@ def test_rest_one_parent_and_one_child_per_rung_with_params_and_metrics(served):
         assert t["mlflow.parentRunId"] == parents[0]["info"]["run_id"]
         assert t["sweep4d.rung_key"].startswith(t["sweep4d.rung"] + "-") and t["sweep4d.status"] == "finished"
         params = {p["key"] for p in run["data"]["params"]}
-        assert {"width", "depth", "heads", "mlp", "encoder_params", "flops_per_clip", "gpus", "steps"} <= params
+        assert {
+            "width",
+            "depth",
+            "heads",
+            "mlp",
+            "encoder_params",
+            "flops_per_clip",
+            "gpus",
+            "steps",
+        } <= params
         metrics = {m["key"] for m in run["data"]["metrics"]}
-        assert {"train/loss", "train/lr", "train/clips_per_s", "eval/depth/abs_rel", "eval/action/top1"} <= metrics
+        assert {
+            "train/loss",
+            "train/lr",
+            "train/clips_per_s",
+            "eval/depth/abs_rel",
+            "eval/action/top1",
+        } <= metrics
         assert any(k.startswith("system/") for k in metrics)
-    history = get(f"{served['url']}/api/2.0/mlflow/metrics/get-history?run_id={children[0]['info']['run_id']}"
-                  "&metric_key=eval/depth/abs_rel")["metrics"]
+    history = get(
+        f"{served['url']}/api/2.0/mlflow/metrics/get-history?run_id={children[0]['info']['run_id']}"
+        "&metric_key=eval/depth/abs_rel"
+    )["metrics"]
     assert sorted(m["step"] for m in history) == [8, 16]  # logged at the checkpoints' steps
 
 
@@ -155,16 +189,24 @@ def test_browser_shows_every_rung_its_eval_metrics_and_the_report(served, tmp_pa
         d.get(printed.group(1))
         wait_for_text(d, "dash", "Run Name", "matching runs", what="the runs table at the printed link")
         # Rung runs are nested under the sweep's run: expand it as a person would.
-        parent_cell = ("//a[normalize-space()='dash' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
-                       "//button")
+        parent_cell = (
+            "//a[normalize-space()='dash' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
+            "//button"
+        )
         WebDriverWait(d, 60).until(lambda drv: drv.find_elements(By.XPATH, parent_cell))
         d.find_element(By.XPATH, parent_cell).click()
         wait_for_text(d, *names, what="the expanded runs table")
         shot(d, tmp_path / "experiment.png")
 
         d.get(f"{url}/#/experiments/{exp}/runs/{child['info']['run_id']}")
-        wait_for_text(d, child["info"]["run_name"], "eval/depth/abs_rel", "eval/action/top1", "train/loss",
-                      what="a rung's run page")
+        wait_for_text(
+            d,
+            child["info"]["run_name"],
+            "eval/depth/abs_rel",
+            "eval/action/top1",
+            "train/loss",
+            what="a rung's run page",
+        )
         shot(d, tmp_path / "rung.png")
 
         d.get(f"{url}/#/experiments/{exp}/runs/{parent}/artifacts")
@@ -174,28 +216,40 @@ def test_browser_shows_every_rung_its_eval_metrics_and_the_report(served, tmp_pa
         d.find_elements(By.XPATH, folder)[-1].click()
         wait_for_text(d, "report.html", "fits.json", "scaling.png", what="the report folder")
         shot(d, tmp_path / "artifacts.png")
-    assert all((tmp_path / f).stat().st_size > 10_000 for f in ("experiment.png", "rung.png", "artifacts.png"))
+    assert all(
+        (tmp_path / f).stat().st_size > 10_000 for f in ("experiment.png", "rung.png", "artifacts.png")
+    )
 
 
 def test_server_binds_to_loopback_only(served):
     port = int(served["url"].rsplit(":", 1)[1])
     listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
     # /proc/net/tcp: local address as hex IP:port (little-endian IP), state 0A = LISTEN.
-    ours = [line.split()[1] for line in listening if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
+    ours = [
+        line.split()[1]
+        for line in listening
+        if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")
+    ]
     assert ours == [f"0100007F:{port:04X}"], ours  # 127.0.0.1, not 0.0.0.0
 
 
 def test_taken_port_is_exit_2_with_a_message(served):
     port = served["url"].rsplit(":", 1)[1]
-    proc = subprocess.run([*SWEEP, "ui", "spec.yaml", "--port", port], cwd=served["root"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [*SWEEP, "ui", "spec.yaml", "--port", port],
+        cwd=served["root"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and f"port {port}" in proc.stderr and "in use" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_missing_store_is_exit_2_naming_the_path(tmp_path):
-    proc = subprocess.run([*SWEEP, "ui", "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [*SWEEP, "ui", "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert str(tmp_path / "runs" / "mlflow.db") in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # a failed `sweep ui` leaves nothing behind

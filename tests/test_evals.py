@@ -34,8 +34,14 @@ def one_thread():
 
 
 def make_export(path, width=32, depth=2, seed=0):
-    cfg = MAEConfig(encoder=ViTShape(width, depth, 4 * width, 2), decoder=ViTShape(32, 1, 64, 2),
-                    frames=8, size=32, tubelet=(2, 8, 8), mask_ratio=0.75)
+    cfg = MAEConfig(
+        encoder=ViTShape(width, depth, 4 * width, 2),
+        decoder=ViTShape(32, 1, 64, 2),
+        frames=8,
+        size=32,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.75,
+    )
     torch.manual_seed(seed)
     save_encoder(Encoder(cfg).state_dict(), {"model": cfg.to_dict(), "name": "tiny"}, path)
     return path
@@ -68,13 +74,16 @@ def test_readout_shapes_and_zero_start():
 def test_sampled_queries_read_their_place_and_joint_heads_read_every_query():
     feats = torch.randn(2, 64, 24)  # (B, N, D) on a 4x4x4 grid
     grid = feats.view(2, 4, 4, 4, 24).permute(0, 4, 1, 2, 3)
-    at_tokens = torch.nn.functional.grid_sample(grid, token_centres((4, 4, 4))[None, :, :, None].expand(2, -1, -1, -1, -1),
-                                                align_corners=False)  # what AttentionReadout samples
+    at_tokens = torch.nn.functional.grid_sample(
+        grid, token_centres((4, 4, 4))[None, :, :, None].expand(2, -1, -1, -1, -1), align_corners=False
+    )  # what AttentionReadout samples
     assert torch.allclose(at_tokens[..., 0, 0].transpose(1, 2), feats, atol=1e-6)
     where = at_every_time(torch.tensor([[0.25, -0.75]]), 4)  # (1, 4, 3): one place at each time step
     assert torch.allclose(where[:, :, :2], torch.tensor([0.25, -0.75]).expand(1, 4, 2))
     assert torch.allclose(where[0, :, 2], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
-    head = AttentionReadout(24, (4, 4, 4), out_dim=5, num_queries=64, width=16, heads=2, samples=1, joint=True)
+    head = AttentionReadout(
+        24, (4, 4, 4), out_dim=5, num_queries=64, width=16, heads=2, samples=1, joint=True
+    )
     out = head(feats, where=token_centres((4, 4, 4)).expand(2, -1, -1, -1))
     assert out.shape == (2, 1, 5)
     out.sum().backward()
@@ -129,7 +138,9 @@ def test_cache_is_bounded_and_spills_to_npy(tmp_path):
     assert len(files) == 1 and np.array_equal(np.load(files[0], allow_pickle=False), a)
     got = cache.get("a", lambda: pytest.fail("recomputed a spilled entry"))
     assert np.array_equal(got["x"], a) and cache.hits == 1
-    big = cache.get("big", lambda: {"x": np.zeros(1000, np.float32)})  # larger than the budget: straight to disk
+    big = cache.get(
+        "big", lambda: {"x": np.zeros(1000, np.float32)}
+    )  # larger than the budget: straight to disk
     assert "big" not in cache.memory and big["x"].shape == (1000,)
 
 
@@ -144,8 +155,13 @@ def test_clear_errors(export, tmp_path):
 
 def test_depth_readout_beats_the_mean_depth_baseline(export):
     """Even a random-init encoder's features carry appearance, which predicts depth (sky vs ground vs objects)."""
-    m = evaluate(export, "depth", readout=readout(width=64, epochs=20, lr=3e-3, batch_size=16, train_clips=128,
-                                                  val_clips=32, test_clips=64))
+    m = evaluate(
+        export,
+        "depth",
+        readout=readout(
+            width=64, epochs=20, lr=3e-3, batch_size=16, train_clips=128, val_clips=32, test_clips=64
+        ),
+    )
     assert m["abs_rel"] < 0.9 * m["baseline_abs_rel"], m
 
 
@@ -154,8 +170,14 @@ def test_point_tracking_reads_frames_in_order_and_tunes_its_visibility_threshold
     from evals.point_tracking import PointTracking
     from evals.run import load_clips
 
-    cfg = MAEConfig(encoder=ViTShape(32, 2, 128, 2), decoder=ViTShape(32, 1, 64, 2), frames=8, size=32,
-                    tubelet=(2, 8, 8), mask_ratio=0.75)
+    cfg = MAEConfig(
+        encoder=ViTShape(32, 2, 128, 2),
+        decoder=ViTShape(32, 1, 64, 2),
+        frames=8,
+        size=32,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.75,
+    )
     clips = load_clips(cfg, World(), "val", 4)
     task = PointTracking(cfg, clips)
     M, P, T = clips["occluded"].shape
@@ -164,10 +186,14 @@ def test_point_tracking_reads_frames_in_order_and_tunes_its_visibility_threshold
     q = task.inputs(clips)
     per_frame = torch.zeros(M, P, T, 4)
     per_frame[..., :2] = (q["tracks"] - q["query_xy"][:, :, None]) / task.patch
-    per_frame[..., 2] = torch.where(q["occluded"], math.log(0.9 / 0.1), math.log(0.7 / 0.3))  # sigmoid(-x) = p
+    per_frame[..., 2] = torch.where(
+        q["occluded"], math.log(0.9 / 0.1), math.log(0.7 / 0.3)
+    )  # sigmoid(-x) = p
     per_frame[..., 3] = -30.0  # surely near
     out = per_frame.reshape(M, P * cfg.grid[0], -1)  # query (point, step) holds its step's frames
     assert task.metrics(out, clips)["aj"] == 0.0  # at the default threshold 0.5 nothing is reported visible
     task.tune(out, clips)
     assert 0.1 < task.threshold <= 0.3
-    assert task.metrics(out, clips)["aj"] == pytest.approx(1.0) and task.metrics(out, clips)["oa"] == pytest.approx(1.0)
+    assert task.metrics(out, clips)["aj"] == pytest.approx(1.0) and task.metrics(out, clips)[
+        "oa"
+    ] == pytest.approx(1.0)

@@ -21,7 +21,9 @@ def chinchilla_points() -> pd.DataFrame:
     """The 240 points the replication fits: drop the 5 highest losses; D = C / (6 N)."""
     df = pd.read_csv(DATA)
     df = df[df["loss"] < df["loss"].nlargest(5).min()]
-    return pd.DataFrame({"N": df["Model Size"], "D": df["Training FLOP"] / (6 * df["Model Size"]), "loss": df["loss"]})
+    return pd.DataFrame(
+        {"N": df["Model Size"], "D": df["Training FLOP"] / (6 * df["Model Size"]), "loss": df["loss"]}
+    )
 
 
 def check_replication(params: dict, loss: float) -> None:
@@ -82,7 +84,9 @@ def test_leave_largest_out_sees_a_wrong_law():
     sat = fit("saturating", N, err, bootstrap=0)
     assert abs(sat.extrapolation["rel_error"]) < 1e-4
     assert abs(pl.extrapolation["rel_error"]) > 10 * abs(sat.extrapolation["rel_error"])
-    assert sat.params["c"] == pytest.approx(0.15, rel=1e-3) and sat.params["b"] == pytest.approx(0.25, rel=1e-3)
+    assert sat.params["c"] == pytest.approx(0.15, rel=1e-3) and sat.params["b"] == pytest.approx(
+        0.25, rel=1e-3
+    )
 
 
 def test_saturating_fits_error_of_bounded_scores():
@@ -116,7 +120,9 @@ def test_saturating_bootstrap_is_calibrated():
     for trial in range(100):
         rng = np.random.default_rng(trial)
         err = (c + a * N**-b) * np.exp(0.02 * rng.standard_normal(N.size))
-        f = fit("saturating", N, 1 - err, higher_is_better=True, bootstrap=1000, seed=trial, extrapolate=False)
+        f = fit(
+            "saturating", N, 1 - err, higher_is_better=True, bootstrap=1000, seed=trial, extrapolate=False
+        )
         lo, hi = f.ci["b"]
         hits += lo <= b <= hi
         widths.append(hi - lo)

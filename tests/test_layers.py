@@ -29,8 +29,10 @@ def violations(root: Path) -> list[str]:
         for path in sorted((root / pkg).rglob("*.py")):
             for line, target in imported_packages(path):
                 if target in LEVEL and target != pkg and LEVEL[target] >= level:
-                    found.append(f"{path.relative_to(root)}:{line}: {pkg} (layer {level}) imports {target} "
-                                 f"(layer {LEVEL[target]})")
+                    found.append(
+                        f"{path.relative_to(root)}:{line}: {pkg} (layer {level}) imports {target} "
+                        f"(layer {LEVEL[target]})"
+                    )
     return found
 
 
@@ -47,8 +49,12 @@ def test_a_planted_upward_import_is_caught(tmp_path):
     for pkg in LEVEL:
         (tmp_path / pkg).mkdir()
         (tmp_path / pkg / "__init__.py").write_text("")
-    (tmp_path / "contracts" / "spec.py").write_text("import json\n\n\ndef f():\n    from orchestrator import cli\n")
-    (tmp_path / "evals" / "run.py").write_text("from reports.fit import fit\nfrom models.mae import VideoMAE\n")
+    (tmp_path / "contracts" / "spec.py").write_text(
+        "import json\n\n\ndef f():\n    from orchestrator import cli\n"
+    )
+    (tmp_path / "evals" / "run.py").write_text(
+        "from reports.fit import fit\nfrom models.mae import VideoMAE\n"
+    )
     assert violations(tmp_path) == [
         "contracts/spec.py:5: contracts (layer 0) imports orchestrator (layer 4)",
         "evals/run.py:1: evals (layer 3) imports reports (layer 3)",

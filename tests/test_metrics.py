@@ -150,6 +150,15 @@ def test_classification():
 def test_directions():
     for name in ("aj", "delta_avg", "oa", "aj_strided", "iou", "top1", "top5", "delta1", "baseline_aj"):
         assert higher_is_better(name), name
-    for name in ("epe", "epe_all", "rot_err_deg", "trans_err_deg", "abs_rel", "sq_rel", "rmse", "rmse_log",
-                 "baseline_abs_rel"):
+    for name in (
+        "epe",
+        "epe_all",
+        "rot_err_deg",
+        "trans_err_deg",
+        "abs_rel",
+        "sq_rel",
+        "rmse",
+        "rmse_log",
+        "baseline_abs_rel",
+    ):
         assert not higher_is_better(name), name

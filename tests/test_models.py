@@ -35,8 +35,15 @@ def test_unknown_size_is_a_clear_error():
 
 
 def tiny_config(**kw):
-    return MAEConfig(encoder=ViTShape(64, 2, 256, 4), decoder=ViTShape(32, 1, 128, 2), frames=8, size=32,
-                     tubelet=(2, 8, 8), mask_ratio=0.75, **kw)
+    return MAEConfig(
+        encoder=ViTShape(64, 2, 256, 4),
+        decoder=ViTShape(32, 1, 128, 2),
+        frames=8,
+        size=32,
+        tubelet=(2, 8, 8),
+        mask_ratio=0.75,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("norm_target", [False, True])
@@ -47,7 +54,9 @@ def test_forward_backward_runs_and_encoder_sees_only_visible_tokens(norm_target)
     video = normalize_video(torch.randint(0, 256, (2, 8, 32, 32, 3), dtype=torch.uint8))
     vis, masked = random_masking(2, cfg, torch.Generator().manual_seed(1))
     assert vis.shape == (2, cfg.num_visible) and masked.shape == (2, cfg.num_tokens - cfg.num_visible)
-    assert torch.equal(torch.sort(torch.cat([vis, masked], 1), 1).values, torch.arange(cfg.num_tokens).expand(2, -1))
+    assert torch.equal(
+        torch.sort(torch.cat([vis, masked], 1), 1).values, torch.arange(cfg.num_tokens).expand(2, -1)
+    )
     assert model.encoder(video, vis).shape == (2, cfg.num_visible, 64)
     loss = model(video, vis, masked)
     loss.backward()
@@ -80,8 +89,14 @@ def test_features_come_from_the_requested_block():
     "cfg",
     [
         tiny_config(),
-        MAEConfig(encoder=ViTShape(192, 3, 768, 3), decoder=ViTShape(96, 2, 384, 3), frames=8, size=64,
-                  tubelet=(2, 16, 16), mask_ratio=0.9),
+        MAEConfig(
+            encoder=ViTShape(192, 3, 768, 3),
+            decoder=ViTShape(96, 2, 384, 3),
+            frames=8,
+            size=64,
+            tubelet=(2, 16, 16),
+            mask_ratio=0.9,
+        ),
     ],
 )
 def test_analytic_training_flops_match_flop_counter_within_5_percent(cfg):

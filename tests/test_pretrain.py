@@ -114,7 +114,14 @@ def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
     p = run.data.params
     assert (p["width"], p["depth"], p["heads"], p["mlp"]) == ("32", "2", "2", "64")
     assert int(p["encoder_params"]) > 0 and int(p["flops_per_clip"]) > 0
-    for key in ("train/loss", "train/lr", "train/grad_norm", "train/clips_per_s", "train/tokens_per_s", "train/tflops"):
+    for key in (
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/clips_per_s",
+        "train/tokens_per_s",
+        "train/tflops",
+    ):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         assert steps == list(range(1, 13)), key
     lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
@@ -145,7 +152,9 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
     assert code == 0
     assert killed and killed["after"] < 12, killed
     rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
-    assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4  # a new worker resumed from a checkpoint
+    assert (
+        rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
+    )  # a new worker resumed from a checkpoint
     assert losses(run_dir) == losses(ref_dir)  # bitwise: same loss at every step
 
 
@@ -183,11 +192,16 @@ def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
 
     _, run_dir = reference
     spec = tmp_path / "eval.yaml"
-    spec.write_text(textwrap.dedent(SPEC).replace(
-        "evals: {tasks: []}",
-        "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, "
-        "val_clips: 8, test_clips: 8}}"))
-    result = CliRunner().invoke(app, ["eval", str(RungPaths(run_dir).checkpoint(12)), "--task", "depth", "--spec", str(spec)])
+    spec.write_text(
+        textwrap.dedent(SPEC).replace(
+            "evals: {tasks: []}",
+            "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, "
+            "val_clips: 8, test_clips: 8}}",
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["eval", str(RungPaths(run_dir).checkpoint(12)), "--task", "depth", "--spec", str(spec)]
+    )
     assert result.exit_code == 0, result.output
     assert "abs_rel" in result.output and "trivial baseline" in result.output
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "--task", "depth"])

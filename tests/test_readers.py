@@ -70,7 +70,16 @@ def test_video_folder(videos):
     starts = {frame_ids(ds.read(0, rng=np.random.default_rng(s))["video"])[0] for s in range(60)}
     assert starts == set(range(6))  # random start covers every valid offset
     # too short a video holds its last frame
-    assert frame_ids(VideoFolder(videos, frames=8, resolution=16, stride=2)[0]["video"]) == [0, 2, 4, 6, 8, 10, 10, 10]
+    assert frame_ids(VideoFolder(videos, frames=8, resolution=16, stride=2)[0]["video"]) == [
+        0,
+        2,
+        4,
+        6,
+        8,
+        10,
+        10,
+        10,
+    ]
 
 
 def test_corrupt_and_missing_video(tmp_path):
@@ -133,7 +142,11 @@ def test_pretrain_stream_on_real_data(videos, tmp_path, source):
 def tapvid_entry(rng, T=5, H=20, W=30, N=7):
     occ = rng.random((N, T)) < 0.3
     occ[:, 2] = False
-    return {"video": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "points": rng.random((N, T, 2)), "occluded": occ}
+    return {
+        "video": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8),
+        "points": rng.random((N, T, 2)),
+        "occluded": occ,
+    }
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
@@ -214,7 +227,9 @@ def test_rgbd_scenes(tmp_path):
     ds = RGBDScenes(tmp_path)
     clip = ds[0]
     assert clip["video"].shape == (3, 24, 32, 3) and clip["depth"].shape == (3, 24, 32)
-    np.testing.assert_allclose(clip["depth"][1, 0, :3], [1.1, 1.101, 1.102], rtol=1e-6)  # millimetres -> metres
+    np.testing.assert_allclose(
+        clip["depth"][1, 0, :3], [1.1, 1.101, 1.102], rtol=1e-6
+    )  # millimetres -> metres
     np.testing.assert_allclose(clip["intrinsics"], K[:3, :3])
     np.testing.assert_allclose(clip["extrinsics"][2], np.linalg.inv(poses[2]), atol=1e-6)
     small = RGBDScenes(tmp_path, resolution=12, stride=2)[0]  # 24x32 -> 12x16 -> crop 12x12
@@ -250,12 +265,18 @@ def test_realestate10k(tmp_path):
 def test_box_tracks(tmp_path):
     write_video(tmp_path / "clip.mp4", n=6, h=40, w=80)
     boxes = [[[10, 5, 30, 25]] * 6, [None, [60, 0, 80, 40], None, None, [0, 0, 10, 10], None]]
-    ann = {"video": "clip.mp4", "objects": [{"id": 7, "category": "car", "boxes": boxes[0]}, {"id": 8, "boxes": boxes[1]}]}
+    ann = {
+        "video": "clip.mp4",
+        "objects": [{"id": 7, "category": "car", "boxes": boxes[0]}, {"id": 8, "boxes": boxes[1]}],
+    }
     (tmp_path / "clip.json").write_text(json.dumps(ann))
     clip = BoxTracks(tmp_path, frames=3, stride=2, resolution=20)[0]  # 40x80 -> 20x40 -> crop at left 10
     assert clip["video"].shape == (3, 20, 20, 3) and clip["object_ids"] == [7, 8]
     np.testing.assert_allclose(clip["boxes"][0, 0], [0, 2.5, 5, 12.5])
-    assert clip["box_visible"].tolist() == [[True, True, True], [False, False, False]]  # [0,0,10,10] -> cropped away
+    assert clip["box_visible"].tolist() == [
+        [True, True, True],
+        [False, False, False],
+    ]  # [0,0,10,10] -> cropped away
     (tmp_path / "clip.json").write_text("{not json")
     with pytest.raises(DataError, match="clip.json"):
         BoxTracks(tmp_path)[0]
@@ -265,8 +286,17 @@ def test_something_something_v2(tmp_path):
     labels = {"Pushing something from left to right": "0", "Putting something on a surface": "1"}
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     items = [
-        {"id": "42", "label": "putting a cup on a table", "template": "Putting [something] on a surface", "placeholders": ["a cup"]},
-        {"id": "43", "label": "pushing a pen from left to right", "template": "Pushing [something] from left to right"},
+        {
+            "id": "42",
+            "label": "putting a cup on a table",
+            "template": "Putting [something] on a surface",
+            "placeholders": ["a cup"],
+        },
+        {
+            "id": "43",
+            "label": "pushing a pen from left to right",
+            "template": "Pushing [something] from left to right",
+        },
     ]
     (tmp_path / "validation.json").write_text(json.dumps(items))
     write_video(tmp_path / "videos" / "42.webm", n=10)

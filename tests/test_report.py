@@ -21,7 +21,9 @@ from reports.units import format_size, parse_size
 RUNGS = {"S": 22e6, "B": 88e6, "L": 300e6, "H": 630e6}
 
 
-def synthetic_table(rungs=RUNGS, steps=(100, 200), tasks=(("depth", "absrel"), ("tracking", "aj"))) -> pd.DataFrame:
+def synthetic_table(
+    rungs=RUNGS, steps=(100, 200), tasks=(("depth", "absrel"), ("tracking", "aj"))
+) -> pd.DataFrame:
     """Noiseless laws: absrel = 5 N^-0.25 (powerlaw), aj = 1 − (0.2 + 2 N^-0.2)."""
     rows = []
     for rung, N in rungs.items():
@@ -31,9 +33,21 @@ def synthetic_table(rungs=RUNGS, steps=(100, 200), tasks=(("depth", "absrel"), (
                 v = 5 * N**-0.25 if metric == "absrel" else 1 - (0.2 + 2 * N**-0.2)
                 v = v / late if metric == "absrel" else v * late
                 for mode in ("frozen", "finetune"):
-                    rows.append({"sweep": "demo", "rung": rung, "rung_key": f"{rung}-abc123", "params": N, "step": step,
-                                 "task": task, "mode": mode, "metric": metric, "value": v,
-                                 "train_flops": 1e9 * N * step, "clips_seen": 32.0 * step})
+                    rows.append(
+                        {
+                            "sweep": "demo",
+                            "rung": rung,
+                            "rung_key": f"{rung}-abc123",
+                            "params": N,
+                            "step": step,
+                            "task": task,
+                            "mode": mode,
+                            "metric": metric,
+                            "value": v,
+                            "train_flops": 1e9 * N * step,
+                            "clips_seen": 32.0 * step,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -50,7 +64,16 @@ def fitted(result: dict, task: str, metric: str, mode: str = "frozen", form: str
 
 def test_report_files_and_self_contained_html(tmp_path):
     res = run_report(synthetic_table(), tmp_path, fits=["powerlaw", "saturating"], bootstrap=200)["result"]
-    for name in ("report.html", "report.md", "fits.json", "results.parquet", "scaling.png", "scaling.svg", "compute.png", "compute.svg"):
+    for name in (
+        "report.html",
+        "report.md",
+        "fits.json",
+        "results.parquet",
+        "scaling.png",
+        "scaling.svg",
+        "compute.png",
+        "compute.svg",
+    ):
         assert (tmp_path / name).stat().st_size > 0, name
     html = (tmp_path / "report.html").read_text()
     srcs = re.findall(r'src="([^"]*)"', html)
@@ -60,7 +83,9 @@ def test_report_files_and_self_contained_html(tmp_path):
     f = fitted(res, "depth", "absrel")["fit"]
     assert f["params"]["b"] == pytest.approx(-0.25, rel=1e-6)
     assert abs(f["extrapolation"]["rel_error"]) < 1e-6
-    assert fitted(res, "tracking", "aj", form="saturating")["fit"]["params"]["b"] == pytest.approx(0.2, rel=1e-3)
+    assert fitted(res, "tracking", "aj", form="saturating")["fit"]["params"]["b"] == pytest.approx(
+        0.2, rel=1e-3
+    )
     assert "leave-largest-out" in html and "−" not in f["target"]
     assert pd.read_parquet(tmp_path / "results.parquet").shape[0] == len(synthetic_table())
 
@@ -68,7 +93,14 @@ def test_report_files_and_self_contained_html(tmp_path):
 def test_not_fitted_missing_failed_and_non_positive_are_named(tmp_path):
     t = synthetic_table()
     t = t[~((t["rung"] == "H") & (t["task"] == "depth"))]  # H never evaluated depth
-    t = pd.concat([t, synthetic_table({"G": 1.8e9})[lambda d: d["task"] == "tracking"].assign(status="failed", failure="OOM")])
+    t = pd.concat(
+        [
+            t,
+            synthetic_table({"G": 1.8e9})[lambda d: d["task"] == "tracking"].assign(
+                status="failed", failure="OOM"
+            ),
+        ]
+    )
     t.loc[(t["rung"] == "S") & (t["metric"] == "aj"), "value"] = 0.0  # a log fit cannot take it
     two = synthetic_table({"S": 22e6, "B": 88e6}, tasks=(("pose", "epe"),))
     res = run_report(pd.concat([t, two]), tmp_path, fits=["powerlaw"], bootstrap=0)["result"]
@@ -77,10 +109,19 @@ def test_not_fitted_missing_failed_and_non_positive_are_named(tmp_path):
     assert "depth/absrel (frozen): no value for rung(s) H" in notes
     assert re.search(r"tracking/aj \(frozen\) powerlaw: value is not positive .* S \(step 200: 0\)", notes)
     pose = fitted(res, "pose", "epe")
-    assert pose["status"] == "not fitted" and "at least 3 rungs, got 2" in pose["reason"] and "S, B" in pose["reason"]
+    assert (
+        pose["status"] == "not fitted"
+        and "at least 3 rungs, got 2" in pose["reason"]
+        and "S, B" in pose["reason"]
+    )
     assert fitted(res, "tracking", "aj")["fit"]["n_rungs"] == 3  # B, L, H; not S (zero) nor G (failed)
     md = (tmp_path / "report.md").read_text()
-    for text in ("not fitted: needs at least 3 rungs", "rung G failed", "no value for rung(s) H", "is not positive"):
+    for text in (
+        "not fitted: needs at least 3 rungs",
+        "rung G failed",
+        "no value for rung(s) H",
+        "is not positive",
+    ):
         assert text in md and text in (tmp_path / "report.html").read_text()
 
 
@@ -88,8 +129,15 @@ def test_chinchilla_from_file_matches_direct_fit(tmp_path):
     """The Chinchilla data in the `--from` format gives the replication's numbers."""
     pts = chinchilla_points()
     path = tmp_path / "chinchilla.csv"
-    pd.DataFrame({"model": [f"{n:.6g}" for n in pts["N"]], "params": pts["N"], "tokens": pts["D"],
-                  "metric": "loss", "value": pts["loss"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "model": [f"{n:.6g}" for n in pts["N"]],
+            "params": pts["N"],
+            "tokens": pts["D"],
+            "metric": "loss",
+            "value": pts["loss"],
+        }
+    ).to_csv(path, index=False)
     out = run_report(path, tmp_path / "report", fits=["chinchilla"], bootstrap=200)["fits"]
     e = fitted(out, "", "loss", form="chinchilla")
     assert e["D"] == "tokens" and e["fit"]["n_points"] == 240 and e["fit"]["target"] == "value"
@@ -134,7 +182,11 @@ def test_read_table_defaults(tmp_path):
     path.write_text("model,params,metric,value\nS,2e7,top1,0.5\nS,2e7,baseline_top1,0.4\nB,8e7,abs_rel,0.2\n")
     t = read_table(path)
     assert list(t["mode"].unique()) == ["frozen"] and t["rung_key"].tolist() == t["rung"].tolist()
-    assert dict(zip(t["metric"], t["higher_is_better"], strict=True)) == {"top1": True, "baseline_top1": True, "abs_rel": False}
+    assert dict(zip(t["metric"], t["higher_is_better"], strict=True)) == {
+        "top1": True,
+        "baseline_top1": True,
+        "abs_rel": False,
+    }
 
 
 def test_direction_and_sizes():
@@ -142,7 +194,13 @@ def test_direction_and_sizes():
         assert not higher_is_better(m)
     for m in ("aj", "top1", "iou", "delta1", "occlusion_accuracy"):
         assert higher_is_better(m)
-    assert [format_size(v) for v in (22e6, 88e6, 1.848e9, 3.811e9, 21.495e9)] == ["22M", "88M", "1.8B", "3.8B", "21B"]
+    assert [format_size(v) for v in (22e6, 88e6, 1.848e9, 3.811e9, 21.495e9)] == [
+        "22M",
+        "88M",
+        "1.8B",
+        "3.8B",
+        "21B",
+    ]
     assert parse_size("22B") == 22e9 and parse_size("300M") == 3e8 and parse_size(" 1.5e9 ") == 1.5e9
 
 
@@ -155,25 +213,46 @@ def test_collect_from_mlflow_and_log_report(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("demo", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, run_name="demo", tags={ROLE_TAG: "sweep"}).info.run_id
-    for name, N, status in (("S", 22e6, "done"), ("B", 88e6, "done"), ("L", 300e6, "done"), ("H", 630e6, "failed")):
-        tags = {ROLE_TAG: "rung", RUNG_TAG: name, RUNG_KEY_TAG: f"{name}-abc123", STATUS_TAG: status, "mlflow.parentRunId": parent}
+    for name, N, status in (
+        ("S", 22e6, "done"),
+        ("B", 88e6, "done"),
+        ("L", 300e6, "done"),
+        ("H", 630e6, "failed"),
+    ):
+        tags = {
+            ROLE_TAG: "rung",
+            RUNG_TAG: name,
+            RUNG_KEY_TAG: f"{name}-abc123",
+            STATUS_TAG: status,
+            "mlflow.parentRunId": parent,
+        }
         if status == "failed":
             tags[FAILURE_TAG] = "CUDA OOM"
         run = client.create_run(exp, run_name=name, tags=tags).info.run_id
-        for k, v in {"encoder_params": N, "flops_per_clip": 1e3 * N, "batch_size": 8, "steps": 20, "num_tokens": 1568}.items():
+        for k, v in {
+            "encoder_params": N,
+            "flops_per_clip": 1e3 * N,
+            "batch_size": 8,
+            "steps": 20,
+            "num_tokens": 1568,
+        }.items():
             client.log_param(run, k, v)
         client.log_metric(run, "train/loss", 1.0, step=5)
         if status == "failed":
             continue
         for step in (10, 20):
-            client.log_metric(run, eval_metric_key("depth", "frozen", "absrel"), 5 * N**-0.25 * 20 / step, step=step)
+            client.log_metric(
+                run, eval_metric_key("depth", "frozen", "absrel"), 5 * N**-0.25 * 20 / step, step=step
+            )
             client.log_metric(run, eval_metric_key("depth", "finetune", "absrel"), 4 * N**-0.25, step=step)
 
     t = collect_mlflow(uri, "demo")
     evals = t[t["metric"].notna()]
     assert len(evals) == 3 * 2 * 2 and set(evals["mode"]) == {"frozen", "finetune"}
     row = evals[(evals["rung"] == "B") & (evals["step"] == 10) & (evals["mode"] == "frozen")].iloc[0]
-    assert row["train_flops"] == 1e3 * 88e6 * 8 * 10 and row["clips_seen"] == 80 and row["tokens"] == 80 * 1568
+    assert (
+        row["train_flops"] == 1e3 * 88e6 * 8 * 10 and row["clips_seen"] == 80 and row["tokens"] == 80 * 1568
+    )
     assert row["rung_key"] == "B-abc123" and not row["higher_is_better"] and row["task"] == "depth"
     failed = t[t["rung"] == "H"]
     assert len(failed) == 1 and failed["metric"].isna().all() and failed["failure"].iloc[0] == "CUDA OOM"
@@ -198,11 +277,32 @@ def test_cli_report_from_file_gives_the_same_numbers(tmp_path, monkeypatch):
 
     pts = chinchilla_points()
     path = tmp_path / "chinchilla.csv"
-    pd.DataFrame({"model": [f"{n:.6g}" for n in pts["N"]], "params": pts["N"], "tokens": pts["D"],
-                  "metric": "loss", "value": pts["loss"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "model": [f"{n:.6g}" for n in pts["N"]],
+            "params": pts["N"],
+            "tokens": pts["D"],
+            "metric": "loss",
+            "value": pts["loss"],
+        }
+    ).to_csv(path, index=False)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["report", "--from", str(path), "--fit", "chinchilla", "--bootstrap", "200",
-                                      "--out", "out", "--predict", "70B"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--from",
+            str(path),
+            "--fit",
+            "chinchilla",
+            "--bootstrap",
+            "200",
+            "--out",
+            "out",
+            "--predict",
+            "70B",
+        ],
+    )
     assert result.exit_code == 0, result.output
     e = fitted(json.loads((tmp_path / "out" / "fits.json").read_text()), "", "loss", form="chinchilla")
     check_replication(e["fit"]["params"], e["fit"]["loss"])
@@ -235,7 +335,9 @@ def test_every_x_the_spec_accepts_makes_a_report(tmp_path, monkeypatch, x):
     monkeypatch.chdir(tmp_path)
     synthetic_table().to_csv("t.csv", index=False)
     Path("s.yaml").write_text(f"name: demo\nladder: [{{size: S, steps: 10}}]\nreport: {{x: {x}}}\n")
-    result = CliRunner().invoke(app, ["report", "s.yaml", "--from", "t.csv", "--out", "out", "--bootstrap", "20"])
+    result = CliRunner().invoke(
+        app, ["report", "s.yaml", "--from", "t.csv", "--out", "out", "--bootstrap", "20"]
+    )
     assert result.exit_code == 0, result.output
     fits = json.loads((tmp_path / "out" / "fits.json").read_text())
     assert fits["x"] == x and (tmp_path / "out" / "report.html").exists()

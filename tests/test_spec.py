@@ -51,10 +51,20 @@ def test_shipped_sweeps_are_valid():
 
 def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     base = load_spec(write(tmp_path, GOOD)).rungs()[0]
-    more_workers = load_spec(write(tmp_path, GOOD.replace("batch_size: 8", "batch_size: 8\n  cpu_workers: 4\n  checkpoint_interval: 3"), "w.yaml")).rungs()[0]
+    more_workers = load_spec(
+        write(
+            tmp_path,
+            GOOD.replace("batch_size: 8", "batch_size: 8\n  cpu_workers: 4\n  checkpoint_interval: 3"),
+            "w.yaml",
+        )
+    ).rungs()[0]
     other_uri = load_spec(write(tmp_path, "tracking: {uri: 'sqlite:///x.db'}\n" + GOOD, "u.yaml")).rungs()[0]
-    other_lr = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  optimizer: {lr: 0.01}"), "lr.yaml")).rungs()[0]
-    other_seed = load_spec(write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  seed: 1"), "s.yaml")).rungs()[0]
+    other_lr = load_spec(
+        write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  optimizer: {lr: 0.01}"), "lr.yaml")
+    ).rungs()[0]
+    other_seed = load_spec(
+        write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  seed: 1"), "s.yaml")
+    ).rungs()[0]
     assert more_workers.workers == 4
     assert base.key == more_workers.key == other_uri.key
     assert len({base.key, other_lr.key, other_seed.key}) == 3
@@ -64,7 +74,11 @@ def test_task_readout_changes_only_the_fields_it_names(tmp_path):
     evals = "evals:\n  readout: {width: 32, epochs: 4}\n  task_readout: {point_tracking: {epochs: 20, lr: 5.0e-4}}\n"
     ev = load_spec(write(tmp_path, GOOD + evals)).evals
     tracking, depth = ev.readout_for("point_tracking"), ev.readout_for("depth")
-    assert (tracking.epochs, tracking.lr, tracking.width) == (20, 5e-4, 32)  # width from `readout`, not the default
+    assert (tracking.epochs, tracking.lr, tracking.width) == (
+        20,
+        5e-4,
+        32,
+    )  # width from `readout`, not the default
     assert depth == ev.readout and (depth.epochs, depth.width) == (4, 32)
 
 
@@ -72,22 +86,44 @@ BAD = {
     "yaml_syntax": (GOOD.replace("ladder:", "ladder: [unclosed"), "YAML syntax error", None),
     "unknown_key": (GOOD.replace("steps: 10", "steps: 10\n  mask_ratoi: 0.9"), "pretraining.mask_ratoi", 6),
     "wrong_type": (GOOD.replace("batch_size: 8", "batch_size: eight"), "pretraining.batch_size", 4),
-    "heads_not_dividing": (GOOD.replace("width: 64, depth: 2, mlp: 128, heads: 4", "width: 64, depth: 2, mlp: 128, heads: 5"),
-                           "ladder[1].heads", 9),
+    "heads_not_dividing": (
+        GOOD.replace("width: 64, depth: 2, mlp: 128, heads: 4", "width: 64, depth: 2, mlp: 128, heads: 5"),
+        "ladder[1].heads",
+        9,
+    ),
     "tubelet_not_dividing": (GOOD.replace("frames: 8", "frames: 7"), "data.tubelet", 2),
     "zero_size": (GOOD.replace("width: 32, depth: 2", "width: 0, depth: 2"), "ladder[0].width", 8),
-    "negative_size": (GOOD.replace("depth: 2, mlp: 64, heads: 2}\n  - {name: b", "depth: -1, mlp: 64, heads: 2}\n  - {name: b"),
-                      "ladder[0].depth", 8),
+    "negative_size": (
+        GOOD.replace(
+            "depth: 2, mlp: 64, heads: 2}\n  - {name: b", "depth: -1, mlp: 64, heads: 2}\n  - {name: b"
+        ),
+        "ladder[0].depth",
+        8,
+    ),
     "duplicate_rung": (GOOD.replace("name: b", "name: a"), "ladder[1].name", 9),
-    "unknown_task_readout": (GOOD + "evals:\n  task_readout: {tracking: {epochs: 3}}\n", "evals.task_readout.tracking", 11),
-    "bad_task_readout": (GOOD + "evals:\n  task_readout: {depth: {epochs: 0}}\n", "evals.task_readout.depth.epochs", 11),
-    "unknown_size": (GOOD.replace("name: a, width: 32, depth: 2, mlp: 64, heads: 2", "name: a, size: XXL"), "ladder[0].size", 8),
+    "unknown_task_readout": (
+        GOOD + "evals:\n  task_readout: {tracking: {epochs: 3}}\n",
+        "evals.task_readout.tracking",
+        11,
+    ),
+    "bad_task_readout": (
+        GOOD + "evals:\n  task_readout: {depth: {epochs: 0}}\n",
+        "evals.task_readout.depth.epochs",
+        11,
+    ),
+    "unknown_size": (
+        GOOD.replace("name: a, width: 32, depth: 2, mlp: 64, heads: 2", "name: a, size: XXL"),
+        "ladder[0].size",
+        8,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 @pytest.mark.parametrize("command", ["validate", "plan"])
-def test_malformed_spec_exits_2_naming_field_and_line_and_writes_nothing(tmp_path, monkeypatch, case, command):
+def test_malformed_spec_exits_2_naming_field_and_line_and_writes_nothing(
+    tmp_path, monkeypatch, case, command
+):
     text, field, line = BAD[case]
     spec = write(tmp_path, text)
     monkeypatch.chdir(tmp_path)
@@ -110,8 +146,12 @@ def test_missing_spec_file_is_exit_2(tmp_path, monkeypatch):
 
 def test_real_console_script_gives_one_message_no_traceback(tmp_path):
     spec = write(tmp_path, BAD["unknown_key"][0])
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(spec)], capture_output=True, text=True,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert "mask_ratoi" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "runs").exists()

@@ -57,7 +57,9 @@ def rung_dirs(tmp_path: Path, spec: Path) -> dict[str, Path]:
 
 
 def eval_records(run_dir: Path) -> dict[str, dict]:
-    return {str(p.relative_to(run_dir)): json.loads(p.read_text()) for p in sorted(run_dir.glob("evals/*/*.json"))}
+    return {
+        str(p.relative_to(run_dir)): json.loads(p.read_text()) for p in sorted(run_dir.glob("evals/*/*.json"))
+    }
 
 
 def wait_for(cond, timeout: float, what: str, proc=None):
@@ -89,14 +91,18 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     dirs = rung_dirs(tmp_path, spec)
     s = load_spec(spec)
     cmd = [*SWEEP, "run", str(spec), "--max-concurrent", "1", "--num-cpus", "3"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         # Kill the driver once rung a is trained and evaluated and rung b has sealed a checkpoint.
         def a_done_b_started():
             recs = eval_records(dirs["a"])
-            return (len(recs) == 4 and all(r["state"] == "done" and r.get("logged") for r in recs.values())
-                    and (dirs["b"] / "checkpoints" / "step_00000008" / "manifest.json").exists())
+            return (
+                len(recs) == 4
+                and all(r["state"] == "done" and r.get("logged") for r in recs.values())
+                and (dirs["b"] / "checkpoints" / "step_00000008" / "manifest.json").exists()
+            )
 
         wait_for(a_done_b_started, 400, "rung a done and rung b checkpointed", proc)
         during = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
@@ -109,14 +115,20 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     # Ray's workers notice their driver is gone only after a moment, and may train on until then: wait until
     # rung b's progress stands still, so the step read below is where training really stopped.
-    wait_for(lambda: time.time() - (dirs["b"] / "progress.json").stat().st_mtime > 10, 120, "rung b's workers to stop")
+    wait_for(
+        lambda: time.time() - (dirs["b"] / "progress.json").stat().st_mtime > 10,
+        120,
+        "rung b's workers to stop",
+    )
     after_kill = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert after_kill[dirs["b"].name]["state"] == "interrupted"
     a_rank0 = (dirs["a"] / "workers" / "rank0.json").read_text()
     a_evals = eval_records(dirs["a"])
     killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
     assert killed_at < 48
-    sealed_before_rerun = [int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")]
+    sealed_before_rerun = [
+        int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")
+    ]
 
     rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
@@ -152,27 +164,76 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path):
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     common = ["--block", "--disable-usage-stats"]
-    head = subprocess.Popen([ray_bin, "start", "--head", "--port", str(port), "--num-cpus", "2",
-                             "--include-dashboard=false", "--ray-client-server-port", str(_free_port()), *common],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--ray-client-server-port",
+            str(_free_port()),
+            *common,
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     nodes = [head]
     try:
         address = f"127.0.0.1:{port}"
-        worker = subprocess.Popen([ray_bin, "start", "--address", address, "--num-cpus", "2", "--resources",
-                                   '{"second_node": 1}', *common],
-                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = subprocess.Popen(
+            [
+                ray_bin,
+                "start",
+                "--address",
+                address,
+                "--num-cpus",
+                "2",
+                "--resources",
+                '{"second_node": 1}',
+                *common,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         nodes.append(worker)
-        count = [sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))"]
-        wait_for(lambda: subprocess.run(count, env=env, capture_output=True, text=True).stdout.strip().endswith("2"),
-                 120, "the worker node to join")
-        spec = write_spec(tmp_path, SPEC.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"))
-        run = subprocess.run([*SWEEP, "run", str(spec), "--address", address], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+        count = [
+            sys.executable,
+            "-c",
+            f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes()))",
+        ]
+        wait_for(
+            lambda: (
+                subprocess.run(count, env=env, capture_output=True, text=True).stdout.strip().endswith("2")
+            ),
+            120,
+            "the worker node to join",
+        )
+        spec = write_spec(
+            tmp_path, SPEC.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final")
+        )
+        run = subprocess.run(
+            [*SWEEP, "run", str(spec), "--address", address],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "2 node(s)" in run.stdout
         dirs = rung_dirs(tmp_path, spec)
-        train_nodes = {json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")}
+        train_nodes = {
+            json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
+        }
         eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
         assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
         client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")

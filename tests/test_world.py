@@ -117,7 +117,9 @@ def test_boxes_hold_visible_pixels(clips):
                 ys, xs = np.nonzero(c["segmentation"][t] == o)
                 assert c["box_visible"][o, t] == (len(xs) > 0)
                 if len(xs):  # tight: pixel edges of the extreme visible pixels
-                    np.testing.assert_array_equal(c["boxes"][o, t], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                    np.testing.assert_array_equal(
+                        c["boxes"][o, t], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+                    )
 
 
 def test_objects_move_occlude_and_leave(clips):
@@ -139,7 +141,10 @@ def test_labels_balanced_and_realised():
     k = {name: i for i, name in enumerate(world.CLASSES)}
     for i in range(3 * C):
         c = world[i]
-        if c["label"] not in (k["object moves left"], k["object moves right"]) or not c["box_visible"][0][[0, -1]].all():
+        if (
+            c["label"] not in (k["object moves left"], k["object moves right"])
+            or not c["box_visible"][0][[0, -1]].all()
+        ):
             continue
         b = c["boxes"][0]
         dx = (b[-1, 0] + b[-1, 2] - b[0, 0] - b[0, 2]) / 2
@@ -152,11 +157,16 @@ def test_deterministic_across_processes():
         "c = SyntheticWorld(frames=4, size=24, seed=7, split='test')[12345];"
         "print(hashlib.sha256(b''.join(np.ascontiguousarray(c[k]).tobytes() for k in sorted(c) if k != 'label')).hexdigest())"
     )
-    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)]
+    outs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
     c = SyntheticWorld(frames=4, size=24, seed=7, split="test")[12345]
     import hashlib
 
-    here = hashlib.sha256(b"".join(np.ascontiguousarray(c[k]).tobytes() for k in sorted(c) if k != "label")).hexdigest()
+    here = hashlib.sha256(
+        b"".join(np.ascontiguousarray(c[k]).tobytes() for k in sorted(c) if k != "label")
+    ).hexdigest()
     assert outs[0].strip() == outs[1].strip() == here
 
 
@@ -166,7 +176,10 @@ def test_order_free_seeds_and_splits():
     np.testing.assert_array_equal(a[0], a[2])
     assert not np.array_equal(a[0], a[1])
     assert not np.array_equal(w[5]["video"], SyntheticWorld(frames=4, size=24, seed=2)[5]["video"])
-    videos = {s: [SyntheticWorld(frames=4, size=24, seed=1, split=s)[i]["video"].tobytes() for i in range(8)] for s in ("pretrain", "train", "val", "test")}
+    videos = {
+        s: [SyntheticWorld(frames=4, size=24, seed=1, split=s)[i]["video"].tobytes() for i in range(8)]
+        for s in ("pretrain", "train", "val", "test")
+    }
     assert len(set().union(*videos.values())) == 32  # no clip shared between splits
     with pytest.raises(ValueError):
         SyntheticWorld(split="dev")
