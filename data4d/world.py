@@ -1,6 +1,7 @@
 """The synthetic 4D world: small ray-cast clips with exact ground truth.
 
-Each clip is a textured ground plane with a few textured spheres and boxes,
+Each clip is a textured ground plane with a few textured spheres and boxes
+(smooth, band-limited textures: sums of plane waves, see `_scene`),
 seen by a camera that moves smoothly. Objects move rigidly (translate and spin
 about the vertical), occlude each other and leave the frame. Because we cast
 the rays ourselves, depth, camera poses, point tracks (2D and 3D), occlusion,
@@ -53,6 +54,8 @@ class SyntheticWorld:
         "camera moves out",
     ]
 
+    WAVES = 4  # plane waves per surface texture
+
     def __init__(
         self,
         frames=16,
@@ -69,6 +72,10 @@ class SyntheticWorld:
         dolly=(1.5, 3.0),  # camera travel for the move in/out classes (world units)
         camera_jitter=0.3,  # smooth random camera drift in the other classes (world units)
         far=100.0,  # depth given to the sky
+        texture=(
+            0.5,
+            2.0,
+        ),  # range of the texture waves' periods on objects (world units; the ground's are 2x)
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
@@ -77,7 +84,7 @@ class SyntheticWorld:
         self.frames, self.size, self.seed, self.objects, self.points = frames, size, seed, objects, points
         self.focal, self.split, self.length = focal, split, length
         self.object_motion, self.spin, self.pan, self.dolly = object_motion, spin, pan, dolly
-        self.camera_jitter, self.far = camera_jitter, far
+        self.camera_jitter, self.far, self.texture = camera_jitter, far, texture
         # Camera-frame ray directions with unit z, so a ray's parameter is its z-depth.
         f = focal * size
         g = ((np.arange(size) + 0.5 - size / 2) / f).astype(np.float32)
@@ -177,10 +184,24 @@ class SyntheticWorld:
         light = np.array([np.cos(b := u(0, 2 * np.pi)), np.sin(b), 0.0])
         el = u(0.6, 1.2)
         light = light * np.cos(el) + [0, 0, np.sin(el)]
+        # Textures: per surface (objects, then the ground) a sum of WAVES plane waves in surface coordinates
+        # with log-uniform periods and amplitudes proportional to the period (a 1/f spectrum), blending the
+        # surface's two colours. Periods stay above a few pixels at the usual distances, so the texture is
+        # band-limited: a small motion moves it a little instead of scrambling it (hard checkers of 1-3 px
+        # did), which is what lets a masked tubelet be predicted from the detail of visible ones.
+        n_surf, K = n_obj + 1, self.WAVES
+        direction = rng.normal(size=(n_surf, K, 3))
+        direction[-1, :, 2] = 0  # the ground's waves run along it
+        direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+        period = np.exp(u(np.log(self.texture[0]), np.log(self.texture[1]), size=(n_surf, K)))
+        period[-1] *= 2  # the ground is seen from further away and at a grazing angle
+        amp = period / period.sum(-1, keepdims=True)
+        waves = dict(
+            k=direction * (2 * np.pi / period)[..., None], phase=u(0, 2 * np.pi, size=(n_surf, K)), amp=amp
+        )
         return dict(
             eye=eye, rot=rot, extrinsics=ext, kind=kind, half=half, centre=centre, yaw=yaw, light=light,
-            colors=u(0.15, 1.0, size=(n_obj, 2, 3)), freq=u(2.0, 4.0, size=n_obj),
-            ground=u(0.25, 0.75, size=(2, 3)), tile=u(0.5, 1.2),
+            colors=u(0.15, 1.0, size=(n_obj, 2, 3)), waves=waves, ground=u(0.25, 0.75, size=(2, 3)),
         )  # fmt: skip
 
     # ------------------------------------------------------------------ rendering
@@ -245,8 +266,19 @@ class SyntheticWorld:
         flat_t, idf = best.ravel(), ident.ravel()
         df = [x.ravel() for x in d]
         cid = np.empty(T * P, np.int16)  # palette entry: 2 per object, 2 for the ground, 1 for the sky
+        mix = np.zeros(
+            T * P, f32
+        )  # texture value in [0, 1]: how far from a surface's first colour to its second
         w1, w2 = np.empty(T * P, f32), np.zeros(T * P, f32)
         lx, ly, lz = sc["light"].astype(f32)
+        wk, wphase, wamp = (sc["waves"][k].astype(f32) for k in ("k", "phase", "amp"))
+
+        def texture(surf, q):  # 0.5 + sum of the surface's plane waves at surface coordinates q [(n,)] * 3
+            v = np.zeros_like(q[0])
+            for j in range(self.WAVES):
+                kx, ky, kz = wk[surf, j]
+                v += wamp[surf, j] * np.sin(kx * q[0] + ky * q[1] + kz * q[2] + wphase[surf, j])
+            return np.clip(0.5 + v, 0, 1)  # contrast 2 with clipping: flat patches between smooth edges
 
         def hit(idx):  # frame (n,) and world hit point [(n,)] * 3 of flat pixel indices idx
             fr, t = idx // P, flat_t[idx]
@@ -271,21 +303,15 @@ class SyntheticWorld:
                     np.sign(rel[0]) * llx,
                     np.where(ay >= az, np.sign(rel[1]) * lly, np.sign(rel[2]) * lz),
                 )
-            k = f32(sc["freq"][o])
-            check = (
-                np.floor(ql[0] * k) + np.floor(ql[1] * k) + np.floor(ql[2] * k)
-            ) % 2  # solid checker, spins along
-            cid[idx] = 2 * o + check.astype(np.int16)
+            cid[idx] = 2 * o
+            mix[idx] = texture(o, ql)  # solid texture in the object frame: it spins along
             w1[idx] = 0.35 + 0.65 * np.maximum(ndotl, 0)
 
         idx = np.flatnonzero((idf == -1) & np.isfinite(flat_t))
         fr, (px, py, _) = hit(idx)
-        tile = f32(sc["tile"])
-        fx, fy = np.floor(px / tile), np.floor(py / tile)
-        cid[idx] = 2 * n_obj + ((fx + fy) % 2).astype(np.int16)
-        shade = np.where(
-            (np.floor(fx / 3) + np.floor(fy / 3)) % 2 > 0, f32(0.4 + 0.6 * lz), f32(0.85 * (0.4 + 0.6 * lz))
-        )
+        cid[idx] = 2 * n_obj
+        mix[idx] = texture(n_obj, [px, py, 0 * px])
+        shade = np.full(idx.size, 0.4 + 0.6 * lz, f32)
         for o in range(n_obj):  # soft blob shadow under each object, cast along the light
             c = sc["centre"][o]
             sh = (c[:, :2] - [lx, ly] * (c[:, 2:] / lz)).astype(f32)  # (T, 2) shadow centre on the ground
@@ -300,7 +326,9 @@ class SyntheticWorld:
 
         horizon, zenith = np.array([0.8, 0.85, 0.9], f32), np.array([0.35, 0.55, 0.85], f32)
         palette = np.concatenate([sc["colors"].reshape(-1, 3), sc["ground"], [zenith - horizon]]).astype(f32)
-        rgb = palette[cid] * w1[:, None] + horizon * w2[:, None]  # (T*P, 3)
+        delta = np.zeros_like(palette)  # second colour minus first, at each surface's first entry
+        delta[0 : 2 * n_obj + 2 : 2] = palette[1 : 2 * n_obj + 2 : 2] - palette[0 : 2 * n_obj + 2 : 2]
+        rgb = (palette[cid] + delta[cid] * mix[:, None]) * w1[:, None] + horizon * w2[:, None]  # (T*P, 3)
         np.clip(rgb, 0, 1, out=rgb)
         video = (rgb * 255 + 0.5).astype(np.uint8).reshape(T, S, S, 3)
         depth = np.where(np.isinf(best), f32(far), best)  # (T, P)
