@@ -56,7 +56,7 @@ def main() -> None:
         N = np.array([r["params"] for r in rungs], float)
         f = fit("powerlaw", N, np.array(vals), bootstrap=1000)
         lo, hi = f.ci["b"]
-        strictly = all(b < a for a, b in zip(vals, vals[1:]))
+        strictly = all(b < a for a, b in zip(vals, vals[1:], strict=False))
         print(
             f"val: strictly decreasing {strictly}; power law b = {f.params['b']:.4f} [{lo:.4f}, {hi:.4f}] "
             f"(excludes 0: {hi < 0 or lo > 0}), R^2(log) = {f.r2_log:.3f}, span {N[-1] / N[0]:.0f}x"
