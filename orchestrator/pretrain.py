@@ -99,14 +99,10 @@ def fit_rung(
         reason = f"training failed: {type(cause).__name__}: {cause}"
         return RungOutcome(rung.key, False, _last_step(paths), reason)
     del result  # outcomes are read from the run dir, where rank 0 records a divergence
-    failure = (read_failure(paths) or {}).get("reason")
+    failure = (read_json(paths.failure) or {}).get("reason")
     if failure:
         return RungOutcome(rung.key, False, _last_step(paths), failure)
     return RungOutcome(rung.key, True, _last_step(paths))
-
-
-def read_failure(paths: RungPaths) -> dict | None:
-    return read_json(paths.failure)
 
 
 def _last_step(paths: RungPaths) -> int:
