@@ -31,6 +31,7 @@
                 export/probe.safetensors   final checkpoint only: the engine's features of one fixed clip
                 manifest.json              written last: every file with its size and sha256, world_size, and
                                            val_loss (the held-out loss at this step; synthetic data only)
+                parts/rank<N>.json         on a store: the files rank N uploaded, with sizes and sha256
             checkpoints/.staging-step_<8 digits>/   a checkpoint being written; never read
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
             evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state (running | retry |
@@ -39,8 +40,14 @@
                                            logged (the tracker confirmed MLflow holds the metrics)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
-Every JSON record is written atomically (`write_json`: temp file + rename), so a killed
-process leaves either the old record or the new one.
+The runs root is `runs/` or the spec's `storage:` URI (contracts.storage): on a store the same tree
+lives under `s3://bucket/prefix/`, with two differences. A checkpoint is written in place, no
+staging dir: each rank uploads its own files and a list of them (`parts/rank<N>.json`), and rank 0
+writes manifest.json last, so a checkpoint without one is not a checkpoint; and the MLflow tracking
+DB stays local (artifacts go to `<storage>/mlartifacts/`).
+
+Every JSON record is written atomically (`write_json`: temp file + rename on disk, one PUT on a
+store), so a killed process leaves either the old record or the new one.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.storage import is_remote, root_of
+
 # Inside a checkpoint dir.
 DS_TAG = "deepspeed"  # the tag engine.save_checkpoint writes under
 EXPORT = "export"
@@ -57,6 +66,7 @@ WEIGHTS = "encoder.safetensors"
 CONFIG = "rung.json"
 PROBE = "probe.safetensors"
 MANIFEST = "manifest.json"
+PARTS = "parts"  # on a store: parts/rank<N>.json, what each rank uploaded
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
@@ -75,7 +85,7 @@ class RungPaths:
 
     @classmethod
     def of(cls, runs_root: Path, sweep: str, key: str) -> RungPaths:
-        return cls(Path(runs_root) / sweep / key)
+        return cls(root_of(runs_root) / sweep / key)
 
     @classmethod
     def for_rung(cls, rung, runs_root: Path) -> RungPaths:
@@ -121,7 +131,7 @@ class SweepPaths:
 
     @classmethod
     def of(cls, runs_root: Path, sweep: str) -> SweepPaths:
-        return cls(Path(runs_root) / sweep)
+        return cls(root_of(runs_root) / sweep)
 
     sweep_json = property(lambda self: self.root / "sweep.json")
     lock = property(lambda self: self.root / ".lock")
@@ -133,25 +143,33 @@ class SweepPaths:
 
 def most_recent_sweep(runs_root: Path) -> Path | None:
     """The sweep dir whose sweep.json was written last (what `sweep report` uses with no spec)."""
-    found = list(Path(runs_root).glob("*/sweep.json"))
+    found = list(root_of(runs_root).glob("*/sweep.json"))
     return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
 
 
 # ------------------------------------------------------------------ records
 
 
-def write_json(path: Path, obj: dict) -> None:
-    """Atomically: a reader sees the old record or the new one, never half of one."""
+def write_text(path: Path, text: str) -> None:
+    """Atomically: a reader sees the old file or the new one, never half of one. On a store one PUT
+    is already atomic; on disk, a temp file renamed into place."""
+    if is_remote(path):
+        path.write_text(text)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
 
 
 def read_json(path: Path) -> dict | None:
     """The record, or None when absent or unreadable (a torn write is treated as absent)."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(root_of(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
@@ -159,7 +177,7 @@ def read_json(path: Path) -> dict | None:
 def read_jsonl(path: Path) -> list[dict]:
     """The lines of a JSON-lines record; a torn last line (a killed writer) is dropped."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = root_of(path).read_text().splitlines()
     except FileNotFoundError:
         return []
     out = []

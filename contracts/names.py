@@ -22,6 +22,9 @@ SEARCH_TAG = "sweep4d.search_of"  # an LR-grid point: the ladder rung it is a po
 RESTARTS_TAG = "sweep4d.restarts"  # how many times Ray Train restarted the rung's worker group
 RESTARTS_METRIC = "train/restarts"  # the same count, logged at the step the failed group reached
 VAL_LOSS_METRIC = "val/loss"  # MAE loss on the fixed held-out clips, at every sealed checkpoint's step
+CKPT_WAIT_METRIC = (
+    "train/ckpt_wait_s"  # on a store: how long a checkpoint step waited for the previous upload
+)
 # Its row of the results table (reports.collect): task, mode, metric (lower is better: "loss").
 VAL_LOSS_ROW = ("pretraining", "pretrain", "val_loss")
 SE_SUFFIX = "_se"

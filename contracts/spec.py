@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from contracts.cost import decoder_params, encoder_params, flops_per_clip
 from contracts.errors import UserError
 from contracts.shapes import SIZES, MAEConfig, MupBase, ViTShape
+from contracts.storage import StorageError, root_of
 from contracts.tasks import EVAL_FORMATS, MODES, SYNTHETIC, TASK_NAMES, TASKS
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -260,6 +261,9 @@ class Search(_Strict):
 class SweepSpec(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     tracking: Tracking = Tracking()
+    # Where run directories live: None for `runs/` (or --runs-dir), else a local path or a store URI
+    # (s3://bucket/prefix, gs://…): contracts.storage.
+    storage: str | None = None
     cluster: Cluster = Cluster()
     data: Data = Data()
     pretraining: Pretraining = Pretraining()
@@ -296,8 +300,19 @@ class SweepSpec(_Strict):
                 return r
         raise SpecError(f"no rung named {name!r}; the ladder has: {', '.join(r.name for r in self.rungs())}")
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                root_of(v)
+            except StorageError as e:
+                raise ValueError(e.message) from None
+        return v
+
     def spec_hash(self) -> str:
-        return _hash(self.model_dump(mode="json"))
+        # Where the runs are stored is not what the sweep is (as a rung's identity ignores where it runs).
+        return _hash(self.model_dump(mode="json", exclude={"storage"}))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from rich.table import Table
 from contracts.errors import UserError
 from contracts.names import se_name, se_of
 from contracts.spec import SpecError, human_count, load_spec, lr_tag
+from contracts.storage import check_reachable, runs_root, working_copy
 from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
 
 app = typer.Typer(
@@ -201,7 +202,14 @@ def check_transfer(
     )
 
 
-RunsOpt = Annotated[Path, typer.Option("--runs-dir", help="where run state lives")]
+RunsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--runs-dir",
+        help="where run state lives: a directory or a store URI (s3://bucket/prefix); "
+        "default: the spec's storage:, else runs",
+    ),
+]
 
 
 @app.command()
@@ -217,7 +225,7 @@ def run(
     only: Annotated[str | None, typer.Option(help="comma-separated rung names to run")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would run, start nothing")] = False,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
-    runs_dir: RunsOpt = Path("runs"),
+    runs_dir: RunsOpt = None,
 ):
     """Train every rung, evaluate every checkpoint, log it all to MLflow. Re-running resumes."""
     _run(
@@ -239,7 +247,7 @@ def train(
     rung: Annotated[str, typer.Option(help="the rung to train")],
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster")] = None,
-    runs_dir: RunsOpt = Path("runs"),
+    runs_dir: RunsOpt = None,
 ):
     """Pretrain one rung outside a sweep (no evals), with the same outputs as `sweep run`."""
     _run(
@@ -310,7 +318,7 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
 @user_errors_exit_2
 def status(
     spec: SpecArg,
-    runs_dir: RunsOpt = Path("runs"),
+    runs_dir: RunsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as a JSON list")] = False,
 ):
     """Where a sweep stands: rung x (state, step / total, last checkpoint, evals, restarts, failures, ETA)."""
@@ -341,7 +349,7 @@ def status(
 
 @app.command()
 @user_errors_exit_2
-def sync(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
+def sync(spec: SpecArg, runs_dir: RunsOpt = None):
     """Make MLflow hold every metric on disk: log what each rung's run lacks, never a duplicate.
 
     `sweep run` does this itself when it starts and stops, and `sweep report` before collecting;
@@ -350,9 +358,11 @@ def sync(spec: SpecArg, runs_dir: RunsOpt = Path("runs")):
     from orchestrator.reconcile import sync_sweep
 
     s = load_spec(spec)
-    sweep_dir = SweepPaths.of(runs_dir, s.name).root
+    root = runs_root(runs_dir, s.storage)
+    check_reachable(root, write=False)
+    sweep_dir = SweepPaths.of(root, s.name).root
     if not (sweep_dir / "sweep.json").is_file():
-        raise SpecError(f"sweep '{s.name}' has not run under {runs_dir}/ (no {sweep_dir / 'sweep.json'})")
+        raise SpecError(f"sweep '{s.name}' has not run under {root}/ (no {sweep_dir / 'sweep.json'})")
     sync_sweep(sweep_dir, say=lambda line: out.print(line, markup=False, highlight=False))
 
 
@@ -386,7 +396,7 @@ def report(
         str, typer.Option(help="final | best: which checkpoint of a rung the size laws use")
     ] = "final",
     seed: int = 0,
-    runs_dir: RunsOpt = Path("runs"),
+    runs_dir: RunsOpt = None,
 ):
     """Fit scaling laws (with bootstrap intervals), draw the scaling figure, write the report.
 
@@ -410,45 +420,49 @@ def report(
     given = fit or (s.report.fits if s is not None else ["auto"])
     forms = [f for item in given for f in item.split(",") if f]
     expand_forms(forms)  # an unknown form is an error before any work
+    root = runs_root(runs_dir, s.storage if s is not None else None)
+    check_reachable(root, write=False)
     sweep = uri = None
     if from_file is not None:
-        table, report_dir = from_file, out_dir or runs_dir / f"from-{from_file.stem}" / "report"
+        table, report_dir = from_file, out_dir or root / f"from-{from_file.stem}" / "report"
         store = report_dir.parent / "predictions"
     else:
         if s is not None:
             sweep, uri = s.name, absolute_tracking_uri(s.tracking.uri)
         else:
-            recent = most_recent_sweep(runs_dir)
+            recent = most_recent_sweep(root)
             info = read_json(recent / "sweep.json") if recent else None
             if not info:
                 raise ReportError(
-                    f"no sweep found under {runs_dir}/: run `sweep run SPEC` first, "
-                    "or pass a spec or --from FILE"
+                    f"no sweep found under {root}/: run `sweep run SPEC` first, or pass a spec or --from FILE"
                 )
             sweep, uri = recent.name, info["tracking_uri"]
-        report_dir = out_dir or runs_dir / sweep / "report"
-        store = runs_dir / sweep / "predictions"
-        if (runs_dir / sweep / "sweep.json").is_file():  # MLflow first made whole from the disk record
-            sync_sweep(runs_dir / sweep, say=lambda line: err.print(line, markup=False, highlight=False))
+        report_dir = out_dir or root / sweep / "report"
+        store = root / sweep / "predictions"
+        if (root / sweep / "sweep.json").is_file():  # MLflow first made whole from the disk record
+            say = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
+            sync_sweep(root / sweep, say=say, tracking_uri=uri)
         err.print(f"collecting sweep '{sweep}' from {uri}", highlight=False)
         table = collect_mlflow(uri, sweep)
     size: str | float | None = predict
     if s is not None and predict in {r.name for r in s.rungs()}:
         size = s.rung(predict).encoder_params  # a rung of the spec that has not run yet
-    result = make_report(
-        table,
-        report_dir,
-        fits=forms,
-        x=s.report.x if s else "params",
-        huber_delta=huber_delta,
-        bootstrap=bootstrap,
-        seed=seed,
-        checkpoint=checkpoint,
-        predict=size,
-        predictions_dir=store,
-        search_metric=s.search.metric if s is not None and s.search else None,
-        log=lambda line: err.print(line, highlight=False),
-    )
+    report_at = report_dir  # on a store: drawn in a local copy, uploaded when done
+    with working_copy(report_at) as report_dir, working_copy(store) as predictions_dir:
+        result = make_report(
+            table,
+            report_dir,
+            fits=forms,
+            x=s.report.x if s else "params",
+            huber_delta=huber_delta,
+            bootstrap=bootstrap,
+            seed=seed,
+            checkpoint=checkpoint,
+            predict=size,
+            predictions_dir=predictions_dir,
+            search_metric=s.search.metric if s is not None and s.search else None,
+            log=lambda line: err.print(line, highlight=False),
+        )
     if result.get("lr_search"):
         for line in lr_search.lines(result["lr_search"]):
             out.print(line, highlight=False, soft_wrap=True)
@@ -459,7 +473,7 @@ def report(
             forecasts.log_to_mlflow(uri, sweep, reg | {"path": Path(reg["path"])}, result["target"])
     fitted = sum(e.get("status") == "fitted" for ser in result.get("series", []) for e in ser.get("fits", []))
     out.print(
-        f"report: {report_dir / 'report.html'} ({fitted} fitted laws; "
+        f"report: {report_at / 'report.html'} ({fitted} fitted laws; "
         "figures scaling.png, compute.png; fits.json)"
     )
     sel = Table(title="selected form per series (expanding-window backtest)")
@@ -692,7 +706,7 @@ def ui(
     host: Annotated[
         str, typer.Option(help="interface to bind; 127.0.0.1 keeps it on this machine")
     ] = "127.0.0.1",
-    runs_dir: RunsOpt = Path("runs"),
+    runs_dir: RunsOpt = None,
 ):
     """The MLflow dashboard on the sweep's tracking store."""
     from orchestrator.ui import serve

@@ -4,7 +4,9 @@ Ray Train's experiment directory *is* the rung's run directory
 (`storage_path=runs/<sweep>`, `name=<rung>-<hash6>`): checkpoints are sealed there
 by rank 0 and registered with Ray without a copy (NO_UPLOAD). A worker failure is
 restarted by Ray Train's FailureConfig from `ray.train.get_checkpoint()`; starting
-the rung again later resumes the same way. What each worker runs: orchestrator.trainer.
+the rung again later resumes the same way. On a store (`storage: s3://…`) the
+storage_path is the store URI, and a restarted worker group resumes from the newest
+checkpoint whose manifest the store holds. What each worker runs: orchestrator.trainer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from contracts.layout import RAY_SNAPSHOT, RungPaths, read_json
 from contracts.spec import RungConfig
+from contracts.storage import is_remote
 from orchestrator.trainer import train_loop
 
 
@@ -62,7 +65,9 @@ def fit_rung(
 
     paths = RungPaths.for_rung(rung, runs_root)
     run_dir = paths.root
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not is_remote(run_dir):
+        run_dir = run_dir.resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
     paths.failure.unlink(missing_ok=True)
     warning = reconcile_ray_snapshot(paths)
     if warning:
@@ -72,7 +77,7 @@ def fit_rung(
         train_loop,
         train_loop_config={
             "rung": rung.to_dict(),
-            "run_dir": str(run_dir.resolve()),
+            "run_dir": str(run_dir),
             "tracker": tracker,
             "run_id": run_id,
             # One id per fit: a worker group that finds it in resume.json is a restart within this fit.
@@ -86,7 +91,7 @@ def fit_rung(
         ),
         run_config=RunConfig(
             name=rung.key,
-            storage_path=str(run_dir.parent.resolve()),
+            storage_path=str(run_dir.parent),  # a directory, or the store's URI
             failure_config=FailureConfig(max_failures=max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),

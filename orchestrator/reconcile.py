@@ -19,7 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, step_of
-from contracts.names import RESTARTS_METRIC, SYNTHETIC, eval_metric_key, parse_eval_metric_key
+from contracts.names import (
+    CKPT_WAIT_METRIC,
+    RESTARTS_METRIC,
+    SEARCH_TAG,
+    SPEC_HASH_TAG,
+    SYNTHETIC,
+    eval_metric_key,
+    parse_eval_metric_key,
+)
+from contracts.spec import RungConfig
+from contracts.storage import root_of
 
 Points = dict[str, dict[int, float]]  # metric key -> step -> value
 # (run_id, points) -> the steps restored per key
@@ -116,16 +126,52 @@ def runs_on_disk(sweep: SweepPaths) -> dict[str, tuple[RungPaths, str]]:
     return found
 
 
-def sync_sweep(sweep_dir: Path, say: Callable[[str], None] = print) -> dict[str, dict[str, list[int]]] | None:
+def runs_in_store(tracker, sweep: SweepPaths) -> dict[str, tuple[RungPaths, str]]:
+    """Every rung of a sweep with its run in `tracker`'s MLflow store: the run info.json names, or,
+    when this store has never seen it (`sweep report` on a machine other than the driver's, which
+    reads the run directories from object storage but has its own SQLite), one found by tag or
+    created from the rung's records."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.tracking import rung_params
+
+    found, parent = {}, None
+    for key, (paths, run_id) in runs_on_disk(sweep).items():
+        try:
+            tracker.client.get_run(run_id)
+            found[key] = (paths, run_id)
+            continue
+        except MlflowException:
+            pass
+        if parent is None:
+            sweep_info = read_json(sweep.sweep_json) or {}
+            parent = tracker.sweep_run(sweep.root.name, {SPEC_HASH_TAG: sweep_info.get("spec_hash", "")})
+        info = read_json(paths.info) or {}
+        rung = RungConfig.from_dict(info["config"])
+        tags = {SEARCH_TAG: rung.search_of} if rung.search_of else None
+        here = tracker.rung_run(
+            sweep.root.name, parent, key, rung.name, rung.run_name, rung_params(rung), tags
+        )
+        state = (read_json(paths.status) or {}).get("state")
+        if state in ("done", "failed"):  # it ended as the record says
+            tracker.finish(here, "FINISHED" if state == "done" else "FAILED")
+        found[key] = (paths, here)
+    return found
+
+
+def sync_sweep(
+    sweep_dir: Path, say: Callable[[str], None] = print, tracking_uri: str | None = None
+) -> dict[str, dict[str, list[int]]] | None:
     """`sweep sync` (and `sweep report` before it collects): reconcile a sweep's MLflow runs from
-    its run directories, in this process. Skipped (None) while a driver holds the sweep: it is
-    the one MLflow writer then, and reconciles itself."""
+    its run directories, in this process, into `tracking_uri` (default: the one the driver used).
+    Skipped (None) while a driver holds the sweep: it is the one MLflow writer then, and reconciles
+    itself."""
     from mlflow.exceptions import MlflowException
 
     from orchestrator.state import SweepLock
     from orchestrator.tracking import Tracker
 
-    paths = SweepPaths(Path(sweep_dir))
+    paths = SweepPaths(root_of(sweep_dir))
     holder = SweepLock(paths.lock).holder()
     if holder:
         say(
@@ -133,10 +179,11 @@ def sync_sweep(sweep_dir: Path, say: Callable[[str], None] = print) -> dict[str,
         )
         return None
     info = read_json(paths.sweep_json) or {}
-    if not info.get("tracking_uri"):
+    uri = tracking_uri or info.get("tracking_uri")
+    if not uri:
         say(f"{paths.root}: no sweep.json with a tracking URI; nothing to reconcile")
         return {}
-    tracker = Tracker(info["tracking_uri"])
+    tracker = Tracker(uri)
 
     def reconciler(run_id: str, points: Points) -> dict[str, list[int]]:
         try:
@@ -145,12 +192,19 @@ def sync_sweep(sweep_dir: Path, say: Callable[[str], None] = print) -> dict[str,
             say(f"WARNING run {run_id} could not be reconciled: {str(e).splitlines()[0]}")
             return {}
 
-    return reconcile_runs(runs_on_disk(paths), reconciler, say)
+    return reconcile_runs(runs_in_store(tracker, paths), reconciler, say)
 
 
 # Measurements, not results: a step trained again after a crash measures them afresh, and MLflow keeps
 # the first value it was sent while metrics.jsonl keeps the last (the step's line is rewritten).
-MEASURED = ("train/clips_per_s", "train/tokens_per_s", "train/tflops", "train/mfu", "system/")
+MEASURED = (
+    "train/clips_per_s",
+    "train/tokens_per_s",
+    "train/tflops",
+    "train/mfu",
+    CKPT_WAIT_METRIC,
+    "system/",
+)
 
 
 def differences(client, run_id: str, points: Points) -> list[str]:

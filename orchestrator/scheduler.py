@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
+from contracts.layout import EXPORT, RungPaths, SweepPaths, read_json, read_jsonl, write_json
 from contracts.names import (
     DATASET_TAG,
     FAILURE_TAG,
@@ -39,6 +39,7 @@ from contracts.names import (
     eval_metric_key,
 )
 from contracts.spec import Data, EvalData, Readout, RungConfig, SpecError, SweepSpec, load_spec
+from contracts.storage import check_reachable, is_remote, local_copy, local_file, root_of, runs_root, uri_of
 from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import RungOutcome, fit_rung
@@ -46,7 +47,7 @@ from orchestrator.progress import restart_line
 from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock, git_commit
 from orchestrator.status import read_rung_state, restart_count
-from orchestrator.tracking import Tracker, absolute_tracking_uri, sqlite_path
+from orchestrator.tracking import Tracker, absolute_tracking_uri, rung_params, sqlite_path
 
 EVAL_ATTEMPTS = 3  # per driver; a killed eval worker is one (Ray does not retry it behind our back)
 TICK_S = 1.0
@@ -77,35 +78,6 @@ def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int
     if which == "final":
         return [s for s in sealed if s == rung.steps]
     return [s for s in sealed if s in set(which)]
-
-
-def rung_params(rung: RungConfig) -> dict:
-    m, e = rung.model, rung.model.encoder
-    return {
-        "width": e.width,
-        "depth": e.depth,
-        "mlp": e.mlp,
-        "heads": e.heads,
-        "encoder_params": rung.encoder_params,
-        "total_params": rung.total_params,
-        "flops_per_clip": rung.flops_per_clip,
-        "train_flops": rung.train_flops,
-        "num_tokens": m.num_tokens,
-        "frames": m.frames,
-        "resolution": m.size,
-        "tubelet": "x".join(map(str, m.tubelet)),
-        "mask_ratio": m.mask_ratio,
-        "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
-        "steps": rung.steps,
-        "batch_size": rung.batch_size,
-        "lr": rung.optimizer.lr,
-        "precision": rung.precision,
-        "seed": rung.seed,
-        "gpus": rung.gpus,
-        "workers": rung.workers,
-        "zero_stage": rung.zero_stage,
-        "rung_key": rung.key,
-    }
 
 
 # ------------------------------------------------------------------ cluster checks
@@ -171,6 +143,9 @@ def _eval_task(
     torch.set_num_threads(max(1, threads))
     t0 = time.time()
     datasets, info = ({task: EvalData(**dataset)} if dataset else {}), {}
+    checkpoint = root_of(export_path)
+    if is_remote(checkpoint):  # streamed into this node's cache once, for every task that reads it
+        export_path = str(local_copy(checkpoint / EXPORT))
     metrics = evaluate(
         export_path,
         task,
@@ -224,14 +199,14 @@ class Sweep:
         spec: SweepSpec,
         spec_path: Path,
         rungs: list[RungConfig],
-        runs_root: Path,
+        root: Path | str,
         *,
         train_only: bool = False,
         max_concurrent: int | None = None,
         report: Callable[[str], None] = print,
     ):
         self.spec, self.spec_path, self.rungs = spec, spec_path, rungs
-        self.root = runs_root.resolve()
+        self.root = runs_root(root)  # a directory, or a store (contracts.storage)
         self.paths = SweepPaths.of(self.root, spec.name)
         self.train_only = train_only or not spec.evals.tasks
         self.max_concurrent = max_concurrent or len(rungs)
@@ -244,6 +219,7 @@ class Sweep:
 
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
+        check_reachable(self.root, write=True)
         holder = self.lock.holder()
         if holder:
             raise SpecError(
@@ -385,7 +361,7 @@ class Sweep:
         uri = absolute_tracking_uri(spec.tracking.uri)
         if (db := sqlite_path(uri)) is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-        artifacts = (self.root / "mlartifacts").resolve().as_uri()
+        artifacts = uri_of(self.root / "mlartifacts")
         here = ray.get_runtime_context().get_node_id()
         # The one MLflow writer, on this node because the SQLite file is here. Ray restarts it if it
         # dies and retries the calls it had not answered (its writes are idempotent).
@@ -413,7 +389,8 @@ class Sweep:
                 "resolved": spec.model_dump(mode="json"),
             },
         )
-        ray.get(self.tracker.log_artifact.remote(self.parent, str(self.paths.sweep_json), "spec"))
+        spec_record = str(local_file(self.paths.sweep_json))
+        ray.get(self.tracker.log_artifact.remote(self.parent, spec_record, "spec"))
         for r in self.rungs:
             tags = {SEARCH_TAG: r.search_of} if r.search_of else None
             run_id = ray.get(
@@ -732,6 +709,9 @@ class Sweep:
         return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
 
 
-def open_sweep(spec_path: Path, runs_root: Path, only: list[str] | None = None, **kw) -> Sweep:
+def open_sweep(
+    spec_path: Path, runs_dir: Path | str | None = None, only: list[str] | None = None, **kw
+) -> Sweep:
+    """runs_dir: --runs-dir; None for the spec's `storage:`, else runs/."""
     spec = load_spec(spec_path)
-    return Sweep(spec, spec_path, select_rungs(spec, only), runs_root, **kw)
+    return Sweep(spec, spec_path, select_rungs(spec, only), runs_root(runs_dir, spec.storage), **kw)

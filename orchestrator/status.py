@@ -8,6 +8,7 @@ from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
+from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
 from orchestrator.state import SweepLock
 
@@ -56,10 +57,12 @@ def restart_count(paths: RungPaths) -> int:
     return len(read_jsonl(paths.restarts))
 
 
-def status_rows(spec: SweepSpec, runs_root: Path) -> list[dict]:
+def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dict]:
     """One row per rung: rung, state, step, total, last_checkpoint, evals_done, evals_total,
-    restarts, failures (a list of reasons), eta_s (seconds, or None)."""
-    root = runs_root.resolve()
+    restarts, failures (a list of reasons), eta_s (seconds, or None). runs_dir: None for the spec's
+    `storage:` (read from any machine that can read the store), else runs/."""
+    root = runs_root(runs_dir, spec.storage)
+    check_reachable(root, write=False)
     driver_alive = SweepLock(SweepPaths.of(root, spec.name).lock).holder() is not None
     rows = []
     for r in spec.rungs():

@@ -25,6 +25,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
+from contracts.spec import RungConfig
 
 FLUSH_EVERY_S = 2.0
 # MLflow 3's UI opens an experiment in its GenAI (traces) view unless told it holds model training.
@@ -43,6 +44,35 @@ def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def rung_params(rung: RungConfig) -> dict:
+    m, e = rung.model, rung.model.encoder
+    return {
+        "width": e.width,
+        "depth": e.depth,
+        "mlp": e.mlp,
+        "heads": e.heads,
+        "encoder_params": rung.encoder_params,
+        "total_params": rung.total_params,
+        "flops_per_clip": rung.flops_per_clip,
+        "train_flops": rung.train_flops,
+        "num_tokens": m.num_tokens,
+        "frames": m.frames,
+        "resolution": m.size,
+        "tubelet": "x".join(map(str, m.tubelet)),
+        "mask_ratio": m.mask_ratio,
+        "decoder": f"{m.decoder.width}/{m.decoder.depth}/{m.decoder.mlp}/{m.decoder.heads}",
+        "steps": rung.steps,
+        "batch_size": rung.batch_size,
+        "lr": rung.optimizer.lr,
+        "precision": rung.precision,
+        "seed": rung.seed,
+        "gpus": rung.gpus,
+        "workers": rung.workers,
+        "zero_stage": rung.zero_stage,
+        "rung_key": rung.key,
+    }
 
 
 class Tracker:

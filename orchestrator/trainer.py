@@ -11,6 +11,14 @@
 Batches and masks are pure functions of (seed, step, rank), so a resumed run logs the same
 losses as one never stopped. The driver side (the TorchTrainer, outcomes): orchestrator.pretrain.
 
+Run directories on a store (contracts.storage). Each rank writes its ZeRO shards to a local
+cache dir, on the step, and uploads them in a background thread (`Publish`) while training goes
+on; rank 0's thread also waits for every rank's upload, builds the export from the shards and
+writes the manifest last (orchestrator.checkpoint). The next checkpoint first waits for the
+previous one's upload: that wait is logged as train/ckpt_wait_s. An upload that kept failing
+raises there, naming the bucket and key; the checkpoints before it are untouched. Resuming, each
+rank downloads only its own shards of the newest checkpoint every rank could verify.
+
 Held-out loss. Before every checkpoint, `val_loss` runs the MAE on a fixed held-out set
 (`held_out`): the first `pretraining.val_clips` clips of the synthetic world's `val` split,
 which pretraining never reads, each with a mask drawn once from VAL_SEED, so every rung of a
@@ -26,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -36,9 +45,19 @@ import torch
 import torch.distributed as dist
 
 from contracts.cost import flops_per_clip
-from contracts.layout import DS_TAG, EXPORT, PROBE, RungPaths, read_json, read_jsonl, write_json
-from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, VAL_LOSS_METRIC
+from contracts.layout import (
+    DS_TAG,
+    EXPORT,
+    PROBE,
+    RungPaths,
+    read_json,
+    read_jsonl,
+    write_json,
+    write_text,
+)
+from contracts.names import CKPT_WAIT_METRIC, RESTARTS_METRIC, RESTARTS_TAG, VAL_LOSS_METRIC
 from contracts.spec import RungConfig
+from contracts.storage import cache_path, is_remote, root_of, where
 from data4d.stream import PretrainStream, held_out_clips
 from models.export import save_encoder
 from models.mae import VideoMAE, fp32_draws, normalize_video, param_groups, random_masking
@@ -145,7 +164,7 @@ def divergence(loss: float, step: int) -> str | None:
 
 
 def append_jsonl(path: Path, rec: dict) -> None:
-    with open(path, "a") as f:
+    with path.open("a") as f:  # on a store, s3fs rewrites the object: fine for one line a step
         f.write(json.dumps(rec) + "\n")
 
 
@@ -163,9 +182,7 @@ def keep_steps_upto(path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))
 
 
 def note_restart(paths: RungPaths, launch: str | None, resumed_from: int, max_failures: int) -> dict | None:
@@ -325,7 +342,7 @@ def start_worker(config: dict) -> Worker:
     else:
         torch.set_num_threads(rung.cpus_per_worker)
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")  # reuses the group Ray Train set up
-    paths = RungPaths(Path(config["run_dir"]))
+    paths = RungPaths(root_of(config["run_dir"]))
     return Worker(rung, paths, ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
@@ -357,12 +374,16 @@ def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Sta
     import ray.train as train
 
     key, paths = worker.rung.key, worker.paths
-    registered = train.get_checkpoint()
-    found, warnings = ckpt.latest_valid(paths.root, start_from=Path(registered.path) if registered else None)
-    step = 0
-    if found is not None:
-        engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
-        step = found.step
+    if is_remote(paths.root):
+        registered = None  # on a store the manifests are the only record (checkpoints are not registered)
+        found, warnings = resume_from_store(engine, worker)
+    else:
+        registered = train.get_checkpoint()
+        start_from = Path(registered.path) if registered else None
+        found, warnings = ckpt.latest_valid(paths.root, start_from=start_from)
+        if found is not None:
+            engine.load_checkpoint(str(found.path), tag=DS_TAG, load_module_strict=True)
+    step = found.step if found is not None else 0
     if worker.rank != 0:
         return Start(step, None)
     for w in warnings:
@@ -381,6 +402,28 @@ def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Sta
         },
     )
     return Start(step, restart)
+
+
+def resume_from_store(engine, worker: Worker) -> tuple[ckpt.Found | None, list[str]]:
+    """Load the newest checkpoint every rank can use: its manifest and sizes match the store (the
+    same answer on every rank) and this rank's own shards download with matching checksums (agreed
+    by all-reduce, so every rank loads the same step). -> (the checkpoint or None, warnings)"""
+    warnings: list[str] = []
+    for c in reversed(ckpt.step_dirs(worker.paths.root)):
+        reason = ckpt.verify(c.path)
+        local = cache_path(c.path) / f"rank{worker.rank}"
+        shutil.rmtree(local, ignore_errors=True)
+        if reason is None:
+            reason = ckpt.fetch_shards(c.path, ckpt.read_manifest(c.path), worker.rank, local)
+        usable = torch.tensor(int(reason is None))
+        dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+        if usable.item():
+            engine.load_checkpoint(str(local), tag=DS_TAG, load_module_strict=True)
+            shutil.rmtree(local, ignore_errors=True)
+            return c, warnings
+        shutil.rmtree(local, ignore_errors=True)
+        warnings.append(ckpt.skipped(c.path, reason or "another rank's shards did not download intact"))
+    return None, warnings
 
 
 def record_worker(engine, worker: Worker, start: int) -> None:
@@ -508,6 +551,7 @@ def train_loop(config: dict) -> None:
         if start.restart:
             sinks.log_restart(start.restart)
     peak = peak_flops(worker.device)
+    publishing: Publish | None = None  # on a store: the last checkpoint's upload, still going on
     engine.train()
     t0 = time.perf_counter()
     for step, clips in batches(worker, start.step):
@@ -522,6 +566,9 @@ def train_loop(config: dict) -> None:
         due = done % rung.checkpoint_interval == 0 or done == rung.steps
         if due and held is not None and not failure:  # every rank: the forward needs all of them
             metrics[VAL_LOSS_METRIC] = val_loss(engine, worker, held)
+        if (due or failure) and publishing is not None:  # one upload in flight at a time
+            metrics[CKPT_WAIT_METRIC] = publishing.wait()
+            publishing = None
         if sinks:
             sinks.log(done, metrics, loss)
         if failure:
@@ -533,8 +580,12 @@ def train_loop(config: dict) -> None:
             return
         if due:
             held_loss = {"val_loss": metrics[VAL_LOSS_METRIC]} if VAL_LOSS_METRIC in metrics else {}
-            save_checkpoint(engine, worker, done, {"step": done, "loss": loss, **held_loss})
+            publishing = save_checkpoint(engine, worker, done, {"step": done, "loss": loss, **held_loss})
         t0 = time.perf_counter()
+    if publishing is not None:  # the final checkpoint is sealed before the worker returns
+        waited = publishing.wait()
+        if worker.rank == 0:
+            print(f"[{rung.key}] final checkpoint uploaded (waited {waited:.1f}s)", flush=True)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -556,12 +607,13 @@ def probe_features(engine, rung: RungConfig) -> dict[str, torch.Tensor]:
     return {"video": video, "features": feats.float().cpu()}
 
 
-def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
-    """Every rank writes its ZeRO shards into a staging dir; rank 0 exports the encoder, seals, registers."""
+def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> Publish | None:
+    """Every rank writes its ZeRO shards; rank 0 exports the encoder and seals the checkpoint. On
+    disk that is done when this returns; on a store the upload goes on in the returned `Publish`."""
+    if is_remote(worker.paths.root):
+        return save_to_store(engine, worker, step, metrics)
     import ray.train as train
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from ray.train import Checkpoint, CheckpointUploadMode
-    from safetensors.torch import save_file
 
     rung, paths, rank = worker.rung, worker.paths, worker.rank
     staging, final_dir = paths.staging(step), paths.checkpoint(step)
@@ -573,14 +625,8 @@ def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
     probe = probe_features(engine, rung) if step == rung.steps else None
     dist.barrier()
     if rank == 0:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(staging), tag=DS_TAG)
-        encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        save_encoder(encoder, rung.to_dict(), staging / EXPORT)
-        if probe is not None:
-            save_file(probe, str(staging / EXPORT / PROBE))
-        held = {"val_loss": metrics["val_loss"]} if "val_loss" in metrics else {}  # val/loss at this step
-        extra = {"world_size": worker.world, "time": time.time(), **held}
-        ckpt.seal(staging, final_dir, step, rung.key, extra=extra)
+        export_encoder(staging, rung, probe)
+        ckpt.seal(staging, final_dir, step, rung.key, extra=manifest_extra(worker, metrics))
     dist.barrier()
     train.report(
         metrics,
@@ -588,3 +634,83 @@ def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> None:
         checkpoint_dir_name=f"checkpoints/step_{step:08d}",
         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
     )
+    return None
+
+
+def export_encoder(ckpt_dir: Path, rung: RungConfig, probe: dict | None) -> None:
+    """The consolidated fp32 encoder (DeepSpeed's zero_to_fp32 over every rank's shards in
+    `ckpt_dir`) as the safetensors export evals read, with the final checkpoint's probe."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import save_file
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=DS_TAG)
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+    save_encoder(encoder, rung.to_dict(), ckpt_dir / EXPORT)
+    if probe is not None:
+        save_file(probe, str(ckpt_dir / EXPORT / PROBE))
+
+
+def manifest_extra(worker: Worker, metrics: dict) -> dict:
+    held = {"val_loss": metrics["val_loss"]} if "val_loss" in metrics else {}  # val/loss at this step
+    return {"world_size": worker.world, "time": time.time(), **held}
+
+
+class Publish:
+    """One rank's upload of one checkpoint, in a background thread so training goes on meanwhile."""
+
+    def __init__(self, work, what: str):
+        self.what, self.error = what, None
+        self.thread = threading.Thread(target=self._run, args=(work,), name=f"publish {what}", daemon=True)
+        self.thread.start()
+
+    def _run(self, work) -> None:
+        try:
+            work()
+        except BaseException as e:  # raised in the training thread by wait()
+            self.error = e
+
+    def wait(self) -> float:
+        """Block until the upload is done. -> seconds waited; raises if it failed for good."""
+        t0 = time.perf_counter()
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"checkpoint {self.what} was not stored: {self.error}") from self.error
+        return time.perf_counter() - t0
+
+
+def save_to_store(engine, worker: Worker, step: int, metrics: dict) -> Publish:
+    """On the step: every rank writes its shards to a local cache dir. Then, in the background:
+    each rank uploads its own files; rank 0 waits for all of them, builds the export from the
+    shards (downloading the other ranks'), uploads it and writes the manifest last."""
+    import ray.train as train
+
+    rung, paths, rank = worker.rung, worker.paths, worker.rank
+    final_dir = paths.checkpoint(step)
+    local = cache_path(paths.staging(step)) / f"rank{rank}"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    if rank == 0:  # what an earlier, interrupted attempt at this step left (never a sealed older step)
+        ckpt.clear_remote(final_dir)
+    dist.barrier()
+    engine.save_checkpoint(str(local), tag=DS_TAG)
+    probe = probe_features(engine, rung) if step == rung.steps else None
+    extra = manifest_extra(worker, metrics)
+    train.report(metrics)  # checkpoints on a store are found by their manifests, not registered with Ray
+
+    def publish() -> None:
+        mine = ckpt.upload_part(local, final_dir, rank)
+        if rank == 0:
+            files = ckpt.wait_for_parts(final_dir, worker.world)
+            theirs = {rel: meta for rel, meta in files.items() if rel not in mine}
+            reason = ckpt.fetch_files(final_dir, theirs, local)
+            if reason:
+                raise RuntimeError(f"{where(final_dir)}: {reason}")
+            export_encoder(local, rung, probe)
+            files |= {
+                f"{EXPORT}/{rel}": m
+                for rel, m in ckpt.upload_tree(local / EXPORT, final_dir / EXPORT).items()
+            }
+            ckpt.seal_remote(final_dir, files, step, rung.key, extra=extra)
+        shutil.rmtree(local, ignore_errors=True)
+
+    return Publish(publish, f"{where(final_dir)} (rank {rank})")

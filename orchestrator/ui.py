@@ -14,6 +14,7 @@ from pathlib import Path
 from contracts.errors import UserError
 from contracts.layout import most_recent_sweep, read_json
 from contracts.spec import load_spec
+from contracts.storage import runs_root, uri_of
 from orchestrator.tracking import absolute_tracking_uri, sqlite_path
 
 
@@ -52,7 +53,7 @@ def server_command(uri: str, host: str, port: int, artifact_root: Path) -> list[
         "--backend-store-uri",
         uri,
         "--default-artifact-root",
-        artifact_root.resolve().as_uri(),
+        uri_of(artifact_root),
         "--host",
         host,
         "--port",
@@ -80,15 +81,16 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve(spec: Path | None, host: str, port: int, runs_root: Path, say=print) -> int:
-    uri, sweep = resolve_store(spec, runs_root)
+def serve(spec: Path | None, host: str, port: int, runs_dir: Path | str | None, say=print) -> int:
+    root = runs_root(runs_dir, load_spec(spec).storage if spec is not None else None)
+    uri, sweep = resolve_store(spec, root)
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UIError(
             f"no tracking store at {db}: run `sweep run SPEC` first (or pass the spec whose store you want)"
         )
     check_port_free(host, port)
-    cmd = server_command(uri, host, port, runs_root / "mlartifacts")
+    cmd = server_command(uri, host, port, root / "mlartifacts")
     # kill / a closed terminal / a CI timeout stop the server too, the way Ctrl-C does (else it is orphaned).
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
