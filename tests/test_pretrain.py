@@ -13,12 +13,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import BUCKET
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from contracts.layout import RungPaths
-from contracts.names import RESTARTS_METRIC, RESTARTS_TAG, RUNG_KEY_TAG, STATUS_TAG, VAL_LOSS_METRIC
+from contracts.names import (
+    CKPT_WAIT_METRIC,
+    RESTARTS_METRIC,
+    RESTARTS_TAG,
+    RUNG_KEY_TAG,
+    STATUS_TAG,
+    VAL_LOSS_METRIC,
+)
 from contracts.spec import load_spec
+from contracts.storage import local_copy
 from models.export import load_encoder
 from orchestrator import checkpoint as ckpt
 from orchestrator.scheduler import open_sweep
@@ -46,19 +55,20 @@ evals: {tasks: []}
 
 
 def train(root: Path, spec_text: str = SPEC, on_start=None) -> tuple[int, Path]:
-    """Run `sweep train`'s code path in-process with `root` as the working directory."""
+    """Run `sweep train`'s code path in-process with `root` as the working directory. -> the exit
+    code and the rung's run directory (under runs/, or on the spec's `storage:`)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.yaml").write_text(textwrap.dedent(spec_text))
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        sweep = open_sweep(Path("spec.yaml"), Path("runs"), train_only=True)
+        sweep = open_sweep(Path("spec.yaml"), train_only=True)
         if on_start:
             on_start(sweep)
         code = sweep.run(None)
     finally:
         os.chdir(cwd)
-    return code, root / "runs" / "pt" / sweep.rungs[0].key
+    return code, RungPaths.for_rung(sweep.rungs[0], sweep.root).root
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -205,6 +215,70 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
     for key in ("train/loss", "train/lr", "train/clips_per_s"):
         assert sorted(m.step for m in history(key)) == list(range(1, 13)), key
     assert sorted((m.step, m.value) for m in history(VAL_LOSS_METRIC)) == sorted(val_losses(ref_dir).items())
+
+
+def on_s3(prefix: str, spec_text: str = SPEC) -> str:
+    return spec_text.replace("name: pt\n", f"name: pt\nstorage: s3://{BUCKET}/{prefix}\n")
+
+
+def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(reference, s3, tmp_path):
+    """Run directories on a store (no shared disk): every rank uploads its own shards, a SIGKILLed
+    worker's group resumes from the newest checkpoint whose manifest the store holds, and the loss
+    curve is bitwise the one of an uninterrupted run (the local reference)."""
+    _, ref_dir = reference
+    killed = {}
+
+    def killer(sweep):
+        run_dir = sweep.root / "pt" / sweep.rungs[0].key
+
+        def watch():
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                rank1 = run_dir / "workers" / "rank1.json"
+                if rank1.exists() and ckpt.list_steps(run_dir):
+                    pid = json.loads(rank1.read_text())["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"], killed["after"] = pid, ckpt.list_steps(run_dir)[-1].step
+                    return
+                time.sleep(0.1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    code, run_dir = train(tmp_path, on_s3("killed"), on_start=killer)
+    assert code == 0 and str(run_dir).startswith(f"s3://{BUCKET}/killed/pt/")
+    assert killed and killed["after"] < 12, killed
+    rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
+    assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
+    assert losses(run_dir) == losses(ref_dir)  # bitwise
+    assert val_losses(run_dir) == val_losses(ref_dir)
+    assert [f.step for f in ckpt.list_steps(run_dir)] == [4, 8, 12]
+    assert all(ckpt.verify(f.path) is None for f in ckpt.list_steps(run_dir))
+    manifest = ckpt.read_manifest(RungPaths(run_dir).checkpoint(12))
+    shards = {ckpt.rank_of(rel) for rel in manifest["files"]} - {None}
+    assert shards == {0, 1}  # both ranks' shards, each uploaded by its own rank
+    # How long a checkpoint step waited for the previous upload: logged at the later checkpoints.
+    waits = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in waits if CKPT_WAIT_METRIC in r} >= {12}
+    # Nothing of the run on local disk but the tracking DB (caches live under SWEEP4D_CACHE).
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+    # The export evals read, streamed from the store into the cache.
+    encoder, rung = load_encoder(local_copy(RungPaths(run_dir).export(12)))
+    assert rung["name"] == "tiny"
+
+
+def test_on_s3_an_upload_that_keeps_failing_fails_the_rung_naming_bucket_and_key(ray_cluster, s3, tmp_path):
+    s3.clear()
+    s3.fail("/refused/pt/", "step_00000008/deepspeed/zero_pp_rank_0", times=10**6)
+    try:
+        code, run_dir = train(tmp_path, on_s3("refused"))
+    finally:
+        s3.clear()
+    assert code == 1
+    reason = json.loads((run_dir / "status.json").read_text())["reason"]
+    assert f"bucket '{BUCKET}'" in reason and "key 'refused/pt/" in reason, reason
+    assert "step_00000008/deepspeed/zero_pp_rank_0" in reason, reason
+    found, _ = ckpt.latest_valid(run_dir)  # the previous checkpoint is whole
+    assert found.step == 4 and ckpt.verify(found.path) is None
 
 
 def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(reference, tmp_path):
