@@ -29,7 +29,7 @@ from contracts.names import (
     parse_eval_metric_key,
 )
 from contracts.spec import RungConfig
-from contracts.storage import root_of
+from contracts.storage import root_of, uri_of
 
 Points = dict[str, dict[int, float]]  # metric key -> step -> value
 # (run_id, points) -> the steps restored per key
@@ -169,7 +169,7 @@ def sync_sweep(
     from mlflow.exceptions import MlflowException
 
     from orchestrator.state import SweepLock
-    from orchestrator.tracking import Tracker
+    from orchestrator.tracking import Tracker, sqlite_path
 
     paths = SweepPaths(root_of(sweep_dir))
     holder = SweepLock(paths.lock).holder()
@@ -183,7 +183,9 @@ def sync_sweep(
     if not uri:
         say(f"{paths.root}: no sweep.json with a tracking URI; nothing to reconcile")
         return {}
-    tracker = Tracker(uri)
+    if (db := sqlite_path(uri)) is not None:  # a machine that has never tracked this sweep
+        db.parent.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(uri, uri_of(paths.root.parent / "mlartifacts"))
 
     def reconciler(run_id: str, points: Points) -> dict[str, list[int]]:
         try:
