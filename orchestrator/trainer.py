@@ -389,7 +389,10 @@ def resume(engine, worker: Worker, launch: str | None, max_failures: int) -> Sta
     for w in warnings:
         print(f"WARNING [{key}] {w}", flush=True)
     if found is not None:
-        print(f"[{key}] resuming from {found.path}" + ("" if registered else " (found on disk)"), flush=True)
+        found_in = (
+            "" if registered else " (found in the store)" if is_remote(paths.root) else " (found on disk)"
+        )
+        print(f"[{key}] resuming from {found.path}{found_in}", flush=True)
     restart = note_restart(paths, launch, step, max_failures)
     write_json(
         paths.resume,
