@@ -16,9 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from contracts.errors import UserError
+from contracts.layout import EXPORT
 from contracts.names import se_name, se_of
 from contracts.spec import SpecError, human_count, load_spec, lr_tag
-from contracts.storage import check_reachable, runs_root, working_copy
+from contracts.storage import check_reachable, is_remote, local_copy, root_of, runs_root, working_copy
 from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
 
 app = typer.Typer(
@@ -528,7 +529,10 @@ def report(
 @user_errors_exit_2
 def eval_(
     checkpoint: Annotated[
-        Path, typer.Argument(help="a checkpoint dir (runs/<sweep>/<rung>/checkpoints/step_N) or its export/")
+        str,
+        typer.Argument(
+            help="a checkpoint dir (runs/<sweep>/<rung>/checkpoints/step_N, or its s3://… URI) or its export/"
+        ),
     ],
     task: Annotated[
         list[str], typer.Option(help="task(s): point_tracking camera_pose depth box_tracking action")
@@ -560,7 +564,12 @@ def eval_(
     for d in on_disk.values():
         if not Path(d.path).exists():
             raise SpecError(f"--data {d.format}:{d.path}: no such file or folder")
-    rung_json = export_dir(checkpoint) / "rung.json"
+    where_it_is = root_of(checkpoint)
+    check_reachable(where_it_is, write=False)
+    if is_remote(where_it_is) and (where_it_is / EXPORT).is_dir():
+        where_it_is = where_it_is / EXPORT  # the export alone, not the ZeRO shards beside it
+    local = local_copy(where_it_is)  # on a store, streamed into this machine's cache
+    rung_json = export_dir(local) / "rung.json"
     if not rung_json.is_file():
         raise ExportError(
             f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)"
@@ -577,7 +586,7 @@ def eval_(
     for name in task:  # clips and frozen features are cached, so tasks still share them
         with out.status(f"evaluating {checkpoint} on {name} ({mode})"):
             results[name] = evaluate(
-                str(checkpoint),
+                str(local),
                 name,
                 mode=mode,
                 readout=evals.readout_for(name),
