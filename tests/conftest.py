@@ -1,6 +1,7 @@
 import http.client
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +121,7 @@ def s3(tmp_path_factory):
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stopped whole at the end
     )
     faults = FaultyS3(port)
     proxy = ThreadingHTTPServer(("127.0.0.1", 0), faults.handler())
@@ -143,14 +145,17 @@ def s3(tmp_path_factory):
             break
         except Exception:
             if time.time() > deadline:
-                server.kill()
+                os.killpg(server.pid, signal.SIGKILL)
                 raise
             time.sleep(0.3)
     faults.bucket = BUCKET
     yield faults
     proxy.shutdown()
-    server.terminate()
-    server.wait(10)
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
