@@ -22,7 +22,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from contracts.errors import UserError
-
 from data4d.readers import VideoFolder, WebDataset
 from data4d.world import SyntheticWorld
 
