@@ -140,7 +140,7 @@ class PretrainStream:
 
 
 class _Batches(Dataset):
-    """A stream as a map step -> batch, for DataLoader workers (pickled into each of them).
+    """A stream as a map step -> batch, for DataLoader workers (each holds its own copy).
 
     A UserError (a corrupt file, named) is returned rather than raised: raised in a worker, the
     DataLoader would re-raise it wrapped in its own traceback, and the user's one line is lost.
