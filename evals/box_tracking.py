@@ -4,9 +4,9 @@ One readout query per object, computed from Fourier features of the normalised
 first-frame box plus the features at five points of that box (its centre and the
 points half way to its corners) at every token time step, so the head sees what
 stays at the box's place and what moves away (a query from the box's coordinates
-alone barely moved off the baseline); per frame it outputs an offset of the four
-box edges from the first-frame box (an untrained head starts at the "box never
-moves" baseline).
+alone barely moved off the baseline), each projected to 16 numbers before they are
+combined; per frame it outputs an offset of the four box edges from the first-frame
+box (an untrained head starts at the "box never moves" baseline).
 Scored on (object, later frame) pairs where the object is present; objects not
 visible in frame 0 have no query box and are left out.
 Shapes: M clips, O objects, T frames, S frame size.
@@ -38,6 +38,7 @@ class BoxTracking(Task):
         self.patch = cfg.tubelet[1]
         self.t = cfg.grid[0]
         self.samples = len(BOX_POINTS) * self.t
+        self.sample_width = 16  # 20 points: projected each, else wide encoders' features overfit
 
     def scored(self, clips: Clips) -> np.ndarray:
         """(M, O, T) bool: later frames where an object seen in frame 0 is present."""
