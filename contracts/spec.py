@@ -67,6 +67,9 @@ class Data(_Strict):
     tubelet: tuple[PosInt, PosInt, PosInt] = (2, 16, 16)
     stride: PosInt = 1  # frame sampling stride for real videos
     world: World = World()
+    # Processes decoding batches ahead, per rank (0: one background thread in the rank itself).
+    # How the data is read, not which: never part of a rung's identity.
+    workers: NonNegInt = 0
 
 
 class DecoderShape(_Strict):
@@ -347,7 +350,7 @@ class RungConfig:
         extra = {"val_clips": self.val_clips} if self.val_clips != VAL_CLIPS else {}
         return extra | {
             "model": self.model.to_dict(),
-            "data": self.data.model_dump(mode="json"),
+            "data": self.data.model_dump(mode="json", exclude={"workers"}),
             "optimizer": self.optimizer.model_dump(mode="json"),
             "schedule": self.schedule.model_dump(mode="json"),
             "batch_size": self.batch_size,
@@ -396,6 +399,7 @@ class RungConfig:
             "search_of": self.search_of,
         }
         d["val_clips"] = self.val_clips
+        d["data"] = self.data.model_dump(mode="json")  # with data.workers, which identity() leaves out
         d["runtime"] = {
             "gpus": self.gpus,
             "workers": self.workers,

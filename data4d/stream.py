@@ -6,16 +6,22 @@ resumed run therefore sees exactly the batches an uninterrupted one would have.
 For real data, position g maps to a clip through a per-epoch permutation seeded
 by (seed, epoch), and the clip's start frame is drawn from (seed, g).
 
+So batches can be made anywhere: `iter_from` decodes them ahead in a thread, or in
+`data.workers` DataLoader processes, and yields the same bytes in the same order either way.
+
 `held_out_clips` is the fixed held-out set the trainer measures val/loss on: the same
 world as pretraining, its `val` split, which pretraining never reads.
 """
 
 import queue
 import threading
+from itertools import count
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from contracts.errors import UserError
 from data4d.readers import VideoFolder, WebDataset
 from data4d.world import SyntheticWorld
 
@@ -75,12 +81,36 @@ class PretrainStream:
         """(per_rank_batch, T, S, S, 3) uint8 tensor for this rank at `step`."""
         return torch.from_numpy(np.stack([self.clip(g) for g in self.positions(step)]))
 
-    def iter_from(self, step, prefetch=2):
-        """Yields (step, batch) from `step` on, rendered ahead in a background thread.
+    def iter_from(self, step, workers=0, prefetch=2):
+        """Yields (step, batch) from `step` on, decoded ahead: by one background thread (workers=0)
+        or by `workers` processes of a torch DataLoader, each decoding whole batches.
 
-        Order is fixed (one producer, a FIFO queue), so prefetching changes timing, never data.
-        Stop by breaking out of the loop; the thread is a daemon and exits with the process.
+        Every batch is `self.batch(step)`, yielded in step order either way, so the worker count
+        and prefetching change timing, never data. Stop by breaking out of the loop.
         """
+        ahead = self._processes(step, workers, prefetch) if workers else self._thread(step, prefetch)
+        for s, b in zip(count(step), ahead):
+            if isinstance(b, Exception):
+                raise b
+            yield s, b
+
+    def _processes(self, step, workers, prefetch):
+        """Batches from `step` on (or the UserError that stopped them), made in worker processes."""
+        loader = DataLoader(
+            _Batches(self),
+            batch_size=None,  # an item is already a whole batch
+            sampler=count(step),  # the step indices, in order: the loader yields in sampler order
+            num_workers=workers,
+            prefetch_factor=prefetch,
+            # The platform's start method: fork on Linux. A forked worker starts in milliseconds,
+            # shares the source's file index, and needs no `if __name__ == "__main__"` guard in
+            # the script; it only decodes (PyAV, NumPy), never touching the CUDA, NCCL or Ray
+            # state it inherits, which is what fork would break.
+        )
+        return iter(loader)
+
+    def _thread(self, step, prefetch):
+        """Batches from `step` on (or the exception that stopped them), made by one daemon thread."""
         q = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
 
@@ -88,25 +118,39 @@ class PretrainStream:
             s = step
             while not stop.is_set():
                 try:
-                    item = (s, self.batch(s))
+                    item = self.batch(s)
                 except Exception as e:  # hand the error to the consumer instead of dying silently
-                    item = (s, e)
+                    item = e
                 while not stop.is_set():
                     try:
                         q.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         pass
-                if isinstance(item[1], Exception):
+                if isinstance(item, Exception):
                     return
                 s += 1
 
         threading.Thread(target=produce, daemon=True).start()
         try:
             while True:
-                s, b = q.get()
-                if isinstance(b, Exception):
-                    raise b
-                yield s, b
+                yield q.get()
         finally:
             stop.set()
+
+
+class _Batches(Dataset):
+    """A stream as a map step -> batch, for DataLoader workers (each holds its own copy).
+
+    A UserError (a corrupt file, named) is returned rather than raised: raised in a worker, the
+    DataLoader would re-raise it wrapped in its own traceback, and the user's one line is lost.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __getitem__(self, step):
+        try:
+            return self.stream.batch(step)
+        except UserError as e:
+            return e

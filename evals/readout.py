@@ -30,6 +30,7 @@ class AttentionReadout(nn.Module):
         heads: int = 4,
         samples: int = 0,
         joint: bool = False,
+        sample_width: int = 0,
     ):
         super().__init__()
         assert width % heads == 0, f"readout width {width} must be a multiple of heads {heads}"
@@ -41,7 +42,18 @@ class AttentionReadout(nn.Module):
         self.cond = nn.Linear(cond_dim, width) if cond_dim else None
         # TAP-style: features at `samples` points per query (its own (t, y, x), or that place at every
         # time step), sampled trilinearly from the token grid, projected into the query.
-        self.sample = nn.Linear(samples * feat_dim, width) if samples else None
+        # With sample_width, each point's feature is first projected to that width (shared over points),
+        # so a head reading many points does not grow with the encoder's width: on 512 training clips
+        # the concatenated 20 x 128 features of a wide encoder overfit where an 8-wide one's did not.
+        if samples and sample_width:
+            self.sample = nn.Sequential(
+                nn.Unflatten(-1, (samples, feat_dim)),
+                nn.Linear(feat_dim, sample_width),
+                nn.Flatten(-2),
+                nn.Linear(samples * sample_width, width),
+            )
+        else:
+            self.sample = nn.Linear(samples * feat_dim, width) if samples else None
         # Joint output: one prediction per clip from all queries' outputs side by side (e.g. one query per
         # token time step, so a clip label or camera motion can compare time steps).
         self.joint = joint

@@ -301,6 +301,7 @@ def train_readout(
         readout.heads,
         task.samples,
         task.joint,
+        task.sample_width,
     ).to(device)
     groups = [{"params": list(head.parameters()), "lr": readout.lr}]
     if encoder is not None:

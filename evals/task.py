@@ -26,6 +26,7 @@ class Task:
     num_queries: int = 1
     cond_dim: int = 0  # 0: learned queries
     samples: int = 0  # queries also get the features at `where`, K points each (see AttentionReadout)
+    sample_width: int = 0  # > 0: each sampled feature projected to this width first (see AttentionReadout)
     joint: bool = False  # one output per clip from all queries together
     out_dim: int
 

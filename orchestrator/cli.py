@@ -159,9 +159,10 @@ def plan(
 def check_transfer(
     spec: SpecArg,
     widths: Annotated[
-        str | None, typer.Option(help="comma-separated widths (default: the base rung's x2, x4, x8)")
+        str | None, typer.Option(help="comma-separated widths (default: the base rung's x1, x2, x4, x8)")
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, help="AdamW steps before measuring")] = 8,
+    steps: Annotated[int, typer.Option(min=1, help="AdamW steps before measuring")] = 12,
+    seeds: Annotated[int, typer.Option(min=1, help="runs per width whose sizes are averaged")] = 4,
     lr: Annotated[
         float | None, typer.Option(help="the LR for both parametrisations (default: the spec's)")
     ] = None,
@@ -177,12 +178,14 @@ def check_transfer(
     s = load_spec(spec)
     base_width = s.base_config().model.encoder.width
     try:
-        ws = [int(w) for w in widths.split(",")] if widths else [base_width * k for k in (2, 4, 8)]
+        ws = [int(w) for w in widths.split(",")] if widths else [base_width * k for k in (1, 2, 4, 8)]
     except ValueError:
         raise SpecError(f"--widths must be comma-separated integers, got {widths!r}") from None
     if len(ws) < 3 or min(ws) < 1:
         raise SpecError(f"--widths needs 3 or more positive widths for a slope, got {widths!r}")
-    rows = coordinate_check(s, ws, steps=steps, lr=lr, log=lambda line: err.print(line, highlight=False))
+    rows = coordinate_check(
+        s, ws, steps=steps, lr=lr, seeds=seeds, log=lambda line: err.print(line, highlight=False)
+    )
     t = Table(title=f"coordinate check of '{s.name}' from width {base_width}: output RMS after {steps} steps")
     t.add_column("layer")
     for par in ("standard", "μP"):

@@ -454,10 +454,11 @@ def batches(worker: Worker, start: int):
     """(step, clips) from `start` to the last step; clips: (per_rank, T, S, S, 3) uint8."""
     rung = worker.rung
     stream = PretrainStream(rung.data, rung.seed, worker.per_rank, worker.rank, worker.world)
-    if worker.gpu:
-        # Render the next batches in a background thread while this one trains. On CPU
-        # workers that thread would only compete with compute for the same cores.
-        return takewhile(lambda item: item[0] < rung.steps, stream.iter_from(start))
+    if worker.gpu or rung.data.workers:
+        # Decode the next batches while this one trains: in data.workers processes, else in one
+        # background thread, on GPU workers only (on CPU ones it would take the step's cores).
+        ahead = stream.iter_from(start, workers=rung.data.workers)
+        return takewhile(lambda item: item[0] < rung.steps, ahead)
     return ((s, stream.batch(s)) for s in range(start, rung.steps))
 
 

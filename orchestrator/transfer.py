@@ -58,20 +58,21 @@ def _kind(name: str) -> str | None:
 
 
 def train_briefly(
-    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int, warmup: int = 0
+    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int, warmup: int = 0, seed: int = 0
 ) -> VideoMAE:
     """`steps` AdamW steps (the spec's betas and weight decay, the model's μP groups, a linear warmup,
-    then a constant LR) on the spec's pretraining stream, in this process."""
-    torch.manual_seed(0)
+    then a constant LR) on the spec's pretraining stream, in this process; `seed` draws the init,
+    the clips and the masks."""
+    torch.manual_seed(seed)
     model = VideoMAE(cfg)
     o = spec.pretraining.optimizer
     opt = torch.optim.AdamW(param_groups(model, lr, o.weight_decay), lr=lr, betas=o.betas)
     base = [g["lr"] for g in opt.param_groups]
-    stream = PretrainStream(spec.data, seed=0, per_rank_batch=batch)
+    stream = PretrainStream(spec.data, seed=seed, per_rank_batch=batch)
     for step in range(steps):
         for g, lr0 in zip(opt.param_groups, base, strict=True):
             g["lr"] = lr0 * min(1.0, (step + 1) / warmup) if warmup else lr0
-        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(step))
+        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(seed * 1_000_003 + step))
         loss = model(normalize_video(stream.batch(step)), vis, msk)
         opt.zero_grad()
         loss.backward()
@@ -99,10 +100,10 @@ def held_out_loss(model: VideoMAE, spec: SweepSpec, clips: int = 64) -> float:
 
 
 def _train_and_measure(
-    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int
+    cfg: MAEConfig, spec: SweepSpec, lr: float, steps: int, batch: int, seed: int
 ) -> dict[str, float]:
-    model = train_briefly(cfg, spec, lr, steps, batch)
-    stream = PretrainStream(spec.data, seed=0, per_rank_batch=batch)
+    model = train_briefly(cfg, spec, lr, steps, batch, seed=seed)
+    stream = PretrainStream(spec.data, seed=seed, per_rank_batch=batch)
     seen: dict[str, list[float]] = {}
 
     def hook(kind):
@@ -113,7 +114,7 @@ def _train_and_measure(
 
     handles = [m.register_forward_hook(hook(k)) for n, m in model.named_modules() if (k := _kind(n))]
     with torch.no_grad():  # measured on the next batch, in train mode as the steps were
-        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(steps))
+        vis, msk = random_masking(batch, cfg, torch.Generator().manual_seed(seed * 1_000_003 + steps))
         model(normalize_video(stream.batch(steps)), vis, msk)
     for h in handles:
         h.remove()
@@ -122,9 +123,17 @@ def _train_and_measure(
 
 
 def coordinate_check(
-    spec: SweepSpec, widths: list[int], steps: int = 10, lr: float | None = None, batch: int = 8, log=print
+    spec: SweepSpec,
+    widths: list[int],
+    steps: int = 10,
+    lr: float | None = None,
+    batch: int = 8,
+    seeds: int = 3,
+    log=print,
 ) -> list[CoordRow]:
-    """Rows for both parametrisations at the same base LR (the spec's unless `lr` is given)."""
+    """Rows for both parametrisations at the same base LR (the spec's unless `lr` is given). Each size
+    is the geometric mean over `seeds` runs (init, clips and masks): one run's sizes move by ~10%
+    from seed to seed, as much as a slope of 0.1 moves them over a doubling of width."""
     base = spec.base_config().model
     lr = lr or spec.pretraining.optimizer.lr
     enc_head = base.encoder.width // base.encoder.heads
@@ -142,8 +151,9 @@ def coordinate_check(
                 decoder=widened(base.decoder, dec_w, dec_head),
                 mup=MupBase(base.encoder, base.decoder) if par == "mup" else None,
             )
-            log(f"check-transfer: {par} width {w} ({steps} steps at lr {lr:g})")
-            sizes[w] = _train_and_measure(cfg, spec, lr, steps, batch)
+            log(f"check-transfer: {par} width {w} ({steps} steps at lr {lr:g}, {seeds} seeds)")
+            runs = [_train_and_measure(cfg, spec, lr, steps, batch, seed) for seed in range(seeds)]
+            sizes[w] = {k: float(np.exp(np.mean([np.log(r[k]) for r in runs]))) for k in runs[0]}
         x = np.log(widths)
         for kind in KINDS:
             rms = {w: sizes[w][kind] for w in widths}

@@ -60,14 +60,19 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
         )
     ).rungs()[0]
     other_uri = load_spec(write(tmp_path, "tracking: {uri: 'sqlite:///x.db'}\n" + GOOD, "u.yaml")).rungs()[0]
+    decoders = load_spec(write(tmp_path, GOOD.replace("data: {", "data: {workers: 3, "), "d.yaml")).rungs()[0]
     other_lr = load_spec(
         write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  optimizer: {lr: 0.01}"), "lr.yaml")
     ).rungs()[0]
     other_seed = load_spec(
         write(tmp_path, GOOD.replace("steps: 10", "steps: 10\n  seed: 1"), "s.yaml")
     ).rungs()[0]
-    assert more_workers.workers == 4
-    assert base.key == more_workers.key == other_uri.key
+    assert more_workers.workers == 4 and decoders.data.workers == 3
+    assert base.key == more_workers.key == other_uri.key == decoders.key
+    # the trainer gets its rung through to_dict: data.workers travels with it, outside the identity
+    from contracts.spec import RungConfig
+
+    assert RungConfig.from_dict(decoders.to_dict()).data.workers == 3
     assert len({base.key, other_lr.key, other_seed.key}) == 3
 
 

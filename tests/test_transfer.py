@@ -126,15 +126,16 @@ def test_mup_scales_hidden_matrices_only_and_the_base_shape_is_standard(tmp_path
 
 
 def test_coordinate_check_is_flat_under_mup_and_grows_under_standard(tmp_path):
-    """Widths 4x-16x the base, 8 AdamW steps at the base's LR: μP keeps every layer's output size
-    (log-log slope against width near 0), the standard parametrisation grows the hidden ones.
-    Measured: μP within ±0.035 on the old checker world, up to +0.103 (mlp) on the band-limited
-    world; standard +1.0..+2.3. The bound is 0.15, not the ±0.1 issue 13 asks for (still open)."""
+    """Widths 1x-8x the base (32 -> 256), 12 AdamW steps at the base's LR, sizes averaged over 4 seeds:
+    μP keeps every layer's output size (log-log slope against width within ±0.1), the standard
+    parametrisation grows the hidden ones. Measured: μP within ±0.07, standard +0.9..+2.0. (One seed
+    moves sizes by ~10%, as much as a slope of 0.1 over a doubling; past ~20 steps the decoder head's
+    output grows with width under μP because wider models fit faster, which is not a blow-up.)"""
     spec = load_spec(spec_with(tmp_path, "lr: {rule: mup}\n"))
-    rows = coordinate_check(spec, [128, 256, 512], steps=8, log=lambda line: None)
+    rows = coordinate_check(spec, [32, 64, 128, 256], steps=12, seeds=4, log=lambda line: None)
     slopes = {(r.parametrization, r.kind): r.slope for r in rows}
     assert all(math.isfinite(s) for s in slopes.values())
-    assert max(abs(s) for (par, _), s in slopes.items() if par == "mup") <= 0.15, slopes
+    assert max(abs(s) for (par, _), s in slopes.items() if par == "mup") <= 0.1, slopes
     assert min(slopes[("sp", k)] for k in ("attn", "mlp", "encoder_out", "decoder_embed")) >= 0.5, slopes
 
 
