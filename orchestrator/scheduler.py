@@ -416,7 +416,9 @@ class Sweep:
     def _loop(self, display) -> int:
         import ray
 
-        queue = [rr for rr in self.runs.values()]
+        # Longest first: the rung that trains longest starts first and the short ones (and evals)
+        # fill in around it, so it is not the last thing the sweep waits for.
+        queue = sorted(self.runs.values(), key=lambda rr: -rr.rung.train_flops)
         for rr in queue:
             if ckpt.is_trained(rr.rung, self.root):
                 rr.state = "done"
