@@ -416,9 +416,7 @@ class Sweep:
     def _loop(self, display) -> int:
         import ray
 
-        # Longest first: the rung that trains longest starts first and the short ones (and evals)
-        # fill in around it, so it is not the last thing the sweep waits for.
-        queue = sorted(self.runs.values(), key=lambda rr: -rr.rung.train_flops)
+        queue = list(self.runs.values())  # the ladder's order: `--max-concurrent 1` trains it rung by rung
         for rr in queue:
             if ckpt.is_trained(rr.rung, self.root):
                 rr.state = "done"
