@@ -57,7 +57,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.storage import is_remote, root_of
+from contracts.storage import is_remote, retrying, root_of, where
 
 # Inside a checkpoint dir.
 DS_TAG = "deepspeed"  # the tag engine.save_checkpoint writes under
@@ -154,12 +154,20 @@ def write_text(path: Path, text: str) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one. On a store one PUT
     is already atomic; on disk, a temp file renamed into place."""
     if is_remote(path):
-        path.write_text(text)
+        retrying(f"write of {where(path)}", lambda: path.write_text(text))
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_text(path: Path) -> str:
+    """A record's text; on a store, a failed GET (not a missing key) is retried."""
+    path = root_of(path)
+    if is_remote(path):
+        return retrying(f"read of {where(path)}", path.read_text)
+    return path.read_text()
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -169,7 +177,7 @@ def write_json(path: Path, obj: dict) -> None:
 def read_json(path: Path) -> dict | None:
     """The record, or None when absent or unreadable (a torn write is treated as absent)."""
     try:
-        return json.loads(root_of(path).read_text())
+        return json.loads(read_text(path))
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
 
@@ -177,7 +185,7 @@ def read_json(path: Path) -> dict | None:
 def read_jsonl(path: Path) -> list[dict]:
     """The lines of a JSON-lines record; a torn last line (a killed writer) is dropped."""
     try:
-        lines = root_of(path).read_text().splitlines()
+        lines = read_text(path).splitlines()
     except FileNotFoundError:
         return []
     out = []

@@ -121,10 +121,13 @@ def check_reachable(root, write: bool) -> None:
 
 
 def retrying(what: str, fn: Callable[[], T], attempts: int = ATTEMPTS, backoff_s: float = BACKOFF_S) -> T:
-    """fn(), tried `attempts` times with exponential backoff; then a StorageError naming `what`."""
+    """fn(), tried `attempts` times with exponential backoff; then a StorageError naming `what`.
+    A missing file is an answer, not a fault: FileNotFoundError passes through untried."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
+        except FileNotFoundError:
+            raise
         except Exception as e:
             if attempt == attempts:
                 raise StorageError(

@@ -24,6 +24,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,14 @@ class Sweep:
                 self._open_tracking()
                 self.reconcile()  # what a crash of the last driver kept from MLflow
                 return self._loop(display)
+            except Exception:
+                # Said now: once Ray shuts down, a rung thread still inside Ray Train makes Ray's core
+                # worker end the process (exit 1) before this exception would reach the terminal.
+                self.say(
+                    f"the sweep driver failed; rungs resume from their last checkpoint next time:\n"
+                    f"{traceback.format_exc()}"
+                )
+                raise
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGTERM, previous)

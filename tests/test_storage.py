@@ -131,6 +131,18 @@ def test_upload_refused_twice_then_accepted_is_retried(s3, tmp_path):
     assert len(s3.refused) == 2 and remote.read_bytes() == local.read_bytes()
 
 
+def test_a_record_write_refused_twice_is_retried_and_a_missing_record_is_not(s3, monkeypatch):
+    """The driver writes status and eval records on every tick: one refused PUT must not end a sweep."""
+    s3.clear()
+    record = root_of(f"s3://{BUCKET}/records/sw/a-abc123/status.json")
+    s3.fail("records/sw/a-abc123/status.json", times=2)
+    write_json(record, {"state": "running"})
+    assert len(s3.refused) == 2 and read_json(record) == {"state": "running"}
+    slept = []
+    monkeypatch.setattr("contracts.storage.time.sleep", slept.append)
+    assert read_json(record.parent / "absent.json") is None and slept == []  # an answer, not a fault
+
+
 def test_upload_refused_for_good_names_bucket_and_key_and_keeps_the_previous_checkpoint(s3, tmp_path):
     s3.clear()
     run_dir = root_of(f"s3://{BUCKET}/refuse/sw/tiny-abc123")
