@@ -92,7 +92,8 @@ def serve(spec: Path | None, host: str, port: int, runs_dir: Path | str | None, 
     check_port_free(host, port)
     cmd = server_command(uri, host, port, root / "mlartifacts")
     # kill / a closed terminal / a CI timeout stop the server too, the way Ctrl-C does (else it is orphaned).
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too, explicitly: a shell starting `sweep ui &` without job control ignores it otherwise.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     # MLflow 3's job runner (GenAI scorers: 8 huey processes polling the store) has nothing to do for a sweep.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
@@ -119,8 +120,11 @@ def serve(spec: Path | None, host: str, port: int, runs_dir: Path | str | None, 
         return 0
     finally:
         if proc.poll() is None:
+            say("stopping the MLflow server")
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                say("the MLflow server did not stop within 10 s of SIGTERM; killing it")
                 os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

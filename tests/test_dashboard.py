@@ -95,7 +95,12 @@ class UI:
         sends."""
         os.killpg(self.proc.pid, sig) if group else os.kill(self.proc.pid, sig)
         try:
-            code = self.proc.wait(30)
+            try:
+                code = self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"sweep ui did not exit within 60 s of {sig!r}:\n{self.output()}"
+                ) from None
             gone, alive = psutil.wait_procs(self.server, timeout=30)
             assert not alive, (
                 f"sweep ui exited but left the MLflow server running: {[p.cmdline() for p in alive]}"
