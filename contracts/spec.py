@@ -149,6 +149,9 @@ class Pretraining(_Strict):
     gpus: NonNegInt = 0  # GPUs per rung; 0 trains on CPU workers
     cpu_workers: PosInt = 2  # workers per rung when gpus == 0
     cpus_per_worker: PosInt = 1
+    # Restarts of a rung's worker group (a dead worker, a lost node, a store that kept refusing an
+    # upload) before the rung is failed; each resumes from the last checkpoint. Raise on preemptible nodes.
+    max_failures: NonNegInt = 2
     scaling: Scaling = Scaling()
 
 
@@ -342,6 +345,7 @@ class RungConfig:
     checkpoint_interval: int
     search_of: str | None = None  # an LR-grid point of this ladder rung (`search` in the spec)
     val_clips: int = VAL_CLIPS  # measured at every checkpoint; in the identity only when not the default
+    max_failures: int = 2  # runtime: Ray Train's worker-group restarts before the rung fails
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide this rung's result; its hash names its run directory. val_clips
@@ -408,6 +412,7 @@ class RungConfig:
             "zero_stage": self.zero_stage,
             "activation_checkpointing": self.activation_checkpointing,
             "checkpoint_interval": self.checkpoint_interval,
+            "max_failures": self.max_failures,
         }
         return d
 
@@ -537,6 +542,7 @@ def resolve_rung(spec: SweepSpec, r: Rung, base: Rung) -> RungConfig:
         activation_checkpointing=pt.activation_checkpointing,
         checkpoint_interval=r.checkpoint_interval or pt.checkpoint_interval,
         val_clips=pt.val_clips,
+        max_failures=pt.max_failures,
     )
 
 

@@ -56,9 +56,7 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
     )
 
 
-def fit_rung(
-    rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, max_failures: int = 2
-) -> RungOutcome:
+def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None) -> RungOutcome:
     """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -82,7 +80,7 @@ def fit_rung(
             "run_id": run_id,
             # One id per fit: a worker group that finds it in resume.json is a restart within this fit.
             "launch": uuid.uuid4().hex,
-            "max_failures": max_failures,
+            "max_failures": rung.max_failures,
         },
         scaling_config=ScalingConfig(
             num_workers=rung.workers,
@@ -92,7 +90,7 @@ def fit_rung(
         run_config=RunConfig(
             name=rung.key,
             storage_path=str(run_dir.parent),  # a directory, or the store's URI
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=rung.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),

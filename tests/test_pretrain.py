@@ -269,14 +269,16 @@ def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(re
 def test_on_s3_an_upload_that_keeps_failing_fails_the_rung_naming_bucket_and_key(ray_cluster, s3, tmp_path):
     s3.clear()
     s3.fail("/refused/pt/", "step_00000008/deepspeed/zero_pp_rank_0", times=10**6)
+    no_restarts = SPEC.replace("cpu_workers: 2\n", "cpu_workers: 2\n  max_failures: 0\n")
     try:
-        code, run_dir = train(tmp_path, on_s3("refused"))
+        code, run_dir = train(tmp_path, on_s3("refused", no_restarts))
     finally:
         s3.clear()
     assert code == 1
     reason = json.loads((run_dir / "status.json").read_text())["reason"]
     assert f"bucket '{BUCKET}'" in reason and "key 'refused/pt/" in reason, reason
     assert "step_00000008/deepspeed/zero_pp_rank_0" in reason, reason
+    assert not RungPaths(run_dir).restarts.exists()  # max_failures: 0 failed it at once
     found, _ = ckpt.latest_valid(run_dir)  # the previous checkpoint is whole
     assert found.step == 4 and ckpt.verify(found.path) is None
 

@@ -55,7 +55,10 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     more_workers = load_spec(
         write(
             tmp_path,
-            GOOD.replace("batch_size: 8", "batch_size: 8\n  cpu_workers: 4\n  checkpoint_interval: 3"),
+            GOOD.replace(
+                "batch_size: 8",
+                "batch_size: 8\n  cpu_workers: 4\n  checkpoint_interval: 3\n  max_failures: 7",
+            ),
             "w.yaml",
         )
     ).rungs()[0]
@@ -73,6 +76,7 @@ def test_identity_ignores_where_it_runs_but_not_what_it_computes(tmp_path):
     from contracts.spec import RungConfig
 
     assert RungConfig.from_dict(decoders.to_dict()).data.workers == 3
+    assert (base.max_failures, RungConfig.from_dict(more_workers.to_dict()).max_failures) == (2, 7)
     assert len({base.key, other_lr.key, other_seed.key}) == 3
 
 
