@@ -290,6 +290,11 @@ class Sweep:
                     signal.signal(signal.SIGTERM, previous)
                 self.lock.release()
         finally:
+            # Object refs and actor handles freed after ray.shutdown make Ray's core worker end the
+            # process with exit 1 (seen after a SIGTERM flush): drop them while Ray is still up.
+            for job in self.jobs.values():
+                job.ref = None
+            self.tracker = None
             if started_ray:
                 ray.shutdown()
 
