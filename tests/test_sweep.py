@@ -209,10 +209,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def check_status_and_report_from_another_machine(tmp_path: Path, spec: Path, sweep: str, store: str) -> None:
+    """`sweep status` and `sweep report` from a machine that only reads the store (another working
+    directory with no MLflow DB, another cache): the report rebuilds MLflow from the records and is
+    uploaded beside them."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "SWEEP4D_CACHE": str(tmp_path / "cache-elsewhere")}
+    status = subprocess.run(
+        [*SWEEP, "status", str(spec), "--json"], cwd=elsewhere, env=env, capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = json.loads(status.stdout)
+    assert [(r["state"], r["evals_done"], r["evals_total"]) for r in rows] == [("done", 2, 2)] * 2, rows
+    report = subprocess.run(
+        [*SWEEP, "report", str(spec), "--bootstrap", "50"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert f"{store}/{sweep}/report/report.html" in report.stdout
+    assert (root_of(store) / sweep / "report" / "report.html").exists()
+    assert not (elsewhere / "runs" / sweep).exists()
+    client = MlflowClient(f"sqlite:///{elsewhere / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(sweep).experiment_id])
+    rung_runs = [r for r in runs if r.data.tags[ROLE_TAG] == "rung"]
+    assert len(rung_runs) == 2 and all("train/loss" in r.data.metrics for r in rung_runs)
+
+
 @pytest.mark.parametrize("storage", ["shared-disk", "s3"])
 def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
     """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
-    export goes through the store."""
+    export goes through the store; `sweep status` and `sweep report` then work from a third place."""
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -290,8 +321,12 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
         assert run.returncode == 0, run.stdout + run.stderr
         assert "2 node(s)" in run.stdout
         dirs = rung_dirs(tmp_path, spec)
-        if storage == "s3":
+        if storage == "s3":  # nothing of the run on local disk
             assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+        for d in dirs.values():
+            recs = eval_records(d)
+            assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
+            assert json.loads((d / "status.json").read_text())["state"] == "done"
         train_nodes = {
             json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
         }
@@ -300,6 +335,8 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
         client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
         assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
+        if storage == "s3":
+            check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
     finally:
         for p in reversed(nodes):
             if p.poll() is None:
@@ -394,53 +431,3 @@ def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
     recs = eval_records(dirs["a"])
     assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
     assert_mlflow_equals_disk(tmp_path, dirs)
-
-
-def test_sweep_run_with_evals_then_status_and_report_from_another_machine_on_s3(s3, tmp_path):
-    """`storage: s3://…`: `sweep run` trains and evaluates with nothing of the run on local disk;
-    `sweep status` and `sweep report` work from a machine that only reads the store (another
-    working directory with no MLflow DB, another cache): the report rebuilds MLflow from the
-    records and is uploaded beside them."""
-    text = SPEC.replace("name: sw\n", f"name: sw3\nstorage: s3://{BUCKET}/e2e\n")
-    text = text.replace("steps: 48", "steps: 16").replace("tasks: [depth, action]", "tasks: [depth]")
-    spec = write_spec(tmp_path, text)
-    run = subprocess.run(
-        [*SWEEP, "run", str(spec), "--num-cpus", "4"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
-    dirs = rung_dirs(tmp_path, spec)
-    for d in dirs.values():
-        recs = eval_records(d)
-        assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
-        assert json.loads((d / "status.json").read_text())["state"] == "done"
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {**os.environ, "SWEEP4D_CACHE": str(tmp_path / "cache-elsewhere")}
-    status = subprocess.run(
-        [*SWEEP, "status", str(spec), "--json"], cwd=elsewhere, env=env, capture_output=True, text=True
-    )
-    assert status.returncode == 0, status.stdout + status.stderr
-    rows = json.loads(status.stdout)
-    assert [(r["state"], r["evals_done"], r["evals_total"]) for r in rows] == [("done", 2, 2)] * 2, rows
-    report = subprocess.run(
-        [*SWEEP, "report", str(spec), "--bootstrap", "50"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert f"s3://{BUCKET}/e2e/sw3/report/report.html" in report.stdout
-    assert (root_of(f"s3://{BUCKET}/e2e") / "sw3" / "report" / "report.html").exists()
-    assert not (elsewhere / "runs" / "sw3").exists()
-    client = MlflowClient(f"sqlite:///{elsewhere / 'runs' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("sw3").experiment_id])
-    rung_runs = [r for r in runs if r.data.tags[ROLE_TAG] == "rung"]
-    assert len(rung_runs) == 2 and all("train/loss" in r.data.metrics for r in rung_runs)
