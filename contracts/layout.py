@@ -163,10 +163,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_text(path: Path) -> str:
-    """A record's text; on a store, a failed GET (not a missing key) is retried."""
+    """A record's text. On a store: one GET of the whole object (a file handle's HEAD-then-ranged-GET
+    fails with FileExpired when a writer replaces the record in between, as rank 0 does with
+    progress.json every step), retried when it fails for any reason but a missing key."""
     path = root_of(path)
     if is_remote(path):
-        return retrying(f"read of {where(path)}", path.read_text)
+        return retrying(f"read of {where(path)}", lambda: path.fs.cat_file(path.path).decode())
     return path.read_text()
 
 

@@ -4,6 +4,7 @@ when their manifest or a shard is missing, uploads that are retried or fail nami
 
 import json
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,31 @@ def test_a_record_write_refused_twice_is_retried_and_a_missing_record_is_not(s3,
     slept = []
     monkeypatch.setattr("contracts.storage.time.sleep", slept.append)
     assert read_json(record.parent / "absent.json") is None and slept == []  # an answer, not a fault
+
+
+def test_a_record_rewritten_while_it_is_read_is_read_whole(s3):
+    """Rank 0 rewrites progress.json every step while the driver reads it every tick: a file handle's
+    HEAD-then-GET fails when the object changes in between (FileExpired, which ended a sweep)."""
+    s3.clear()
+    record = root_of(f"s3://{BUCKET}/race/sw/a-abc123/progress.json")
+    write_json(record, {"step": 0})
+    stop = threading.Event()
+
+    def rank0() -> None:
+        step = 0
+        while not stop.is_set():
+            step += 1
+            write_json(record, {"step": step, "pad": "x" * (step % 50)})
+
+    writer = threading.Thread(target=rank0, daemon=True)
+    writer.start()
+    try:
+        reads = [read_json(record) for _ in range(60)]
+    finally:
+        stop.set()
+        writer.join()
+    assert all(r is not None and r["pad"] == "x" * (r["step"] % 50) for r in reads)
+    assert len({r["step"] for r in reads}) > 1  # the writer did write meanwhile
 
 
 def test_upload_refused_for_good_names_bucket_and_key_and_keeps_the_previous_checkpoint(s3, tmp_path):
