@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -79,6 +80,40 @@ def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int
     if which == "final":
         return [s for s in sealed if s == rung.steps]
     return [s for s in sealed if s in set(which)]
+
+
+# ------------------------------------------------------------------ the local cluster
+
+
+def init_local_ray(num_cpus: int | None, runtime_env: dict, log_to_driver: bool = False) -> None:
+    """A fresh Ray cluster on this machine ("local": never a `ray start` cluster it also runs, which
+    a bare ray.init() would silently join), whose processes are told its address. Ray Train's
+    placement-group cleaner finds the controller through the state API (the dashboard), at
+    RAY_ADDRESS or else the last `ray start` cluster's address in /tmp/ray: a dead one cost every
+    fit ~17 s of timeouts at its end; a live one would not know our controller and remove our
+    placement group."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    before = os.environ.get("RAY_GCS_SERVER_PORT")
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by ray.init when it starts the GCS
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,  # on 127.0.0.1, at 8265 or the next free port
+            log_to_driver=log_to_driver,
+            logging_level=logging.WARNING,
+            runtime_env={**runtime_env, "env_vars": env_vars},
+        )
+    finally:
+        if before is None:
+            os.environ.pop("RAY_GCS_SERVER_PORT")
+        else:
+            os.environ["RAY_GCS_SERVER_PORT"] = before
 
 
 # ------------------------------------------------------------------ cluster checks
@@ -351,16 +386,7 @@ class Sweep:
             self.say(f"connecting to the Ray cluster at {address}")
             ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
         else:
-            # "local" starts a fresh cluster even when a `ray start` cluster runs on this machine,
-            # which a bare ray.init() would silently join.
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                log_to_driver=not quiet,
-                logging_level=logging.WARNING,
-                runtime_env=env,
-            )
+            init_local_ray(num_cpus, env, log_to_driver=not quiet)
         res = ray.cluster_resources()
         self.say(
             f"Ray: {len(alive_node_resources())} node(s), "

@@ -1,5 +1,4 @@
 import http.client
-import logging
 import os
 import signal
 import socket
@@ -169,12 +168,8 @@ def ray_cluster(s3):
     server, so its workers read the same AWS variables)."""
     import ray
 
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
+    from orchestrator.scheduler import init_local_ray
+
+    init_local_ray(4, {})
     yield ray
     ray.shutdown()

@@ -6,7 +6,6 @@ here too, from the same seed and the same data.
 """
 
 import json
-import logging
 import os
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ from models.export import load_encoder
 from models.mae import normalize_video
 from orchestrator import checkpoint as ckpt
 from orchestrator.pretrain import fit_rung
+from orchestrator.scheduler import init_local_ray
 
 pytestmark = pytest.mark.slow
 
@@ -67,14 +67,7 @@ def cluster(tmp_path_factory):
     if ray.is_initialized():  # not so in file order (conftest's cluster starts later); it needs its hook
         ray.shutdown()
     env_vars = {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1"}
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": count_checkpoint_calls},
-    )
+    init_local_ray(2, {"env_vars": env_vars, "worker_process_setup_hook": count_checkpoint_calls})
     yield calls
     ray.shutdown()
 
