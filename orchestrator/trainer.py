@@ -36,6 +36,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from itertools import takewhile
@@ -52,6 +53,7 @@ from contracts.layout import (
     RungPaths,
     read_json,
     read_jsonl,
+    read_text,
     write_json,
     write_text,
 )
@@ -66,6 +68,7 @@ from orchestrator import checkpoint as ckpt
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 SYSTEM_EVERY_S = 10.0
+RECORDS_EVERY_S = 5.0  # on a store: how often rank 0's per-step records are put, at most
 VAL_SEED = 0  # the held-out clips' masks: the same for every rung and every pretraining seed
 
 
@@ -164,7 +167,7 @@ def divergence(loss: float, step: int) -> str | None:
 
 
 def append_jsonl(path: Path, rec: dict) -> None:
-    with path.open("a") as f:  # on a store, s3fs rewrites the object: fine for one line a step
+    with path.open("a") as f:  # on a store, s3fs rewrites the object: for rare records only
         f.write(json.dumps(rec) + "\n")
 
 
@@ -223,6 +226,76 @@ class RunLog:
         return ray.get(self.tracker.last_steps.remote(self.run_id))
 
 
+class RecordUploads:
+    """Rank 0's per-step records on a store (metrics.jsonl, system.jsonl, progress.json). A store
+    cannot append: a record is one PUT of its whole text, and a PUT on the training step would
+    stall every rank once a step. So the text is kept here and put by a background thread, the
+    newest text of each record at most every RECORDS_EVERY_S, and everything before a checkpoint is
+    sealed (`flush`): a crash loses only lines past the newest checkpoint, which the resumed run
+    trains, and writes, again."""
+
+    def __init__(self):
+        self.lines: dict[Path, list[str]] = {}  # a JSON-lines record's whole text
+        self.texts: dict[Path, str] = {}  # a record replaced whole
+        self.dirty: set[Path] = set()
+        self.asked = self.done = 0  # changes made / changes put
+        self.flushing = 0
+        self.next_put = 0.0
+        self.error: BaseException | None = None
+        self.cond = threading.Condition()
+        threading.Thread(target=self._run, name="record uploads", daemon=True).start()
+
+    def start(self, path: Path, text: str) -> None:
+        with self.cond:
+            self.lines[path] = text.splitlines(keepends=True)
+
+    def append(self, path: Path, line: str) -> None:
+        with self.cond:
+            self.lines.setdefault(path, []).append(line)
+            self._changed(path)
+
+    def replace(self, path: Path, text: str) -> None:
+        with self.cond:
+            self.texts[path] = text
+            self._changed(path)
+
+    def _changed(self, path: Path) -> None:
+        self.dirty.add(path)
+        self.asked += 1
+        self.cond.notify_all()
+
+    def flush(self) -> None:
+        """Return once every change made before the call is in the store; raise if a put failed."""
+        with self.cond:
+            target = self.asked
+            self.flushing += 1
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.done >= target or self.error is not None)
+            self.flushing -= 1
+        if self.error is not None:
+            raise RuntimeError(f"a run record was not stored: {self.error}") from self.error
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not (self.dirty and (self.flushing or time.monotonic() >= self.next_put)):
+                    self.cond.wait(max(0.05, self.next_put - time.monotonic()) if self.dirty else None)
+                upto, paths, self.dirty = self.asked, self.dirty, set()
+                # joined here, at most once a put, not once a step
+                batch = {p: self.texts[p] if p in self.texts else "".join(self.lines[p]) for p in paths}
+            try:
+                for path, text in batch.items():
+                    write_text(path, text)  # retried (contracts.layout)
+            except BaseException as e:  # raised by flush(), in the training or upload thread
+                with self.cond:
+                    self.error = e
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                self.done, self.next_put = upto, time.monotonic() + RECORDS_EVERY_S
+                self.cond.notify_all()
+
+
 class MetricSinks:
     """Where rank 0 sends each step's metrics: metrics.jsonl (and system.jsonl) first, then MLflow
     (through the tracker actor), and progress.json.
@@ -245,6 +318,11 @@ class MetricSinks:
     ):
         self.paths, self.total, self.device, self.mlflow = paths, total_steps, device, mlflow
         self.logged = dict(logged or {})  # metric key -> highest step MLflow already holds
+        self.uploads = None  # on a store: the records go up in the background
+        if is_remote(paths.root):
+            self.uploads = RecordUploads()
+            for path in (paths.metrics, paths.system):
+                self.uploads.start(path, read_text(path) if path.exists() else "")
         self.last_system = 0.0
         system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
 
@@ -264,23 +342,35 @@ class MetricSinks:
         if time.monotonic() - self.last_system >= SYSTEM_EVERY_S or step == self.total:
             system = system_metrics(self.device)
             self.last_system = time.monotonic()
-            append_jsonl(self.paths.system, {"step": step, **system})
+            self._append(self.paths.system, {"step": step, **system})
         finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-        append_jsonl(self.paths.metrics, {"step": step, **finite})
+        self._append(self.paths.metrics, {"step": step, **finite})
         if self.mlflow is not None:
             if system:
                 self._to_mlflow(system, step)
             self._to_mlflow(finite, step)  # the same points as the disk record
-        write_json(
-            self.paths.progress,
-            {
-                "step": step,
-                "total": self.total,
-                "loss": loss,
-                "clips_per_s": metrics["train/clips_per_s"],
-                "time": time.time(),
-            },
-        )
+        progress = {
+            "step": step,
+            "total": self.total,
+            "loss": loss,
+            "clips_per_s": metrics["train/clips_per_s"],
+            "time": time.time(),
+        }
+        if self.uploads:
+            self.uploads.replace(self.paths.progress, json.dumps(progress, indent=1, sort_keys=True))
+        else:
+            write_json(self.paths.progress, progress)
+
+    def _append(self, path: Path, rec: dict) -> None:
+        if self.uploads:
+            self.uploads.append(path, json.dumps(rec) + "\n")
+        else:
+            append_jsonl(path, rec)
+
+    def flush(self) -> None:
+        """On a store: put every record logged so far (before a checkpoint is sealed, at the end)."""
+        if self.uploads:
+            self.uploads.flush()
 
     def _to_mlflow(self, metrics: dict[str, float], step: int) -> None:
         new = {k: v for k, v in metrics.items() if step > self.logged.get(k, 0)}
@@ -578,18 +668,27 @@ def train_loop(config: dict) -> None:
         if failure:
             if worker.rank == 0:
                 print(f"ERROR [{rung.key}] {failure}", flush=True)
+                sinks.flush()
                 write_json(worker.paths.failure, {"reason": failure, "step": done})
             # Ends the run without an exception: a divergence would only repeat if Ray retried it.
             train.report({"step": done, "loss": loss})
             return
         if due:
             held_loss = {"val_loss": metrics[VAL_LOSS_METRIC]} if VAL_LOSS_METRIC in metrics else {}
-            publishing = save_checkpoint(engine, worker, done, {"step": done, "loss": loss, **held_loss})
+            publishing = save_checkpoint(
+                engine,
+                worker,
+                done,
+                {"step": done, "loss": loss, **held_loss},
+                sinks.flush if sinks else None,
+            )
         t0 = time.perf_counter()
     if publishing is not None:  # the final checkpoint is sealed before the worker returns
         waited = publishing.wait()
         if worker.rank == 0:
             print(f"[{rung.key}] final checkpoint uploaded (waited {waited:.1f}s)", flush=True)
+    if sinks:
+        sinks.flush()
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -611,11 +710,14 @@ def probe_features(engine, rung: RungConfig) -> dict[str, torch.Tensor]:
     return {"video": video, "features": feats.float().cpu()}
 
 
-def save_checkpoint(engine, worker: Worker, step: int, metrics: dict) -> Publish | None:
+def save_checkpoint(
+    engine, worker: Worker, step: int, metrics: dict, flush_records: Callable[[], None] | None = None
+) -> Publish | None:
     """Every rank writes its ZeRO shards; rank 0 exports the encoder and seals the checkpoint. On
-    disk that is done when this returns; on a store the upload goes on in the returned `Publish`."""
+    disk that is done when this returns; on a store the upload goes on in the returned `Publish`,
+    where rank 0 puts its run records (`flush_records`) before the manifest."""
     if is_remote(worker.paths.root):
-        return save_to_store(engine, worker, step, metrics)
+        return save_to_store(engine, worker, step, metrics, flush_records)
     import ray.train as train
     from ray.train import Checkpoint, CheckpointUploadMode
 
@@ -682,7 +784,9 @@ class Publish:
         return time.perf_counter() - t0
 
 
-def save_to_store(engine, worker: Worker, step: int, metrics: dict) -> Publish:
+def save_to_store(
+    engine, worker: Worker, step: int, metrics: dict, flush_records: Callable[[], None] | None = None
+) -> Publish:
     """On the step: every rank writes its shards to a local cache dir. Then, in the background:
     each rank uploads its own files; rank 0 waits for all of them, builds the export from the
     shards (downloading the other ranks'), uploads it and writes the manifest last."""
@@ -714,6 +818,8 @@ def save_to_store(engine, worker: Worker, step: int, metrics: dict) -> Publish:
                 f"{EXPORT}/{rel}": m
                 for rel, m in ckpt.upload_tree(local / EXPORT, final_dir / EXPORT).items()
             }
+            if flush_records:  # the records up to this step, before the checkpoint exists
+                flush_records()
             ckpt.seal_remote(final_dir, files, step, rung.key, extra=extra)
         shutil.rmtree(local, ignore_errors=True)
 

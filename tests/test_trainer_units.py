@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from contracts.layout import RungPaths, SweepPaths, read_jsonl, write_json
 from contracts.spec import SweepSpec, load_spec
+from orchestrator import trainer
 from orchestrator.cli import app
 from orchestrator.progress import restart_line
 from orchestrator.scheduler import RungRun, Sweep, check_schedulable, eval_steps
@@ -344,3 +345,34 @@ def test_status_json_reads_queued_until_the_rank0_worker_starts(live_driver):
     assert row["state"] == "running" and row["step"] == 6
     assert row["eta_s"] == pytest.approx((16 - 6) * 8 / 4.0)  # steps left x clips per step / clips per second
     assert snapshot_state(spec, spec_path, runs) == "running"
+
+
+def test_records_on_a_store_go_up_in_the_background_and_whole_on_flush(tmp_path, monkeypatch):
+    """Rank 0's per-step records on a store: not one PUT a step, but everything on flush()."""
+    monkeypatch.setattr("orchestrator.trainer.RECORDS_EVERY_S", 60.0)
+    puts = []
+    real = trainer.write_text
+    monkeypatch.setattr("orchestrator.trainer.write_text", lambda p, t: (puts.append(p), real(p, t)))
+    record = tmp_path / "metrics.jsonl"
+    uploads = trainer.RecordUploads()
+    uploads.start(record, '{"step": 1}\n')
+    uploads.append(record, '{"step": 2}\n')
+    uploads.flush()
+    assert record.read_text() == '{"step": 1}\n{"step": 2}\n' and len(puts) == 1
+    for step in range(3, 103):  # a hundred steps inside one upload interval
+        uploads.append(record, json.dumps({"step": step}) + "\n")
+        uploads.replace(tmp_path / "progress.json", json.dumps({"step": step}))
+    time.sleep(0.3)
+    assert len(puts) == 1  # nothing put on the steps
+    uploads.flush()
+    assert [r["step"] for r in read_jsonl(record)] == list(range(1, 103))
+    assert json.loads((tmp_path / "progress.json").read_text()) == {"step": 102}
+    assert len(puts) == 3  # both records, once each
+
+
+def test_a_record_that_cannot_be_put_fails_the_flush(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    uploads = trainer.RecordUploads()
+    uploads.append(tmp_path / "file" / "metrics.jsonl", '{"step": 1}\n')
+    with pytest.raises(RuntimeError, match="a run record was not stored"):
+        uploads.flush()
