@@ -12,6 +12,7 @@ checkpoint whose manifest the store holds. What each worker runs: orchestrator.t
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # How often Ray Train's controller polls its workers (default 2 s): it notices a finished or
+    # failed worker group that much later; 0.5 s took 4 s off the end of every fit (5.0 -> 1.0 s).
+    # Read from the driver's environment and passed on by Ray Train; a value set by the user wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     paths = RungPaths.for_rung(rung, runs_root)
     run_dir = paths.root
     if not is_remote(run_dir):
