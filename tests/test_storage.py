@@ -149,7 +149,7 @@ def test_a_record_rewritten_while_it_is_read_is_read_whole(s3):
     HEAD-then-GET fails when the object changes in between (FileExpired, which ended a sweep)."""
     s3.clear()
     record = root_of(f"s3://{BUCKET}/race/sw/a-abc123/progress.json")
-    write_json(record, {"step": 0})
+    write_json(record, {"step": 0, "pad": ""})
     stop = threading.Event()
 
     def rank0() -> None:
