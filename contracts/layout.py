@@ -172,8 +172,13 @@ def read_text(path: Path) -> str:
     return path.read_text()
 
 
+def json_text(obj: dict) -> str:
+    """How every JSON record is written."""
+    return json.dumps(obj, indent=1, sort_keys=True, default=str)
+
+
 def write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
+    write_text(path, json_text(obj))
 
 
 def read_json(path: Path) -> dict | None:

@@ -51,6 +51,7 @@ from contracts.layout import (
     EXPORT,
     PROBE,
     RungPaths,
+    json_text,
     read_json,
     read_jsonl,
     read_text,
@@ -322,7 +323,10 @@ class MetricSinks:
         if is_remote(paths.root):
             self.uploads = RecordUploads()
             for path in (paths.metrics, paths.system):
-                self.uploads.start(path, read_text(path) if path.exists() else "")
+                try:
+                    self.uploads.start(path, read_text(path))
+                except FileNotFoundError:
+                    self.uploads.start(path, "")
         self.last_system = 0.0
         system_metrics(device)  # psutil's CPU figure is "since the last call": start the clock
 
@@ -357,7 +361,7 @@ class MetricSinks:
             "time": time.time(),
         }
         if self.uploads:
-            self.uploads.replace(self.paths.progress, json.dumps(progress, indent=1, sort_keys=True))
+            self.uploads.replace(self.paths.progress, json_text(progress))
         else:
             write_json(self.paths.progress, progress)
 
