@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -240,18 +241,21 @@ def check_status_and_report_from_another_machine(tmp_path: Path, spec: Path, swe
     assert len(rung_runs) == 2 and all("train/loss" in r.data.metrics for r in rung_runs)
 
 
-@pytest.mark.parametrize("storage", ["shared-disk", "s3"])
-def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
-    """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
-    export goes through the store; `sweep status` and `sweep report` then work from a third place."""
+@dataclass
+class TwoNodes:
+    address: str
+    env: dict  # what a driver on the head node runs with
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3, tmp_path_factory):
+    """A two-node Ray cluster (`ray start`, head + one worker node, 2 CPUs each) shared by the two-node
+    tests: each node has its own cache, as two machines would. Started after the S3 server, so every
+    node reads its AWS variables; the shared-disk sweep ignores them."""
+    caches = tmp_path_factory.mktemp("two-node-caches")
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    spec_text = SPEC
-    if storage == "s3":
-        request.getfixturevalue("s3")
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP4D_CACHE": str(tmp_path / "cache-head")}
-        spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP4D_CACHE": str(caches / "cache-head")}
     common = ["--block", "--disable-usage-stats"]
     head = subprocess.Popen(
         [
@@ -287,7 +291,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
                 '{"second_node": 1}',
                 *common,
             ],
-            env={**env, "SWEEP4D_CACHE": str(tmp_path / "cache-worker")},
+            env={**env, "SWEEP4D_CACHE": str(caches / "cache-worker")},
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -306,37 +310,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
             120,
             "the worker node to join",
         )
-        spec = write_spec(
-            tmp_path,
-            spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
-        )
-        run = subprocess.run(
-            [*SWEEP, "run", str(spec), "--address", address],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "2 node(s)" in run.stdout
-        dirs = rung_dirs(tmp_path, spec)
-        if storage == "s3":  # nothing of the run on local disk
-            assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
-        for d in dirs.values():
-            recs = eval_records(d)
-            assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
-            assert json.loads((d / "status.json").read_text())["state"] == "done"
-        train_nodes = {
-            json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
-        }
-        eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
-        assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
-        client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-        runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
-        assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
-        if storage == "s3":
-            check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
+        yield TwoNodes(address, env)
     finally:
         for p in reversed(nodes):
             if p.poll() is None:
@@ -346,6 +320,47 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("storage", ["shared-disk", "s3"])
+def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
+    """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
+    export goes through the store; `sweep status` and `sweep report` then work from a third place.
+    Both storages run on one cluster (the `two_nodes` fixture): a cluster's start is not what is tested."""
+    spec_text = SPEC
+    if storage == "s3":
+        spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
+    spec = write_spec(
+        tmp_path,
+        spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
+    )
+    run = subprocess.run(
+        [*SWEEP, "run", str(spec), "--address", two_nodes.address],
+        cwd=tmp_path,
+        env=two_nodes.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 node(s)" in run.stdout
+    dirs = rung_dirs(tmp_path, spec)
+    if storage == "s3":  # nothing of the run on local disk
+        assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+    for d in dirs.values():
+        recs = eval_records(d)
+        assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
+        assert json.loads((d / "status.json").read_text())["state"] == "done"
+    train_nodes = {
+        json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
+    }
+    eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
+    assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
+    assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
+    if storage == "s3":
+        check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
 
 
 def ray_children(pid: int, title: str) -> list:
