@@ -35,11 +35,9 @@ point tracking 25-50 s, most of it readout training.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,6 +48,7 @@ from contracts.storage import cache_dir
 from contracts.tasks import MODES, higher_is_better
 from contracts.tasks import TASKS as CATALOG
 from data4d.evalsets import load_splits
+from data4d.stream import renderer_version
 from data4d.world import SyntheticWorld
 from evals.action import Action
 from evals.box_tracking import BoxTracking
@@ -74,11 +73,7 @@ BOOTSTRAP_SEED = 0  # the same resamples for every readout seed, rung and checkp
 def rendered_clips() -> DiskArrays:
     """This machine's store of rendered eval clips (evals.cache.DiskArrays), versioned by the
     renderer's source and numpy's version."""
-    import data4d.world
-
-    source = Path(data4d.world.__file__).read_bytes()
-    version = f"{hashlib.sha256(source).hexdigest()[:16]}/numpy-{np.__version__}"
-    return DiskArrays(cache_dir() / "eval-clips", version)
+    return DiskArrays(cache_dir() / "eval-clips", renderer_version())
 
 
 def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCache | None = None) -> Clips:
