@@ -121,6 +121,7 @@ def test_unschedulable_rung_exits_2_before_starting_anything(ray_cluster, tmp_pa
     assert result.exit_code == 2 and "rung a needs 64 workers" in result.output
 
 
+@pytest.mark.minutes
 def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     spec = write_spec(tmp_path)
     dirs = rung_dirs(tmp_path, spec)
@@ -322,6 +323,7 @@ def two_nodes(s3, tmp_path_factory):
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+@pytest.mark.minutes
 @pytest.mark.parametrize("storage", ["shared-disk", "s3"])
 def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
     """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
@@ -414,6 +416,7 @@ def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
     ) == list(range(1, 25))
 
 
+@pytest.mark.minutes
 def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
     spec = write_spec(tmp_path)
     dirs = {"a": rung_dirs(tmp_path, spec)["a"]}
