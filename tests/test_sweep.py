@@ -43,7 +43,8 @@ pretraining:
   cpu_workers: 2
 ladder:
   - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
-  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48}
+  # b checkpoints every 16 steps: 3 checkpoints x 2 tasks = 6 evals (every 8 made 12, for no property more)
+  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48, checkpoint_interval: 16}
 evals:
   tasks: [depth, action]
   checkpoints: all
@@ -131,13 +132,13 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
         cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        # Kill the driver once rung a is trained and evaluated and rung b has sealed a checkpoint.
+        # Kill the driver once rung a is trained and evaluated and rung b has sealed its first checkpoint.
         def a_done_b_started():
             recs = eval_records(dirs["a"])
             return (
                 len(recs) == 4
                 and all(r["state"] == "done" and r.get("logged") for r in recs.values())
-                and (dirs["b"] / "checkpoints" / "step_00000008" / "manifest.json").exists()
+                and (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
             )
 
         wait_for(a_done_b_started, 400, "rung a done and rung b checkpointed", proc)
@@ -178,10 +179,10 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
     resume = json.loads((dirs["b"] / "resume.json").read_text())
-    assert 8 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
+    assert 16 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
     assert resume["step"] in sealed_before_rerun  # from a checkpoint sealed before the kill
     b_evals = eval_records(dirs["b"])
-    assert len(b_evals) == 2 * (48 // 8) and all(r["state"] == "done" for r in b_evals.values())
+    assert len(b_evals) == 2 * (48 // 16) and all(r["state"] == "done" for r in b_evals.values())
     assert all(r["attempts"] == 1 for r in b_evals.values())
     after = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert all(r["state"] == "done" and r["evals_done"] == r["evals_total"] for r in after.values())
@@ -193,7 +194,7 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert roles == ["rung", "rung", "sweep"]  # exactly one MLflow run per rung, ever
     b_run = next(r for r in runs if r.info.run_name.startswith("b-"))
     depth = client.get_metric_history(b_run.info.run_id, "eval/depth/abs_rel")
-    assert sorted({m.step for m in depth}) == list(range(8, 49, 8))
+    assert sorted({m.step for m in depth}) == list(range(16, 49, 16))
     for name, d in dirs.items():  # every eval metric at every checkpoint step, once, as on disk
         run_id = next(r.info.run_id for r in runs if r.info.run_name.startswith(f"{name}-"))
         for rec_path, rec in eval_records(d).items():
