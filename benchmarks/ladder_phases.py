@@ -177,9 +177,14 @@ def train_probe(rung: RungConfig, rate: float, steps: int = 4) -> list[Phase]:
         t3 = time.perf_counter()
         if s:
             data, fwd, step = data + t1 - t0, fwd + t2 - t1, step + t3 - t2
+    t0 = time.perf_counter()
+    for s in range(1, steps + 1):  # the same clips again: read back from the machine's clip cache
+        stream.batch(s)
+    cached = (time.perf_counter() - t0) / steps
     flops = flops_per_clip(rung.model).train * per_rank
     return [
-        Phase(rung.name, "probe: one step's data (per rank)", data / steps),
+        Phase(rung.name, "probe: one step's data (per rank), rendered", data / steps),
+        Phase(rung.name, "probe: one step's data (per rank), from the cache", cached),
         Phase(rung.name, "probe: forward + backward, plain torch", fwd / steps, flops, flops / rate),
         Phase(rung.name, "probe: clip + AdamW, plain torch", step / steps),
     ]
