@@ -36,7 +36,7 @@ from contracts.cost import flops_per_clip
 from contracts.shapes import SIZES
 from contracts.spec import SpecError, human_count
 from models.mae import MAEConfig, VideoMAE, ViTShape, normalize_video, random_masking
-from orchestrator.trainer import peak_flops
+from orchestrator.training.loop import peak_flops
 
 TINY = ViTShape(width=64, depth=2, mlp=256, heads=4)  # the `--tiny` encoder: seconds on a laptop CPU
 MAX_BATCH_RUNGS = ("B", "L")  # rungs whose largest micro-batch is searched (GPU only)

@@ -18,7 +18,7 @@ def duration(s: float | None) -> str:
 
 
 def restart_line(rung_key: str, restart: dict) -> str:
-    """One restarts.jsonl record (orchestrator.trainer.note_restart) as a progress line."""
+    """One restarts.jsonl record (orchestrator.training.engine.note_restart) as a progress line."""
     start = restart["resumed_from"]
     where = f"checkpoint {start}" if start else "the first step (no checkpoint yet)"
     return (
