@@ -492,7 +492,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ):
     """Time the pretraining step, ours against transformers' VideoMAE: clips/s, TFLOP/s, MFU, memory."""
-    from orchestrator.bench import print_table, run_bench
+    from orchestrator.bench import run_bench
+    from orchestrator.bench_table import print_table
 
     names = [r.strip() for r in rungs.split(",") if r.strip()] if rungs else None
     rows = run_bench(
