@@ -36,8 +36,11 @@
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
             evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state (running | retry |
                                            interrupted | done | failed), attempts (this driver's tries),
-                                           starts (every start, across drivers), metrics, seconds,
-                                           logged (the tracker confirmed MLflow holds the metrics)
+                                           starts (every start, across drivers), metrics, seconds
+                                           (the task's run time), started / ended (epoch seconds: the
+                                           driver submitted it / saw it finish; read by `sweep simulate
+                                           --calibrate`), logged (the tracker confirmed MLflow holds
+                                           the metrics)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
 The runs root is `runs/` or the spec's `storage:` URI (contracts.storage): on a store the same tree
