@@ -4,6 +4,7 @@
 
     runs/<sweep>/
         sweep.json                         spec path, spec hash, tracking URI, parent MLflow run, last start
+                                           (`started`: MLflow runs open; `driver_started`: the driver began)
         .lock                              the live driver's pid, host and heartbeat
         report/                            `sweep report`'s output (report.html, fits.json, figures)
         <rung>-<hash6>/                    one rung: its identity hash names it (contracts.spec)

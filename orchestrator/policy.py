@@ -17,6 +17,7 @@ model with no training), add its targets in `eval_targets` from what `SweepState
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from contracts.spec import RungConfig, SpecError, SweepSpec
 
@@ -115,8 +116,7 @@ def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict
 # ------------------------------------------------------------------ the state
 
 
-@dataclass(frozen=True)
-class EvalKey:
+class EvalKey(NamedTuple):  # a tuple: cheap to make and hash, the policy makes many per decision
     """One eval job: a target's weights on one (task, mode). `owner` is the rung key for a checkpoint."""
 
     owner: str

@@ -211,7 +211,7 @@ class Sweep:
             self.reconcile()
 
     def _open_tracking(self) -> None:
-        opened = open_tracking(self.spec, self.spec_path, self.rungs, self.root, self.paths)
+        opened = open_tracking(self.spec, self.spec_path, self.rungs, self.root, self.paths, self.started)
         self.tracker, self.tracker_incarnation, self.parent = (
             opened.tracker,
             opened.incarnation,

@@ -28,8 +28,14 @@ class OpenedTracking:
 
 
 def open_tracking(
-    spec: SweepSpec, spec_path: Path, rungs: list[RungConfig], root, sweep_paths: SweepPaths
+    spec: SweepSpec,
+    spec_path: Path,
+    rungs: list[RungConfig],
+    root,
+    sweep_paths: SweepPaths,
+    driver_started: float,
 ) -> OpenedTracking:
+    """driver_started: when the driver began (sweep.json keeps it for `sweep simulate --calibrate`)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -61,6 +67,7 @@ def open_tracking(
             "tracking_uri": uri,
             "parent_run_id": parent,
             "started": time.time(),
+            "driver_started": driver_started,
             "resolved": spec.model_dump(mode="json"),
         },
     )
