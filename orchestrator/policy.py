@@ -17,6 +17,7 @@ model with no training), add its targets in `eval_targets` from what `SweepState
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 from contracts.spec import RungConfig, SpecError, SweepSpec
@@ -131,6 +132,10 @@ class RungState:
     rung: RungConfig
     state: str = PENDING
     sealed: list[int] = field(default_factory=list)  # sealed checkpoint steps, ascending
+    key: str = ""  # the rung's key, hashed once here rather than at every decision
+
+    def __post_init__(self):
+        self.key = self.key or self.rung.key
 
 
 @dataclass
@@ -162,25 +167,25 @@ def eval_targets(state: SweepState) -> list[tuple[str, str, int]]:
     if state.train_only:
         return []
     return [
-        ("checkpoint", rs.rung.key, s)
-        for rs in state.rungs
-        for s in eval_steps(state.spec, rs.rung, rs.sealed)
+        ("checkpoint", rs.key, s) for rs in state.rungs for s in eval_steps(state.spec, rs.rung, rs.sealed)
     ]
 
 
 def wanted_evals(state: SweepState) -> list[EvalKey]:
     ev = state.spec.evals
-    return [
-        EvalKey(owner, step, t, m, kind)
-        for kind, owner, step in eval_targets(state)
-        for t in ev.tasks
-        for m in ev.modes
-    ]
+    tasks, modes = tuple(ev.tasks), tuple(ev.modes)
+    return [k for kind, owner, step in eval_targets(state) for k in _jobs_of(kind, owner, step, tasks, modes)]
+
+
+@lru_cache(maxsize=65536)
+def _jobs_of(kind: str, owner: str, step: int, tasks: tuple, modes: tuple) -> tuple[EvalKey, ...]:
+    """A target's eval jobs, made once: a decision reads them for every sealed target each time."""
+    return tuple(EvalKey(owner, step, t, m, kind) for t in tasks for m in modes)
 
 
 def rungs_to_start(state: SweepState) -> list[str]:
     running = sum(rs.state == RUNNING for rs in state.rungs)
-    pending = [rs.rung.key for rs in state.rungs if rs.state == PENDING]
+    pending = [rs.key for rs in state.rungs if rs.state == PENDING]
     return pending[: max(0, state.max_concurrent - running)]
 
 

@@ -107,9 +107,7 @@ def measure(spec: SweepSpec, rungs: list[RungConfig], target: str, eval_slots: i
             "evals": evals,
         }
     if not by_name:
-        raise UserError(
-            f"--calibrate {target}: no finished rung with metrics.jsonl, progress.json and status.json"
-        )
+        raise UserError(f"--calibrate {target}: no finished rung in it")
     return _durations(spec, rungs, sweep, by_name, ends, target, eval_slots)
 
 

@@ -70,6 +70,7 @@ class SimResult:
 
 @dataclass
 class _Rung:
+    key: str
     rung: RungConfig
     cost: RungCost
     units: int
@@ -105,9 +106,17 @@ class Engine:
         eval_nodes = -(-cluster.eval_gpus // cluster.gpus_per_node) if cluster.eval_gpus else 0
         self.train_nodes = list(range(cluster.nodes - eval_nodes))
         self.eval_nodes = list(range(cluster.nodes - eval_nodes, cluster.nodes)) or self.train_nodes
-        self.rungs = {r.key: _Rung(r, durations.rungs[r.key], self._units(r)) for r in rungs}
-        self.state = SweepState(spec, [RungState(r) for r in rungs], max_concurrent or len(rungs), train_only)
-        self.by_key = {rs.rung.key: rs for rs in self.state.rungs}
+        self.train_set, self.eval_set = set(self.train_nodes), set(self.eval_nodes)
+        self.free_train = sum(units[n] for n in self.train_nodes)
+        self.free_eval = sum(units[n] for n in self.eval_nodes)
+        self.free_total = self.total_units
+        keys = [r.key for r in rungs]
+        self.rungs = {
+            k: _Rung(k, r, durations.rungs[k], self._units(r)) for k, r in zip(keys, rungs, strict=True)
+        }
+        rung_states = [RungState(r, key=k) for k, r in zip(keys, rungs, strict=True)]
+        self.state = SweepState(spec, rung_states, max_concurrent or len(rungs), train_only)
+        self.by_key = {rs.key: rs for rs in self.state.rungs}
         self.eval_units = spec.evals.gpus if not cluster.cpu_only else spec.evals.cpus
         self._eval_cpus = (
             0.0 if cluster.cpu_only or not spec.evals.gpus else spec.evals.cpus / spec.evals.gpus
@@ -131,6 +140,8 @@ class Engine:
         hold them, or None."""
         taken: list[int] = []
         for n in nodes:
+            if not self.free_units[n]:
+                continue
             per_cpu = int(self.free_cpu[n] // cpus_per_unit) if cpus_per_unit else units
             fit = min(self.free_units[n], per_cpu, units - len(taken))
             if one_node and fit < units:
@@ -144,11 +155,12 @@ class Engine:
         for n in nodes:
             self.free_units[n] -= sign
             self.free_cpu[n] -= sign * cpus_per_unit
+            self.free_train -= sign * (n in self.train_set)
+            self.free_eval -= sign * (n in self.eval_set)
+        self.free_total -= sign * len(nodes)
 
     def _pool_free(self) -> dict[int, int]:
-        return {
-            id(pool): sum(self.free_units[n] for n in pool) for pool in (self.train_nodes, self.eval_nodes)
-        }
+        return {id(self.train_nodes): self.free_train, id(self.eval_nodes): self.free_eval}
 
     def _try_place(self) -> None:
         still, free = [], self._pool_free()
@@ -208,19 +220,19 @@ class Engine:
             + c.startup_s
             + (c.restore_s if r.step else 0.0)
         )
-        self._bar(r.rung.key, "restart" if restart else "startup", self.now, self.now + ready, r.units)
+        self._bar(r.key, "restart" if restart else "startup", self.now, self.now + ready, r.units)
         r.mark, r.mark_lost = self.now, restart
         self._push_segment(r, self.now + ready)
         if self.rate:
             mtbf_s = 3600.0 / (self.rate * r.units)
-            self._push(self.now + self.random.expovariate(1.0 / mtbf_s), "fail", r.rung.key, r.gen)
+            self._push(self.now + self.random.expovariate(1.0 / mtbf_s), "fail", r.key, r.gen)
 
     def _push_segment(self, r: _Rung, t: float) -> None:
         """From time t, train to the next checkpoint step and seal it."""
         every, steps = r.rung.checkpoint_interval, r.rung.steps
         nxt = min((r.step // every + 1) * every, steps)
         save = r.cost.save_s + (r.cost.final_extra_s if nxt == steps else 0.0)
-        self._push(t + (nxt - r.step) * r.cost.step_s + save, "seal", (r.rung.key, nxt, t), r.gen)
+        self._push(t + (nxt - r.step) * r.cost.step_s + save, "seal", (r.key, nxt, t), r.gen)
 
     def _count(self, r: _Rung, upto: float, lost: bool) -> None:
         held = (upto - r.mark) * r.units
@@ -242,6 +254,7 @@ class Engine:
             self._push_segment(r, self.now)
             return
         self.by_key[key].state = DONE
+        r.gen += 1  # its pending failure is no longer one
         self._release(r)
 
     def _fail(self, key: str) -> None:
@@ -262,7 +275,7 @@ class Engine:
     def _release(self, r: _Rung) -> None:
         self._take(r.nodes, self._rung_cpus(r), -1)
         r.nodes = []
-        self.res.finish_s[r.rung.key] = self.now
+        self.res.finish_s[r.key] = self.now
 
     def _eval_end(self, key: EvalKey) -> None:
         self._take(self.eval_nodes_of.pop(key), self._eval_cpus, -1)
@@ -271,11 +284,16 @@ class Engine:
         self.last_eval_end = self.now
 
     # ------------------------------------------------------------ the loop
-    def _decide(self) -> bool:
+    def next_actions(self) -> policy.Actions:
+        """The policy's decision on the simulated sweep's state now."""
         t0 = time.perf_counter()
         actions = policy.decide(self.state)
         self.res.decide_s += time.perf_counter() - t0
         self.res.decisions += 1
+        return actions
+
+    def _decide(self) -> bool:
+        actions = self.next_actions()
         for key in actions.start_rungs:
             self.by_key[key].state = RUNNING
             self.waiting.append(key)
@@ -292,7 +310,7 @@ class Engine:
             if not self.events:
                 raise RuntimeError(f"the simulation stalled with {len(self.waiting)} job(s) unplaceable")
             t = self.events[0][0]
-            self.idle += sum(self.free_units) * (t - self.last_t)
+            self.idle += self.free_total * (t - self.last_t)
             self.now = self.last_t = t
             while self.events and self.events[0][0] == t:
                 _, _, kind, what, gen = heapq.heappop(self.events)
