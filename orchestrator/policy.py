@@ -167,7 +167,10 @@ def eval_targets(state: SweepState) -> list[tuple[str, str, int]]:
     if state.train_only:
         return []
     return [
-        ("checkpoint", rs.key, s) for rs in state.rungs for s in eval_steps(state.spec, rs.rung, rs.sealed)
+        ("checkpoint", rs.key, s)
+        for rs in state.rungs
+        if rs.sealed
+        for s in eval_steps(state.spec, rs.rung, rs.sealed)
     ]
 
 

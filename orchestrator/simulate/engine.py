@@ -121,7 +121,8 @@ class Engine:
         self._eval_cpus = (
             0.0 if cluster.cpu_only or not spec.evals.gpus else spec.evals.cpus / spec.evals.gpus
         )
-        self.waiting: list[str | EvalKey] = []  # submitted, not placed, in submission order
+        self.waiting_rungs: list[str] = []  # submitted, not placed, in submission order
+        self.waiting_evals: list[EvalKey] = []
         self.eval_nodes_of: dict[EvalKey, int] = {}
         self.events: list[tuple[float, int, str, object, int]] = []
         self.seq = 0
@@ -159,46 +160,49 @@ class Engine:
             self.free_eval -= sign * (n in self.eval_set)
         self.free_total -= sign * len(nodes)
 
-    def _pool_free(self) -> dict[int, int]:
-        return {id(self.train_nodes): self.free_train, id(self.eval_nodes): self.free_eval}
-
     def _try_place(self) -> None:
-        still, free = [], self._pool_free()
-        for job in self.waiting:
-            if isinstance(job, str):
-                r = self.rungs[job]
-                cpus = self._rung_cpus(r)
-                got = (
-                    self._place(self.train_nodes, r.units, cpus, False)
-                    if free[id(self.train_nodes)] >= r.units
-                    else None
-                )
+        """Place waiting evals, then waiting rungs, each in submission order, a later one passing an
+        earlier one that does not fit yet. Evals first, as Ray does: a task takes freed CPUs or GPUs
+        before a rung's placement group (a whole worker group's worth) gathers them."""
+        self._place_evals()
+        self._place_rungs()
+
+    def _place_rungs(self) -> None:
+        still = []
+        for i, key in enumerate(self.waiting_rungs):
+            if not self.free_train:
+                still += self.waiting_rungs[i:]
+                break
+            r = self.rungs[key]
+            cpus = self._rung_cpus(r)
+            got = self._place(self.train_nodes, r.units, cpus, False) if self.free_train >= r.units else None
+            if got is None:
+                still.append(key)
+                continue
+            r.nodes = got
+            self._take(got, cpus, +1)
+            self._start_attempt(r, restart=False)
+        self.waiting_rungs = still
+
+    def _place_evals(self) -> None:
+        still = []
+        for i, job in enumerate(self.waiting_evals):
+            got = []
+            if self.eval_units:  # else it needs no GPU: CPUs of a GPU node, assumed free
+                if self.free_eval < self.eval_units:
+                    still += self.waiting_evals[i:]
+                    break
+                got = self._place(self.eval_nodes, self.eval_units, self._eval_cpus, True)
                 if got is None:
                     still.append(job)
                     continue
-                r.nodes = got
-                self._take(got, cpus, +1)
-                self._start_attempt(r, restart=False)
-            else:
-                got = []
-                if self.eval_units:  # else it needs no GPU: CPUs of a GPU node, assumed free
-                    enough = free[id(self.eval_nodes)] >= self.eval_units
-                    got = (
-                        self._place(self.eval_nodes, self.eval_units, self._eval_cpus, True)
-                        if enough
-                        else None
-                    )
-                    if got is None:
-                        still.append(job)
-                        continue
-                self._take(got, self._eval_cpus, +1)
-                self.eval_nodes_of[job] = got
-                seconds = self.d.evals[(job.owner, job.task, job.mode)]
-                self.useful += seconds * len(got)
-                self._bar("evals", "eval", self.now, self.now + seconds, len(got))
-                self._push(self.now + seconds, "eval_end", job, 0)
-            free = self._pool_free()
-        self.waiting = still
+            self._take(got, self._eval_cpus, +1)
+            self.eval_nodes_of[job] = got
+            seconds = self.d.evals[(job.owner, job.task, job.mode)]
+            self.useful += seconds * len(got)
+            self._bar("evals", "eval", self.now, self.now + seconds, len(got))
+            self._push(self.now + seconds, "eval_end", job, 0)
+        self.waiting_evals = still
 
     def _rung_cpus(self, r: _Rung) -> float:
         """CPUs per unit held: on a CPU-only cluster the unit is the CPU itself."""
@@ -296,10 +300,10 @@ class Engine:
         actions = self.next_actions()
         for key in actions.start_rungs:
             self.by_key[key].state = RUNNING
-            self.waiting.append(key)
+            self.waiting_rungs.append(key)
         for key in actions.submit_evals:
             self.state.in_flight.add(key)
-            self.waiting.append(key)
+            self.waiting_evals.append(key)
         if actions.start_rungs or actions.submit_evals:
             self._try_place()
         return actions.finished
@@ -308,7 +312,8 @@ class Engine:
         finished = self._decide()
         while not finished:
             if not self.events:
-                raise RuntimeError(f"the simulation stalled with {len(self.waiting)} job(s) unplaceable")
+                stuck = len(self.waiting_rungs) + len(self.waiting_evals)
+                raise RuntimeError(f"the simulation stalled: {stuck} job(s) can never be placed")
             t = self.events[0][0]
             self.idle += self.free_total * (t - self.last_t)
             self.now = self.last_t = t

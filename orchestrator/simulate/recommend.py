@@ -131,17 +131,25 @@ def gpu_counts(setup: Setup) -> tuple[list[GpuChoice], tuple[float, float]]:
         trial = replace(setup, rungs=rungs, gpus={}, durations=Durations(costs, setup.durations.evals))
         return simulate_once(trial, 0, rate=0.0, train_only=True).makespan_s
 
-    current = {r.key: r.gpus for r in setup.rungs}
-    best, best_span = dict(current), makespan(current)
+    # One count per ladder size: an LR grid's points of a size share it.
+    groups: dict[str, list] = {}
+    for r in setup.rungs:
+        groups.setdefault(r.search_of or r.name, []).append(r)
+    current = {name: rs[0].gpus for name, rs in groups.items()}
+
+    def per_rung(counts: dict[str, int]) -> dict[str, int]:
+        return {r.key: counts[name] for name, rs in groups.items() for r in rs}
+
+    best, best_span = dict(current), makespan(per_rung(current))
     start_span = best_span
-    for r in sorted(setup.rungs, key=lambda x: -x.total_params):
-        for g in _allowed(setup, r):
-            if g == best[r.key]:
+    for name in sorted(groups, key=lambda n: -groups[n][0].total_params):
+        for g in _allowed(setup, groups[name][0]):
+            if g == best[name]:
                 continue
-            span = makespan({**best, r.key: g})
+            span = makespan(per_rung({**best, name: g}))
             if span < best_span - 1e-6:
-                best, best_span = {**best, r.key: g}, span
-    choices = [GpuChoice(r.name, current[r.key], best[r.key]) for r in setup.rungs]
+                best, best_span = {**best, name: g}, span
+    choices = [GpuChoice(name, current[name], best[name]) for name in groups]
     return choices, (start_span, best_span)
 
 

@@ -78,13 +78,13 @@ class Setup:
 def analytic_durations(
     spec: SweepSpec, rungs: list[RungConfig], cluster: Cluster, assume: Assumptions
 ) -> Durations:
-    costs = {r.key: rung_cost(r, cluster, assume) for r in rungs}
-    evals = {
-        (r.key, t, m): eval_seconds(spec, r, t, m, cluster, assume.mfu)
-        for r in rungs
-        for t in spec.evals.tasks
-        for m in spec.evals.modes
-    }
+    costs, evals = {}, {}
+    for r in rungs:
+        key = r.key  # a hash of the rung's identity: made once
+        costs[key] = rung_cost(r, cluster, assume)
+        for t in spec.evals.tasks:
+            for m in spec.evals.modes:
+                evals[(key, t, m)] = eval_seconds(spec, r, t, m, cluster, assume.mfu)
     return Durations(costs, evals)
 
 
