@@ -1,6 +1,7 @@
 """How fast `sweep simulate` is: the shipped ladder with Llama 3's failure rate over 50 seeds
-(issue 26: at most 30 s), and a 1,000-rung spec (an LR grid of 200 points x 5 sizes: at most
-60 s), each through the real CLI in a subprocess; prints wall and CPU seconds, and the policy's
+(issue 26: at most 30 s, recommendations included), and a 1,000-rung spec (an LR grid of 200
+points x 5 sizes: at most 60 s; the simulation alone, --no-recommend, since the recommendations
+re-simulate the sweep dozens of times), each through the real CLI in a subprocess; prints wall and CPU seconds, and the policy's
 time per decision (from --json), which shows whether a decision's cost grows with the sweep.
 
     python benchmarks/simulate_speed.py
@@ -60,7 +61,7 @@ def main() -> None:
                 [str(SIZE_LADDER), "--failures", "llama3", "--seeds", "50"],
                 30,
             ),
-            ("1,000 rungs (LR grid x 5 sizes)", [str(thousand_rung_spec(Path(tmp)))], 60),
+            ("1,000 rungs (LR grid x 5 sizes)", [str(thousand_rung_spec(Path(tmp))), "--no-recommend"], 60),
         ]
         print(f"{'case':36} {'wall s':>7} {'CPU s':>7} {'limit s':>7} {'decisions':>9} {'ms/decision':>11}")
         for name, args, limit in cases:

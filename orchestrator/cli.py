@@ -751,6 +751,9 @@ def simulate(
     ] = True,
     only: Annotated[list[str] | None, typer.Option(help="simulate only these rungs (repeatable)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="as `sweep run --max-concurrent`")] = None,
+    decode: Annotated[
+        str, typer.Option(help="auto (real video: pre-cut clips) | clips | long | none: CPU decoding's limit")
+    ] = "auto",
 ):
     """Run the sweep's own scheduling policy on a paper cluster, with failures: makespan, GPU-hours, Gantt."""
     from orchestrator.simulate.report import simulate_command
@@ -767,6 +770,7 @@ def simulate(
         only,
         max_concurrent,
         say=lambda line: err.print(line, markup=False, highlight=False),
+        decode=decode,
     )
     if as_json:
         print(json.dumps(data, indent=2))

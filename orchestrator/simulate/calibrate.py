@@ -15,8 +15,9 @@ Per eval: the task's run time (`seconds`) plus its share of the wait between the
 its first eval's start. That start is `started` in records written since eval records carry it,
 else the record file's modification time less `seconds` (older runs: a record is written when
 the eval ends).
-The driver's own start (Ray, MLflow) is sweep.json's `driver_started` to the first submission,
-or DRIVER_START_S where the run predates that field.
+The driver's own start (imports, Ray, MLflow) is PROCESS_START_S plus sweep.json's
+`driver_started` to the first submission, or DRIVER_START_S where the run predates that field;
+its stop (reconcile, MLflow's finish, Ray's shutdown) is DRIVER_STOP_S.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from orchestrator.simulate.engine import Durations
 # the exit (reconcile, MLflow's finish, Ray's shutdown). Used where a run does not record them.
 DRIVER_START_S = 25.0
 DRIVER_STOP_S = 5.0
+# Before the driver exists: Python imports the CLI and the driver's modules (torch, Ray, MLflow):
+# 6.8 CPU seconds here (`python -c "import orchestrator.cli, orchestrator.scheduler"`).
+PROCESS_START_S = 7.0
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,8 @@ def _durations(spec, rungs, sweep, by_name, ends, target, eval_slots) -> Measure
                 if (r.key, t, mode) not in evals:
                     same = [v for (k, tt, mm), v in evals.items() if tt == t and mm == mode]
                     evals[(r.key, t, mode)] = mean(same) if same else mean(evals.values() or [0.0])
-    start = first_submit - sweep["driver_started"] if "driver_started" in sweep else DRIVER_START_S
+    recorded = "driver_started" in sweep
+    start = PROCESS_START_S + first_submit - sweep["driver_started"] if recorded else DRIVER_START_S
     wall = start + (last_end - first_submit) + DRIVER_STOP_S
     durations = Durations(costs, evals, overhead_s=start, stop_s=DRIVER_STOP_S)
     return Measured(durations, wall, len(by_name), sum(len(m["evals"]) for m in by_name.values()))

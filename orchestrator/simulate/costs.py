@@ -45,7 +45,9 @@ class RungCost:
 @dataclass(frozen=True)
 class Assumptions:
     mfu: float = 0.4
-    decode: str = "clips"  # long | clips | none (synthetic data made on the fly is not decoded)
+    # auto: a spec reading real video decodes pre-cut clips, synthetic data is not decoded;
+    # clips | long: decode at that rate whatever the source (what would real video cost?); none.
+    decode: str = "auto"
     mfu_per_rung: dict[str, float] | None = None  # from a `sweep bench --json` file
 
 
@@ -67,9 +69,12 @@ def rung_cost(rung: RungConfig, cluster: Cluster, assume: Assumptions, gpus: int
         compute = flops / (gpus * cluster.peak_flops * mfu * efficiency)
         cores = gpus * cluster.cores_per_gpu
     data = 0.0
-    if assume.decode != "none" and rung.data.source != "synthetic":
+    decode = (
+        ("none" if rung.data.source == "synthetic" else "clips") if assume.decode == "auto" else assume.decode
+    )
+    if decode != "none":
         pixels = rung.data.frames * rung.data.resolution**2
-        per_core = DECODE_CLIPS_PER_CORE_S[assume.decode] * REFERENCE_CLIP_PIXELS / pixels
+        per_core = DECODE_CLIPS_PER_CORE_S[decode] * REFERENCE_CLIP_PIXELS / pixels
         data = rung.batch_size / (cores * per_core)
     bandwidth = cluster.storage_gb_s_per_node * 1e9 * nodes
     state = STATE_BYTES_PER_PARAM * rung.total_params / bandwidth

@@ -43,12 +43,12 @@ def text_lines(setup: Setup, s: Summary, recs: Recommendations | None) -> list[s
         )
     if s.failed_runs:
         lines.append(f"in {s.failed_runs} of {s.seeds} seeds a rung failed for good (max_failures)")
-    lines.append("rung: finish P50 | interruptions P50 (P90) | step s (data-bound?) | checkpoint save s")
+    lines.append("rung: finish P50 | interruptions mean (P90) | step s (data-bound?) | checkpoint save s")
     for r in setup.rungs:
         c = setup.durations.rungs[r.key]
         bound = " data-bound" if c.data_bound else ""
         lines.append(
-            f"  {r.name}: {hms(s.finish_s[r.key][1])} | {s.interruptions[r.key][1]:.0f} "
+            f"  {r.name}: {hms(s.finish_s[r.key][1])} | {s.interruptions_mean[r.key]:.2f} "
             f"({s.interruptions[r.key][2]:.0f}) | {c.step_s:.3g}{bound} | {c.save_s:.3g}"
         )
     lines.append(f"policy: {s.decisions} decisions, {s.decide_ms:.3f} ms each")
@@ -109,13 +109,14 @@ def simulate_command(
     only: list[str] | None,
     max_concurrent: int | None,
     say,
+    decode: str = "auto",
 ) -> tuple[list[str], dict]:
     """`sweep simulate`'s work: (text lines, the JSON object)."""
     from orchestrator.simulate.gantt import draw_gantt
     from orchestrator.simulate.recommend import recommend
     from orchestrator.simulate.run import prepare, run_seeds, summarize
 
-    setup = prepare(spec_path, cluster, failures, mfu, calibrate, only, max_concurrent)
+    setup = prepare(spec_path, cluster, failures, mfu, calibrate, only, max_concurrent, decode)
     say(f"simulating {len(setup.rungs)} rung(s) on {setup.cluster.name} over {seeds} seed(s)")
     results = run_seeds(setup, seeds, record_first=gantt is not None)
     summary = summarize(results, setup.cluster)

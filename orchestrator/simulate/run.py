@@ -5,7 +5,7 @@ seeds, and sum the seeds up as P10/P50/P90.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import quantiles
 
@@ -39,8 +39,14 @@ def failure_rate(text: str) -> float:
     return rate
 
 
-def mfu_assumptions(text: str | None) -> Assumptions:
-    """--mfu 0.4, or a `sweep bench --json` file (each rung's own MFU where it has one)."""
+def assumptions(text: str | None, decode: str = "auto") -> Assumptions:
+    """--mfu 0.4, or a `sweep bench --json` file (each rung's own MFU where it has one); --decode."""
+    if decode not in ("auto", "clips", "long", "none"):
+        raise UserError(f"--decode {decode}: give auto, clips, long or none")
+    return replace(_mfu(text), decode=decode)
+
+
+def _mfu(text: str | None) -> Assumptions:
     if text is None:
         return Assumptions()
     try:
@@ -96,11 +102,12 @@ def prepare(
     calibrate: str | None = None,
     only: list[str] | None = None,
     max_concurrent: int | None = None,
+    decode: str = "auto",
 ) -> Setup:
     spec = load_spec(spec_path)
     rungs = select_rungs(spec, only)
     cluster = parse_cluster(cluster_text)
-    rate, assume = failure_rate(failures), mfu_assumptions(mfu)
+    rate, assume = failure_rate(failures), assumptions(mfu, decode)
     if cluster.cpu_only and any(r.gpus for r in rungs):
         raise UserError(f"cluster '{cluster.name}' has no GPUs but rung(s) of {spec.name} train on GPUs")
     check_fits(spec, rungs, cluster)
@@ -174,6 +181,7 @@ class Summary:
     utilisation: tuple[float, float, float]
     eval_lag_s: tuple[float, float, float]
     interruptions: dict[str, tuple[float, float, float]]
+    interruptions_mean: dict[str, float]  # the expected number, over seeds
     finish_s: dict[str, tuple[float, float, float]]
     failed_runs: int  # seeds in which some rung failed for good
     decisions: int
@@ -194,6 +202,7 @@ def summarize(results: list[SimResult], cluster: Cluster) -> Summary:
         utilisation=pct([(r.useful_h + r.lost_h) / (r.units * r.makespan_s / 3600) for r in results]),
         eval_lag_s=pct([r.eval_lag_s for r in results]),
         interruptions={k: pct([float(r.interruptions[k]) for r in results]) for k in keys},
+        interruptions_mean={k: sum(r.interruptions[k] for r in results) / len(results) for k in keys},
         finish_s={k: pct([r.finish_s.get(k, float("nan")) for r in results]) for k in keys},
         failed_runs=sum(bool(r.failed) for r in results),
         decisions=decisions,
