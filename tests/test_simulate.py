@@ -228,3 +228,47 @@ def test_a_malformed_calibration_directory_is_one_line_and_exit_2(tmp_path):
         )
         assert result.exit_code == 2, result.output
         assert says in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_path):
+    """A made-up finished run on the 2-CPU machine: each duration the records give is read back,
+    and the simulated sweep ends when the real one did."""
+    spec = spec_with(
+        {"gpus": 0, "cpu_workers": 2, "steps": 100, "checkpoint_interval": 50},
+        evals={"tasks": ["depth", "action"], "checkpoints": "final", "cpus": 1},
+    )
+    [rung] = spec.rungs()
+    runs = tmp_path / "runs"
+    paths = RungPaths.for_rung(rung, runs)
+    write_json(runs / "sim" / "sweep.json", {"driver_started": 990.0, "started": 995.0})
+    write_json(paths.info, {"key": rung.key, "config": {"batch_size": 8}})
+    # Submitted at 1000, rank 0 up at 1030 (start-up 30 s), 100 steps of 0.5 s (16 clips/s at
+    # batch 8) and two 5 s saves to 1090, done at 1092.
+    write_json(paths.status, {"state": "done", "submitted": 1000.0, "train_s": 92.0})
+    write_json(paths.worker(0), {"rank": 0, "time": 1030.0})
+    write_json(paths.progress, {"step": 100, "time": 1090.0})
+    paths.root.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "train/clips_per_s": 16.0}) + "\n" for s in range(1, 101))
+    )
+    for step in (50, 100):
+        paths.checkpoint(step).mkdir(parents=True)
+        (paths.checkpoint(step) / "manifest.json").write_text("{}")
+    # Both evals start 3 s after the rung ends, side by side on the two CPUs.
+    for task, seconds in (("depth", 20.0), ("action", 30.0)):
+        rec = {"state": "done", "seconds": seconds, "started": 1095.0, "ended": 1095.0 + seconds}
+        write_json(paths.eval_record(100, task, "frozen"), rec)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(json.dumps(spec.model_dump(mode="json")))
+
+    setup = prepare(spec_path, "local", calibrate=str(runs / "sim"))
+    c = setup.durations.rungs[rung.key]
+    assert (c.startup_s, c.step_s, c.save_s, c.final_extra_s) == (30.0, 0.5, 5.0, 2.0)
+    # The 3 s wait held both CPUs: 6 CPU-seconds, spread over the two evals.
+    assert setup.durations.evals[(rung.key, "depth", "frozen")] == 23.0
+    # The process's start (7 s) + 10 s to the submission, the last eval's end 125 s later, 5 s stop.
+    assert setup.measured.wall_s == 7 + 10 + 125 + 5
+    [result] = run_seeds(setup, 1)
+    assert result.makespan_s == setup.measured.wall_s

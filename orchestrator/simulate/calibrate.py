@@ -77,8 +77,7 @@ def measure(spec: SweepSpec, rungs: list[RungConfig], target: str, eval_slots: i
     """eval_slots: how many evals ran side by side on the measured cluster."""
     sweep_dir = sweep_dir_of(target)
     sweep = read_json(sweep_dir / "sweep.json") or {}
-    by_name: dict[str, dict] = {}
-    ends: list[float] = []  # every job's end, to find what freed the resources before a rung started
+    found: dict[str, dict] = {}  # run directory name (the rung key) -> what it measured
     for rung_dir in sorted(p for p in sweep_dir.iterdir() if (p / "info.json").is_file()):
         info, status = read_json(rung_dir / "info.json") or {}, read_json(rung_dir / "status.json") or {}
         rank0, progress = (
@@ -97,10 +96,9 @@ def measure(spec: SweepSpec, rungs: list[RungConfig], target: str, eval_slots: i
                 start, end = _eval_start_end(rec_path, rec)
                 task, mode = rec_path.stem.rsplit("-", 1)
                 evals.append((task, mode, rec["seconds"], start, end))
-                ends.append(end)
         done = status["submitted"] + status["train_s"]
-        ends.append(done)
-        by_name[rung_dir.name.rsplit("-", 1)[0]] = {
+        found[rung_dir.name] = {
+            "name": rung_dir.name.rsplit("-", 1)[0],
             "status": status,
             "rank0": rank0["time"],
             "last_step": progress["time"],
@@ -110,19 +108,26 @@ def measure(spec: SweepSpec, rungs: list[RungConfig], target: str, eval_slots: i
             "checkpoints": len(ckpt.list_steps(rung_dir)),
             "evals": evals,
         }
-    if not by_name:
+    if not found:
         raise UserError(f"--calibrate {target}: no finished rung in it")
-    return _durations(spec, rungs, sweep, by_name, ends, target, eval_slots)
-
-
-def _durations(spec, rungs, sweep, by_name, ends, target, eval_slots) -> Measured:
-    costs, evals = {}, {}
-    first_submit = min(m["status"]["submitted"] for m in by_name.values())
-    last_end = max(ends)
-    for r in rungs:
-        m = by_name.get(r.name)
+    chosen = {}
+    for r in rungs:  # the rung itself, else the latest finished rung of that name (another config)
+        same = [m for m in found.values() if m["name"] == r.name]
+        m = found.get(r.key) or max(same, key=lambda m: m["done"], default=None)
         if m is None:
             raise UserError(f"--calibrate {target}: the run has no finished rung '{r.name}'")
+        chosen[r.key] = m
+    return _durations(spec, rungs, sweep, chosen, eval_slots)
+
+
+def _durations(spec, rungs, sweep, chosen, eval_slots) -> Measured:
+    costs, evals = {}, {}
+    # Every job's end, to find what freed the resources before a rung started.
+    ends = [m["done"] for m in chosen.values()] + [e[4] for m in chosen.values() for e in m["evals"]]
+    first_submit = min(m["status"]["submitted"] for m in chosen.values())
+    last_end = max(ends)
+    for r in rungs:
+        m = chosen[r.key]
         freed = max([e for e in ends if e <= m["rank0"]] + [m["status"]["submitted"]])
         train = m["last_step"] - m["rank0"]
         step_s = min(m["step_s"], train / max(m["steps"], 1))
@@ -150,4 +155,4 @@ def _durations(spec, rungs, sweep, by_name, ends, target, eval_slots) -> Measure
     start = PROCESS_START_S + first_submit - sweep["driver_started"] if recorded else DRIVER_START_S
     wall = start + (last_end - first_submit) + DRIVER_STOP_S
     durations = Durations(costs, evals, overhead_s=start, stop_s=DRIVER_STOP_S)
-    return Measured(durations, wall, len(by_name), sum(len(m["evals"]) for m in by_name.values()))
+    return Measured(durations, wall, len(chosen), sum(len(m["evals"]) for m in chosen.values()))
