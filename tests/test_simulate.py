@@ -272,3 +272,34 @@ def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_pa
     assert setup.measured.wall_s == 7 + 10 + 125 + 5
     [result] = run_seeds(setup, 1)
     assert result.makespan_s == setup.measured.wall_s
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_a_cluster_file_and_the_gantt_chart_and_json(tmp_path):
+    cluster = tmp_path / "dgx.yaml"
+    cluster.write_text("nodes: 96\ngpus_per_node: 8\ngpu: H100\nstorage_gb_s_per_node: 1.0\n")
+    png = tmp_path / "gantt.png"
+    args = [
+        "simulate",
+        str(SIZE_LADDER),
+        "--cluster",
+        str(cluster),
+        "--gantt",
+        str(png),
+        "--json",
+        "--no-recommend",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["cluster"] == "dgx" and out["summary"]["units"] == 768
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cluster_file_with_an_unknown_field_is_one_line_and_exit_2(tmp_path):
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("nodes: 2\ngpus_per_node: 8\ngpu: H100\nnvlink: yes\n")
+    result = CliRunner().invoke(app, ["simulate", str(SIZE_LADDER), "--cluster", str(cluster)])
+    assert result.exit_code == 2 and "unknown cluster field(s) nvlink" in result.output, result.output
