@@ -12,8 +12,8 @@ from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
-from orchestrator.progress import duration
 from orchestrator.policy import eval_steps, rerun_action
+from orchestrator.progress import duration
 from orchestrator.state import SweepLock
 
 
