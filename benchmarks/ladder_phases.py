@@ -95,8 +95,7 @@ def rung_phases(
     cores = rung.workers * rung.cpus_per_worker
     step_s = {s: rung.batch_size / r["train/clips_per_s"] for s, r in steps.items()}
     # Every rung is submitted at once and waits for its CPUs: its start-up counts from the moment they
-    # were free (its submission, or the end of the last fit or eval before it; an eval's record is
-    # rewritten when it ends).
+    # were free (its submission, or the end of the last fit or eval before it).
     looped = rank0.get("time", 0)
     ready = max([status["submitted"], *(e for k, e in ends.items() if k != rung.key and e <= looped)])
     out = [
@@ -306,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         st = read_json(paths.status) or {}
         if "train_s" in st:
             ends[rung.key] = st["submitted"] + st["train_s"]
-        for rec in paths.evals.glob("*/*.json"):
-            ends[f"{rung.key}/{rec.parent.name}/{rec.stem}"] = rec.stat().st_mtime
+        for rec in paths.evals.glob("*/*.json"):  # `ended` where the driver wrote it, else the file's time
+            ended = (read_json(rec) or {}).get("ended") or rec.stat().st_mtime
+            ends[f"{rung.key}/{rec.parent.name}/{rec.stem}"] = ended
     for rung in spec.rungs():
         rows += rung_phases(rung, args.runs, tracking, rate, ends)
         rows += eval_phases(spec, rung, args.runs, rate)

@@ -39,9 +39,12 @@ RENDERED_BYTES = 1 << 30  # at most this much of one world's pretraining clips i
 
 
 def renderer_version() -> str:
-    """What decides a rendered clip besides its world's arguments: the renderer's source, numpy."""
-    source = Path(data4d.world.__file__).read_bytes()
-    return f"{hashlib.sha256(source).hexdigest()[:16]}/numpy-{np.__version__}"
+    """What decides a rendered clip besides its world's arguments: the source of every module of
+    the world package (data4d/world/), and numpy's version."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(data4d.world.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{digest.hexdigest()[:16]}/numpy-{np.__version__}"
 
 
 class RenderedClips:

@@ -6,7 +6,7 @@ by rank 0 and registered with Ray without a copy (NO_UPLOAD). A worker failure i
 restarted by Ray Train's FailureConfig from `ray.train.get_checkpoint()`; starting
 the rung again later resumes the same way. On a store (`storage: s3://…`) the
 storage_path is the store URI, and a restarted worker group resumes from the newest
-checkpoint whose manifest the store holds. What each worker runs: orchestrator.trainer.
+checkpoint whose manifest the store holds. What each worker runs: orchestrator.training.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from contracts.layout import RAY_SNAPSHOT, RungPaths, read_json
 from contracts.spec import RungConfig
 from contracts.storage import is_remote
-from orchestrator.trainer import train_loop
+from orchestrator.training.loop import train_loop
 
 
 @dataclass
@@ -59,7 +59,7 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
 
 
 def worker_main(config: dict) -> None:
-    """What each Ray Train worker runs: the training loop (orchestrator.trainer), after importing
+    """What each Ray Train worker runs: the training loop (orchestrator.training.loop), after importing
     DeepSpeed without MLflow. DeepSpeed's autotuner imports mlflow only to log autotuning trials,
     which sweep4d never runs, and that import (pandas, fastapi, ...) was about half of
     `import deepspeed` in every fresh worker (benchmarks/ladder_phases.py, docs/performance.md)."""
