@@ -58,17 +58,24 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
     )
 
 
+def import_deepspeed_without_mlflow() -> None:
+    """Import DeepSpeed with its optional MLflow import refused. DeepSpeed's autotuner imports mlflow
+    only to log autotuning trials, which sweep4d never runs, and that import (pandas, fastapi, ...)
+    was about half of `import deepspeed` in every fresh worker (docs/performance.md). Afterwards
+    mlflow imports normally again; a process that already holds it is left alone."""
+    if "mlflow" in sys.modules:
+        return
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed catches
+    try:
+        import deepspeed  # noqa: F401
+    finally:
+        del sys.modules["mlflow"]
+
+
 def worker_main(config: dict) -> None:
-    """What each Ray Train worker runs: the training loop (orchestrator.training.loop), after importing
-    DeepSpeed without MLflow. DeepSpeed's autotuner imports mlflow only to log autotuning trials,
-    which sweep4d never runs, and that import (pandas, fastapi, ...) was about half of
-    `import deepspeed` in every fresh worker (benchmarks/ladder_phases.py, docs/performance.md)."""
-    if "mlflow" not in sys.modules:
-        sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed catches
-        try:
-            import deepspeed  # noqa: F401
-        finally:
-            del sys.modules["mlflow"]  # whoever really needs mlflow later still gets it
+    """What each Ray Train worker runs: the training loop (orchestrator.training.loop), after a
+    quicker `import deepspeed`."""
+    import_deepspeed_without_mlflow()
     train_loop(config)
 
 
