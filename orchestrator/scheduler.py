@@ -49,7 +49,7 @@ from orchestrator.progress import restart_line
 from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock, git_commit
 from orchestrator.status import read_rung_state, restart_count
-from orchestrator.tracking import Tracker, absolute_tracking_uri, rung_params, sqlite_path
+from orchestrator.tracking import Tracker, absolute_tracking_uri, check_tracking, rung_params, sqlite_path
 
 EVAL_ATTEMPTS = 3  # per driver; a killed eval worker is one (Ray does not retry it behind our back)
 TICK_S = 1.0
@@ -256,6 +256,7 @@ class Sweep:
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
         check_reachable(self.root, write=True)
+        check_tracking(absolute_tracking_uri(self.spec.tracking.uri))  # a server answers, takes our login
         holder = self.lock.holder()
         if holder:
             raise SpecError(
