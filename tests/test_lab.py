@@ -23,6 +23,7 @@ from contracts.names import ROLE_TAG, RUNG_KEY_TAG, eval_metric_key
 from contracts.spec import load_spec
 from orchestrator.cli import app
 from orchestrator.reconcile import differences, disk_points
+from orchestrator.tracking import Tracker
 
 runner = CliRunner()
 # Two rungs, b with four checkpoints, every checkpoint evaluated: small enough for CI, big enough to kill
@@ -148,6 +149,26 @@ def test_bad_credentials_or_server_exit_2_before_anything_starts(lab_server, tmp
         assert lab_server.password not in result.output and "not-the-password" not in result.output
         assert time.monotonic() - t0 < 30, what  # one short request, not MLflow's minutes of retries
         assert not (tmp_path / "runs").exists(), what  # nothing started, nothing written
+
+
+def test_reconcile_on_the_server_writes_only_what_it_lacks(lab_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", lab_server.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", lab_server.password)
+    tracker = Tracker(lab_server.url, "/a/local/root/the/server/must/not/be/told")
+    exp = tracker.experiment_id("reconcile-on-server")
+    # the server's proxied artifact store, not a path of this machine
+    assert tracker.client.get_experiment(exp).artifact_location.startswith("mlflow-artifacts:")
+    run = tracker.client.create_run(exp).info.run_id
+    points = {"train/loss": {s: 1.0 / s for s in range(1, 1201)}, "eval/depth/frozen/abs_rel": {8: 0.5}}
+    first = {"train/loss": {s: v for s, v in points["train/loss"].items() if s <= 1000}}
+    assert tracker.reconcile(run, first) == {"train/loss": list(range(1, 1001))}
+    restarted = Tracker(lab_server.url)  # knows nothing: reads what the server holds
+    assert restarted.reconcile(run, points) == {
+        "train/loss": list(range(1001, 1201)),
+        "eval/depth/frozen/abs_rel": [8],
+    }
+    assert Tracker(lab_server.url).reconcile(run, points) == {}
+    assert differences(tracker.client, run, points) == []
 
 
 # ------------------------------------------------------------------ a sweep on the lab's server
