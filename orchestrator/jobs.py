@@ -86,7 +86,8 @@ def submit_job(
         runtime_env={
             "working_dir": str(spec_path.parent),
             "excludes": EXCLUDES,
-            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S), "PYTHONWARNINGS": "ignore"},
+            # none of the keys the driver's ray.init sets: Ray refuses to merge a clash
+            "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
         },
         metadata={"sweep": name},
     )
