@@ -339,6 +339,20 @@ def start_two_node_cluster(tmp_path: Path, env: dict) -> tuple[list[subprocess.P
     return [head, worker], f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}"
 
 
+def test_submit_refuses_what_a_job_would_lose_before_submitting(tmp_path, monkeypatch):
+    """A job's working directory is a temporary copy: relative run directories or a SQLite store there
+    would vanish with it. Exit 2, nothing submitted (no Ray cluster is even needed to say so)."""
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path, LAB_SPEC)
+    result = runner.invoke(app, ["run", str(spec), "--submit", "--address", "http://127.0.0.1:1"])
+    assert result.exit_code == 2 and "a store the cluster keeps" in result.output, result.output
+    result = runner.invoke(
+        app, ["run", str(spec), "--submit", "--address", "http://127.0.0.1:1", "--runs-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "is a SQLite file on this machine" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_submitted_driver_stops_like_sigterm_and_resumes_when_resubmitted(lab_server, tmp_path, monkeypatch):
     from ray.job_submission import JobStatus, JobSubmissionClient
