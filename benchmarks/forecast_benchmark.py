@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # run from anywhere without installing
 
+from reports import uncertainty  # noqa: E402
 from reports.collect import read_table  # noqa: E402
 from reports.fit import SIZE_LAWS, FitError, backtest, fit, predict, select_form  # noqa: E402
-from reports import uncertainty  # noqa: E402
 from reports.uncertainty import CALIBRATION_FILE, RATIO_BINS, forecast  # noqa: E402
 
 LADDERS = Path(__file__).parent / "ladders"
@@ -200,7 +200,7 @@ def main() -> None:
         for r in results.get("after", []):
             print(
                 f"{r.ladder:15} R={r.R:<3} {r.series:40} ratio {r.ratio:6.1f} actual {r.actual:8.4g} "
-                f"{r.value:8.4g} [{r.lo:8.4g}, {r.hi:8.4g}] err {r.rel_error:6.1%} {'in' if r.inside else 'OUT'}"
+                f"{r.value:8.4g} [{r.lo:8.4g}, {r.hi:8.4g}] err {r.rel_error:6.1%} {r.inside}"
             )
     print(table(results, ladders))
     if a.write_calibration:
