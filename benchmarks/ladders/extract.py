@@ -76,9 +76,17 @@ def _lm_eval_rows(results: dict, model: str, params: float, mode: str) -> list[d
         if task in results and metric in results[task]:
             r = results[task]
             rows.append(
-                {"model": model, "params": params, "task": task, "mode": mode, "metric": metric,
-                 "value": r[metric], "se": r.get(f"{metric}_stderr"), "higher_is_better": metric != "ppl",
-                 "bounded": metric == "acc"}  # fmt: skip
+                {
+                    "model": model,
+                    "params": params,
+                    "task": task,
+                    "mode": mode,
+                    "metric": metric,
+                    "value": r[metric],
+                    "se": r.get(f"{metric}_stderr"),
+                    "higher_is_better": metric != "ppl",
+                    "bounded": metric == "acc",
+                }  # fmt: skip
             )
     return rows
 
@@ -153,7 +161,8 @@ def main() -> None:
     }
     for name, df in tables.items():
         df.to_csv(HERE / f"{name}.csv", index=False)
-        print(f"{name}: {df['model'].nunique()} rungs, {df.groupby(['task', 'mode', 'metric']).ngroups} series")
+        series = df.groupby(["task", "mode", "metric"]).ngroups
+        print(f"{name}: {df['model'].nunique()} rungs, {series} series")
 
 
 if __name__ == "__main__":
