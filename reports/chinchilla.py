@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from reports.fit import LEVEL, MIN_RUNGS, Fit, FitError, _check, _cols, _natural, predict
 from reports.forms import _FORMS, Form, _fit_theta, _objective, chinchilla_grid, huber_loss
+from reports.law import LEVEL, MIN_RUNGS, Fit, FitError, _check, _cols, _natural, predict
 from reports.lbfgs import minimize_batch
 
 
