@@ -40,6 +40,7 @@ from reports.fit import (
     predict,
 )
 from reports.forms import _FORMS
+from reports.law import _cols
 
 CALIBRATION_FILE = Path(__file__).with_name("forecast_calibration.json")
 RATIO_BINS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e12)  # extrapolation ratio bins of the calibration
@@ -180,14 +181,10 @@ class LogLinear:
 
 
 def _log_q(f: Fit, N) -> np.ndarray:
-    from reports.fit import _cols
-
     return _FORMS[f.form].model(np.asarray(f.theta), _cols(f.form, np.asarray(N, float), None, f.x0))[0]
 
 
 def _boot_log_q(f: Fit, N: float) -> np.ndarray:
-    from reports.fit import _cols
-
     if not f.boot:
         return np.empty(0)
     cols = _cols(f.form, np.atleast_1d(float(N)), None, f.x0)
