@@ -61,6 +61,7 @@ from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock
 from orchestrator.status import describe_rerun, live_row, restart_count
 from orchestrator.sweep_tracking import open_tracking
+from orchestrator.tracking import absolute_tracking_uri, check_tracking
 
 TICK_S = 1.0
 
@@ -122,6 +123,7 @@ class Sweep:
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
         check_reachable(self.root, write=True)
+        check_tracking(absolute_tracking_uri(self.spec.tracking.uri))  # a server answers, takes our login
         holder = self.lock.holder()
         if holder:
             raise SpecError(
