@@ -7,9 +7,7 @@
 4. trains rungs (each a Ray Train run, see orchestrator.pretrain) as resources allow;
 5. whenever a rung seals a checkpoint, submits one eval task per (task, mode);
 6. records every outcome on disk and in MLflow, and prints a summary.
-
-Each tick observes (rung threads, eval tasks, records on disk), asks orchestrator.policy what to
-do (the same pure decisions `sweep simulate` runs on a paper cluster), and does it.
+Each tick observes, asks orchestrator.policy what to do (as `sweep simulate` does), and does it.
 
 Re-running skips finished rungs and evals, resumes partial rungs, and reuses runs.
 
