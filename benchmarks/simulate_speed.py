@@ -1,8 +1,10 @@
-"""How fast `sweep simulate` is: the shipped ladder with Llama 3's failure rate over 50 seeds
-(issue 26: at most 30 s, recommendations included), and a 1,000-rung spec (an LR grid of 200
-points x 5 sizes: at most 60 s; the simulation alone, --no-recommend, since the recommendations
-re-simulate the sweep dozens of times), each through the real CLI in a subprocess; prints wall and CPU seconds, and the policy's
-time per decision (from --json), which shows whether a decision's cost grows with the sweep.
+"""How fast `sweep simulate` is, each case through the real CLI in a subprocess:
+- the shipped ladder with Llama 3's failure rate over 50 seeds, recommendations included
+  (issue 26: at most 30 s);
+- a 1,000-rung spec, an LR grid of 200 points x 5 sizes (at most 60 s): the simulation alone
+  (--no-recommend), since the recommendations re-simulate the sweep dozens of times.
+Prints wall and CPU seconds and the policy's time per decision (from --json), which shows
+whether a decision's cost grows with the sweep.
 
     python benchmarks/simulate_speed.py
 """

@@ -7,9 +7,7 @@
 4. trains rungs (each a Ray Train run, see orchestrator.pretrain) as resources allow;
 5. whenever a rung seals a checkpoint, submits one eval task per (task, mode);
 6. records every outcome on disk and in MLflow, and prints a summary.
-
-Each tick observes (rung threads, eval tasks, records on disk), asks orchestrator.policy what to
-do (the same pure decisions `sweep simulate` runs on a paper cluster), and does it.
+Each tick observes, asks orchestrator.policy what to do (as `sweep simulate` does), and does it.
 
 Re-running skips finished rungs and evals, resumes partial rungs, and reuses runs.
 
@@ -328,9 +326,9 @@ class Sweep:
         """The policy's view of the sweep, from this driver's rungs and the records on disk; and the
         done evals whose metrics MLflow may not hold yet."""
         state = SweepState(self.spec, [], self.max_concurrent, self.train_only)
-        for rr in self.runs.values():
+        for key, rr in self.runs.items():
             sealed = [] if self.train_only else [f.step for f in ckpt.list_steps(self._paths(rr.rung).root)]
-            state.rungs.append(RungState(rr.rung, rr.state, sealed))
+            state.rungs.append(RungState(rr.rung, rr.state, sealed, key=key))
         unlogged = []
         for key in policy.wanted_evals(state):
             path = self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode)

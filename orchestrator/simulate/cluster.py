@@ -29,9 +29,11 @@ GPU_KINDS: dict[str, tuple[float, int]] = {
     "A100": (312e12, 128),
     "B200": (2250e12, 112),
 }
-# A CPU core's useful FLOP/s in this repository's CPU training (fp32 torch, gloo): an assumption
-# for `local` without --calibrate, which is what calibration replaces.
-CPU_CORE_FLOPS = 5e9
+# A CPU core's peak for this repository's CPU training (fp32 torch, gloo), set so that the default
+# MFU 0.4 of it is the 4.4-7.9 (mean 5.7) GFLOP/s per core micro1-4 of sweeps/local_ladder.yaml
+# reached (metrics.jsonl train/tflops, 2 workers, 2026-12-03, a loaded machine). `--calibrate`
+# replaces it with measured step times.
+CPU_CORE_FLOPS = 14e9
 
 
 @dataclass(frozen=True)
