@@ -23,6 +23,7 @@ transformers is imported when a model is loaded, never at import time (layer 1 s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from contracts.errors import UserError
-from contracts.shapes import MAEConfig
+from contracts.references import ReferenceConfig
+from contracts.shapes import MAEConfig, ViTShape
 from models.mae import Encoder, normalize_video
 
 # The model families the adapter covers: transformers config model_type -> (class name, video?).
@@ -341,16 +343,21 @@ class PixelsBackbone(Backbone):
         return x.reshape(B, T // t, (H // h) * (W // w), t * h * w * C)
 
 
-class RandomBackbone(Backbone):
-    """Our MAE encoder of `cfg`'s shape at random init (seeded), read at our own readout block."""
+class EncoderBackbone(Backbone):
+    """Our MAE encoder (models.mae): random init, an imported 4DS checkpoint or another sweep's export.
+    Clips are brought to its own frames and resolution (its position table is fixed), and the output
+    of block `blocks` (0: the embeddings) is read."""
 
-    def __init__(self, cfg: MAEConfig, fraction: float, seed: int = 0, device: str | torch.device = "cpu"):
-        torch.manual_seed(seed)
-        self.encoder = Encoder(cfg).to(device).eval()
-        self.fraction = fraction
-        self.num_params = sum(p.numel() for p in self.encoder.parameters())
-        n = self.encoder.feature_block(fraction)
-        self.layer = f"block {n} of {cfg.encoder.depth}"
+    def __init__(self, encoder: Encoder, blocks: int, num_params: int | None = None):
+        self.encoder = encoder.eval()
+        cfg = encoder.cfg
+        if not 0 <= blocks <= cfg.encoder.depth:
+            raise BackboneError(f"layer {blocks} is out of range: the encoder has {cfg.encoder.depth} blocks")
+        self.blocks = blocks
+        self.num_params = (
+            num_params if num_params is not None else sum(p.numel() for p in encoder.parameters())
+        )
+        self.layer = "embeddings" if blocks == 0 else f"block {blocks} of {cfg.encoder.depth}"
         self.geometry = Geometry(cfg.frames, cfg.size, cfg.grid, cfg.encoder.width)
 
     @property
@@ -358,12 +365,135 @@ class RandomBackbone(Backbone):
         return next(self.encoder.parameters()).device
 
     def tokens(self, video: torch.Tensor) -> torch.Tensor:
-        f = self.encoder.features(normalize_video(video), self.fraction)
-        t, h, w = self.geometry.grid
+        cfg = self.encoder.cfg
+        x = resize_frames(resample_frames(video, cfg.frames), cfg.size)  # (B, T, 3, S, S) in [0, 1]
+        x = x.permute(0, 2, 1, 3, 4).mul(2).sub(1)  # (B, C, T, S, S) in [-1, 1], as normalize_video
+        f = self.encoder.run_blocks(self.encoder.embed(x), upto=self.blocks)
+        t, h, w = cfg.grid
         return f.view(len(f), t, h * w, f.shape[-1])
+
+
+def random_encoder(cfg: MAEConfig, seed: int) -> Encoder:
+    torch.manual_seed(seed)
+    return Encoder(cfg)
 
 
 def readout_grid(backbone: Backbone, readout_frames: int) -> tuple[int, int, int]:
     """The (t, h, w) grid the readout sees: the common time length, the backbone's own space."""
     _, h, w = backbone.geometry.grid
     return (readout_frames, h, w)
+
+
+def build_backbone(ref: ReferenceConfig, fraction: float, device: str | torch.device = "cpu") -> Backbone:
+    """The backbone a reference entry names, read at its layer (module docstring), on `device`.
+    Weights must be at hand (ensure_weights ran at preflight)."""
+    e = ref.entry
+    clip = MAEConfig(
+        encoder=e.shape or ViTShape(8, 1, 8, 1),
+        frames=ref.frames,
+        size=ref.resolution,
+        tubelet=ref.tubelet,
+    )
+    if e.source == "pixels":
+        return PixelsBackbone(clip)
+    if e.source == "hf":
+        norm = (tuple(e.mean), tuple(e.std)) if e.mean else None
+        return load_hf(e.id, fraction, e.frames, e.resolution, norm, e.layer, e.trust_remote_code, device)
+    if e.source == "random":
+        enc = random_encoder(clip, e.seed)
+        return EncoderBackbone(
+            enc.to(device), e.layer if e.layer is not None else enc.feature_block(fraction)
+        )
+    if e.source == "fourds":
+        from models.fourds import convert, read_npz
+
+        state, cfg = convert(read_npz(Path(e.path)), e.size, e.path)
+        enc = Encoder(cfg)
+        enc.load_state_dict(state)
+        blocks = e.layer if e.layer is not None else fourds_layer(cfg.encoder.depth, fraction)
+        return EncoderBackbone(enc.to(device), blocks)
+    from models.export import load_encoder
+
+    enc, _ = load_encoder(e.path, device)
+    return EncoderBackbone(enc, e.layer if e.layer is not None else enc.feature_block(fraction))
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def ensure_weights(ref: ReferenceConfig, say=print) -> None:
+    """Preflight for one reference: its weights at hand (a local dir, the HF cache, or downloaded
+    once now when the hub is reachable), its code trusted only if the entry says so. BackboneError
+    (one line, exit 2) otherwise, before anything starts."""
+    e = ref.entry
+    if e.source in ("fourds", "export"):
+        if not Path(e.path).exists():
+            raise BackboneError(f"reference {e.name!r}: no such {e.source} path {e.path}")
+        return
+    if e.source != "hf":
+        return
+    config = hf_config(ref)
+    if getattr(config, "auto_map", None) and not e.trust_remote_code:
+        raise BackboneError(
+            f"reference {e.name!r}: {e.id} ships its own code; run it only with trust_remote_code: true"
+        )
+    hf_family(config)
+    if Path(e.id).is_dir():
+        return
+    if cached_weights(e.id):
+        return
+    if offline():
+        raise BackboneError(fetch_hint(e.name, e.id, "HF_HUB_OFFLINE is set"))
+    from huggingface_hub import snapshot_download
+
+    say(f"reference {e.name}: downloading {e.id} from the Hugging Face hub (once, into its cache)")
+    try:
+        snapshot_download(e.id, allow_patterns=WEIGHT_FILES)  # tqdm progress bars
+    except Exception as err:
+        raise BackboneError(fetch_hint(e.name, e.id, type(err).__name__)) from None
+
+
+def cached_weights(model_id: str) -> bool:
+    """Whether the HF cache holds weights for model_id (never touches the network)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        snap = Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # not in the cache at all
+        return False
+    return any(snap.glob("*.safetensors")) or any(snap.glob("*.bin"))
+
+
+WEIGHT_FILES = ["*.json", "*.safetensors", "*.txt", "*.model"]
+
+
+def fetch_hint(name: str, model_id: str, why: str) -> str:
+    fetch = f"huggingface-cli download {model_id}"
+    return f"reference {name!r}: {model_id} is not at hand ({why}); fetch it: {fetch}"
+
+
+def hf_config(ref: ReferenceConfig):
+    """The model's config from a local dir or the cache, fetched when the hub is reachable."""
+    import transformers
+
+    e = ref.entry
+    local = Path(e.id).is_dir() or offline()
+    try:
+        return transformers.AutoConfig.from_pretrained(
+            e.id, local_files_only=local, trust_remote_code=e.trust_remote_code
+        )
+    except ValueError as err:  # transformers refuses code it was not told to trust
+        if "trust_remote_code" in str(err):
+            raise BackboneError(
+                f"reference {e.name!r}: {e.id} ships its own code; run it only with trust_remote_code: true"
+            ) from None
+        raise BackboneError(f"reference {e.name!r}: {e.id}: {err}") from None
+    except OSError as err:
+        if Path(e.id).is_dir():
+            raise BackboneError(
+                f"reference {e.name!r}: {e.id} holds no transformers config ({err})"
+            ) from None
+        raise BackboneError(
+            fetch_hint(e.name, e.id, "not found offline" if local else "hub unreachable")
+        ) from None

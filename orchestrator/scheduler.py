@@ -44,9 +44,11 @@ from contracts.spec import Data, EvalData, Readout, RungConfig, SpecError, Sweep
 from contracts.storage import check_reachable, is_remote, local_copy, local_file, root_of, runs_root, uri_of
 from evals.run import evaluate
 from orchestrator import checkpoint as ckpt
+from orchestrator import references
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
 from orchestrator.reconcile import reconcile_runs
+from orchestrator.references import ReferenceEvals
 from orchestrator.state import SweepLock, git_commit
 from orchestrator.status import read_rung_state, restart_count
 from orchestrator.tracking import Tracker, absolute_tracking_uri, rung_params, sqlite_path
@@ -252,9 +254,11 @@ class Sweep:
         self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
         self.started = time.time()
         self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
+        self.references = ReferenceEvals(spec, self.root, report)  # frozen backbones beside the ladder
 
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
+        references.preflight(self.spec, self.say)  # first: a missing model touches nothing
         check_reachable(self.root, write=True)
         holder = self.lock.holder()
         if holder:
@@ -354,6 +358,9 @@ class Sweep:
             for k, rr in self.runs.items()
             if keys is None or k in keys
         }
+        for ref in self.references.refs:  # their eval records are read as a rung's are
+            if ref.key in self.references.run_ids and (keys is None or ref.key in keys):
+                runs[ref.key] = (RungPaths(self.references.paths(ref).root), self.references.run_ids[ref.key])
 
         def reconciler(run_id, points):
             return ray.get(self.tracker.reconcile.remote(run_id, points))
@@ -451,6 +458,8 @@ class Sweep:
                 },
             )
             self.runs[r.key] = RungRun(r, run_id)
+        if not self.train_only:
+            self.references.open_runs(ray, self.tracker, self.parent, commit)
 
     # -------------------------------------------------------- the loop
     def _loop(self, display) -> int:
@@ -478,6 +487,8 @@ class Sweep:
                     self._submit_evals()
                     self._collect_evals(ray)
                     self._recount()
+                    self.references.submit(ray, self.tracker)
+                    self.references.collect(ray, self.tracker)
                 if display:
                     display(self.snapshot())
                 if (
@@ -498,6 +509,7 @@ class Sweep:
                     ray.cancel(job.ref, force=True)
                     path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
                     write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
+            self.references.interrupt(ray)
             for rr in self.runs.values():
                 if rr.state == "running":
                     rr.state, rr.reason = "interrupted", f"interrupted by {by}"
@@ -669,7 +681,7 @@ class Sweep:
     def _pending_evals(self) -> bool:
         if self.train_only:
             return False
-        if any(job.ref is not None for job in self.jobs.values()):
+        if any(job.ref is not None for job in self.jobs.values()) or self.references.pending():
             return True
         # A checkpoint sealed after the last submit pass still needs its evals.
         for rr in self.runs.values():
@@ -690,6 +702,8 @@ class Sweep:
             tags = {FAILURE_TAG: rr.reason} if failed else {}
             ray.get(self.tracker.finish.remote(rr.run_id, "FAILED" if failed else "FINISHED", tags))
         ok = all(rr.state == "done" and rr.evals_failed == 0 for rr in self.runs.values())
+        if not self.train_only and self.references.refs:
+            ok &= self.references.finish(ray, self.tracker)
         ray.get(self.tracker.finish.remote(self.parent, "FINISHED" if ok else "FAILED"))
         return 0 if ok else 1
 

@@ -10,6 +10,7 @@ from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
+from orchestrator.references import reference_rows
 from orchestrator.state import SweepLock
 
 
@@ -83,6 +84,7 @@ def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dic
         eta = (r.steps - step) * r.batch_size / rate if state == "running" and rate and fresh else None
         rows.append(
             {
+                "kind": "rung",
                 "rung": r.key,
                 "state": state,
                 "step": step,
@@ -95,4 +97,4 @@ def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dic
                 "eta_s": eta,
             }
         )
-    return rows
+    return rows + reference_rows(spec, root)
