@@ -154,8 +154,9 @@ class Backbone:
         return {
             "num_params": self.num_params,
             "layer": self.layer,
-            "input_shape": f"{g.frames}x{g.size}x{g.size}",
-            "token_grid": "x".join(map(str, g.grid)),
+            # an image model reads every frame of the clip, one at a time
+            "input_shape": f"{g.frames}x{g.size}x{g.size}" if g.frames else f"1x{g.size}x{g.size} per frame",
+            "token_grid": "x".join(map(str, g.grid)) if g.frames else f"{g.grid[1]}x{g.grid[2]} per frame",
             "width": g.width,
         }
 
