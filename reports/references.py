@@ -164,13 +164,28 @@ def match_size(s: dict, p: RefPoint) -> tuple[float, float, float] | None:
     grid = np.geomspace(hi_n, MAX_SIZE, 400)
     value, lo, hi = predict(fit, grid)
     hib = s["higher_is_better"]
-    optimistic, pessimistic = (hi, lo) if hib else (lo, hi)
 
-    def reach(curve) -> float:
+    def reach(which: int) -> float:
+        """The first size where curve `which` (0 value, 1 lo, 2 hi) reaches the reference, refined
+        between grid points by bisection in log size."""
+
+        def gap(n):
+            return better(float(predict(fit, [n])[which][0]), p.value, hib)
+
+        curve = (value, lo, hi)[which]
         ok = np.flatnonzero(better(np.asarray(curve), p.value, hib) >= 0)
-        return float(grid[ok[0]]) if len(ok) else math.nan
+        if not len(ok):
+            return math.nan
+        if ok[0] == 0:
+            return float(grid[0])
+        a, b = math.log(grid[ok[0] - 1]), math.log(grid[ok[0]])
+        for _ in range(40):
+            mid = (a + b) / 2
+            a, b = (a, mid) if gap(math.exp(mid)) >= 0 else (mid, b)
+        return math.exp(b)
 
-    return reach(value), reach(optimistic), reach(pessimistic)
+    pick = (2, 1) if hib else (1, 2)  # (optimistic edge, pessimistic edge)
+    return reach(0), reach(pick[0]), reach(pick[1])
 
 
 def finding(s: dict, p: RefPoint) -> str:

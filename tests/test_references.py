@@ -109,3 +109,62 @@ def test_remote_code_is_refused_unless_the_entry_trusts_it(tmp_path, monkeypatch
     assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1, result.output
     assert "trust_remote_code: true" in result.output and "custom" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_path):
+    import pandas as pd
+
+    from reports.report import make_report
+
+    sizes = [1e6, 4e6, 16e6, 64e6]
+    rows = [  # depth AbsRel (lower is better) falling as a power law: 0.5 * (N / 1e6)^-0.25
+        {
+            "rung": f"r{i}",
+            "params": n,
+            "task": "depth",
+            "metric": "abs_rel",
+            "value": 0.5 * (n / 1e6) ** -0.25,
+            "se": 0.01,
+        }
+        for i, n in enumerate(sizes)
+    ]
+    rows += [  # r0 0.5, r1 0.354, r2 0.25, r3 0.177
+        {
+            "rung": "near",
+            "params": 2e6,
+            "task": "depth",
+            "metric": "abs_rel",
+            "value": 0.40,
+            "se": 0.01,
+            "kind": "reference",
+        },
+        {
+            "rung": "far",
+            "params": 1e9,
+            "task": "depth",
+            "metric": "abs_rel",
+            "value": 0.10,
+            "se": 0.01,
+            "kind": "reference",
+        },
+        {
+            "rung": "pixels",
+            "params": 0,
+            "task": "depth",
+            "metric": "abs_rel",
+            "value": 0.70,
+            "se": 0.01,
+            "kind": "reference",
+        },
+    ]
+    res = make_report(pd.DataFrame(rows), tmp_path, fits=["powerlaw"], bootstrap=50, log=lambda _: None)
+    (series,) = res["series"]
+    assert set(series["points"]["rung"]) == {"r0", "r1", "r2", "r3"}  # references are never fitted
+    found = {line.split(" vs ")[1].split(" (")[0]: line for line in res["reference_findings"]}
+    # near: r1 beats 0.40 by 0.046 > 2 * sqrt(2) * 0.01; r0 does not
+    assert "r1 is the first rung to beat it" in found["near"]
+    assert "r0 is the first rung" in found["pixels"]
+    # far: no rung reaches 0.10; the law reaches it where 0.5 (N / 1e6)^-0.25 = 0.1, at N = 625M
+    assert "no rung beats it" in found["far"] and "forecasts the ladder to match it at 62" in found["far"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Reference models" in md and "| far | reference | 1B | 0.1 ± 0.01 | 1 |" in md
