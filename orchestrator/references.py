@@ -207,6 +207,28 @@ class ReferenceEvals:
                 path = self.record_path(job.ref, job.task, job.mode)
                 write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
 
+    def drop_handles(self) -> None:
+        """Before Ray shuts down: object refs freed after it make Ray's core worker exit the process."""
+        for job in self.jobs.values():
+            job.handle = None
+
+    def summary_rows(self) -> list[dict]:
+        """The end-of-run table's rows (the keys a rung's row has)."""
+        return [
+            {
+                "rung": r["rung"],
+                "state": r["state"],
+                "reason": None,
+                "wait_s": None,
+                "train_s": None,
+                "evals_done": r["evals_done"],
+                "evals_total": r["evals_total"],
+                "evals_failed": len(r["failures"]),
+                "failures": r["failures"],
+            }
+            for r in reference_rows(self.spec, self.root)
+        ]
+
     def finish(self, ray, tracker) -> bool:
         """Close every reference run; True when all their evals are done."""
         ok = True

@@ -254,7 +254,8 @@ class Sweep:
         self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
         self.started = time.time()
         self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
-        self.references = ReferenceEvals(spec, self.root, report)  # frozen backbones beside the ladder
+        # Frozen backbones evaluated beside the ladder (their lines go wherever self.say does).
+        self.references = ReferenceEvals(spec, self.root, lambda line: self.say(line))
 
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
@@ -333,6 +334,7 @@ class Sweep:
             # process with exit 1 (seen after a SIGTERM flush): drop them while Ray is still up.
             for job in self.jobs.values():
                 job.ref = None
+            self.references.drop_handles()
             self.tracker = None
             if started_ray:
                 ray.shutdown()
@@ -760,6 +762,8 @@ class Sweep:
             for s, t, m in self._wanted(rr):
                 rec = read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
                 gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
+        if not self.train_only:
+            rows += self.references.summary_rows()
         return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
 
 
