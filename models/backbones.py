@@ -10,7 +10,8 @@ length by a cubic resize, as 4DS's `EncoderToReadout` does (`resize_time`). What
 - `HFBackbone`: a transformers model. Video models (VideoMAE, V-JEPA 2, whose predictor is skipped)
   see the clip; image models (DINOv2 with and without registers, SigLIP, CLIP, DINOv3) see each frame,
   frames folded into the batch, so their time axis has one step per frame. Frames are resized to the
-  model's resolution (bilinear, the whole frame: no crop, so the geometric labels keep their meaning),
+  model's resolution (its preprocessor's crop size, else its config's; bilinear, the whole frame: no
+  crop, so the geometric labels keep their meaning),
   clips are resampled to its frame count (nearest frame), and pixels are normalised with the model's
   own mean and std (its preprocessor_config.json, else the family's published default). Prefix tokens
   (CLS, registers) are dropped. The layer read follows 4DS's rule (`fourds_layer`).
@@ -274,25 +275,40 @@ def encoder_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(skip))
 
 
-def processor_norm(source: str, trust_remote_code: bool = False) -> tuple | None:
-    """(mean, std) from the model's preprocessor_config.json, when it has one (local dir or HF cache)."""
+def preprocessor(source: str) -> dict:
+    """The model's preprocessor_config.json (local dir or HF cache, never the network), or {}."""
     from transformers.utils import cached_file
 
     path = Path(source) / "preprocessor_config.json"
     if not path.is_file():
         try:
             found = cached_file(
-                source, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False
+                source,
+                "preprocessor_config.json",
+                local_files_only=True,
+                _raise_exceptions_for_missing_entries=False,
             )
         except OSError:
             found = None
         if not found:
-            return None
+            return {}
         path = Path(found)
-    d = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def processor_norm(d: dict) -> tuple | None:
+    """(mean, std) of a preprocessor config, when it gives them."""
     if "image_mean" in d and "image_std" in d:
         return tuple(d["image_mean"]), tuple(d["image_std"])
     return None
+
+
+def processor_size(d: dict) -> int | None:
+    """The side a preprocessor hands the model: its crop when it crops (DINOv2's config says 518, its
+    processor crops 224), else its resize."""
+    if d.get("do_center_crop") and d.get("crop_size"):
+        return _int(d["crop_size"])
+    return _int(d["size"]) if d.get("size") else None
 
 
 def hf_family(config) -> str:
@@ -323,7 +339,9 @@ def load_hf(
     family = hf_family(config)
     cls = getattr(transformers, FAMILIES[family][0])
     model = cls.from_pretrained(source, **from_pretrained)
-    norm = norm or processor_norm(source)
+    pre = preprocessor(source)
+    norm = norm or processor_norm(pre)
+    size = size or (processor_size(pre) if family != "videomae" else None)  # VideoMAE: its table's size
     return HFBackbone(model.to(device), family, fraction, frames, size, norm, layer)
 
 

@@ -131,3 +131,20 @@ def test_time_resize_is_cubic_and_keeps_equal_lengths():
     # and Keys' kernel reproduces a straight line exactly
     assert up[3].item() == pytest.approx(1.25, abs=1e-6)
     assert torch.allclose(resize_time(torch.ones(1, 6, 1, 1), 4), torch.ones(1, 4, 1, 1))
+
+
+def test_model_own_preprocessing_is_read_from_its_preprocessor_config(tmp_path):
+    _, config, _, _, _ = FAMILIES[
+        "dinov2"
+    ]  # config image_size 32; its processor crops 16 (as DINOv2's: 518 vs 224)
+    transformers.Dinov2Model(config).save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(
+        '{"do_center_crop": true, "crop_size": {"height": 16, "width": 16}, "size": {"shortest_edge": 20},'
+        ' "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}'
+    )
+    backbone = load_hf(str(tmp_path))
+    assert backbone.size == 16 and backbone.geometry.grid[1:] == (2, 2)
+    assert backbone.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert backbone.std.flatten().tolist() == pytest.approx([0.4, 0.5, 0.6])
+    clip = np.zeros((1, 4, 32, 32, 3), dtype=np.uint8)
+    assert backbone.features(clip, readout_frames=2).shape == (1, 2 * 4, 32)
