@@ -201,7 +201,8 @@ def scaling_figure(result: dict, table: pd.DataFrame):
                 lw=1,
                 label=f"baseline ({mode})",
             )
-        ticks += references.draw(ax, pd.DataFrame(result.get("references") or {}), panel)
+        if x == "params":  # a reference has a size but no training FLOPs
+            ticks += references.draw(ax, pd.DataFrame(result.get("references") or {}), panel)
         _size_ticks(ax, ticks)
         if any(s.get("bounded") for s in panel):  # a fraction: the axis stays inside [0, 1]
             lo_y, hi_y = ax.get_ylim()
