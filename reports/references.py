@@ -188,7 +188,7 @@ def match_size(s: dict, p: RefPoint) -> tuple[float, float, float] | None:
     return reach(0), reach(pick[0]), reach(pick[1])
 
 
-def finding(s: dict, p: RefPoint) -> str:
+def finding(s: dict, p: RefPoint, x: str = "params") -> str:
     """One sentence: which rung first beats the reference by > 2 combined SE, and where the ladder is
     forecast to match it."""
     ref = f"{p.name} ({format_size(p.params) if p.params > 0 else 'no'} params, {p.value:.4g} ± {p.se:.2g})"
@@ -198,7 +198,7 @@ def finding(s: dict, p: RefPoint) -> str:
         if beat
         else "no rung beats it by more than 2 combined SE"
     )
-    m = match_size(s, p)
+    m = match_size(s, p) if x == "params" else None  # a law in training FLOPs forecasts no size
     if m is not None and beat is None:
         n, a, b = m
         if math.isfinite(n):
@@ -213,8 +213,8 @@ def finding(s: dict, p: RefPoint) -> str:
     return line
 
 
-def findings(series: list[dict], refs: pd.DataFrame) -> list[str]:
-    return [finding(s, p) for s in series for p in points(refs, s)]
+def findings(series: list[dict], refs: pd.DataFrame, x: str = "params") -> list[str]:
+    return [finding(s, p, x) for s in series for p in points(refs, s)]
 
 
 COMPARISON_HEADER = ["series", "model", "kind", "params", "value ± se", "rank"]

@@ -178,7 +178,7 @@ def make_report(
             result["registration"] = {k: str(v) if isinstance(v, Path) else v for k, v in reg.items()}
     result["forecasts"] = forecasts.score(store, result)
     _headline_notes(result)
-    result["reference_findings"] = references.findings(_headline(result), refs)
+    result["reference_findings"] = references.findings(_headline(result), refs, x)
     files = {
         "results.parquet": out / "results.parquet",
         "fits.json": out / "fits.json",
