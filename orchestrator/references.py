@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contracts.layout import ReferencePaths, read_json, write_json
-from contracts.names import DATASET_TAG, REFERENCE_ROLE, REFERENCE_TAG, ROLE_TAG, SYNTHETIC, eval_metric_key
+from contracts.layout import ReferencePaths, RungPaths, read_json, write_json
+from contracts.names import REFERENCE_ROLE, REFERENCE_TAG, ROLE_TAG
 from contracts.references import ReferenceConfig
 from contracts.spec import Data, EvalData, Readout, SweepSpec
+from orchestrator.policy import REFERENCE, EvalKey, retry_eval
+from orchestrator.sweep_tracking import log_eval
 
 REFERENCE_STEP = 0  # the step a reference's evals are recorded and logged at: it has no training
-ATTEMPTS = 3  # per driver, as a rung's evals
 
 
 def preflight(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
@@ -82,130 +83,123 @@ class Job:
     mode: str
     attempts: int = 0
     handle: object = None
+    started: float = 0.0
 
 
 class ReferenceEvals:
-    """The driver's reference eval jobs: open their runs, submit, collect, record, log."""
+    """The driver's side of reference eval jobs (EvalKey kind "reference", which orchestrator.policy
+    decides like every eval): their MLflow runs, records, submission, collection and logging."""
 
-    def __init__(self, spec: SweepSpec, root, say: Callable[[str], None] = print):
+    def __init__(self, spec: SweepSpec, root, say: Callable[[str], None] = print, train_only: bool = False):
         self.spec, self.root, self.say = spec, root, say
-        self.refs = spec.reference_configs()
-        self.jobs: dict[tuple[str, str, str], Job] = {}
+        self.refs = {} if train_only else {ref.key: ref for ref in spec.reference_configs()}
+        self.jobs: dict[EvalKey, Job] = {}
         self.run_ids: dict[str, str] = {}
-        self.failed: list[str] = []
 
-    def paths(self, ref: ReferenceConfig) -> ReferencePaths:
-        return ReferencePaths.for_reference(ref, self.root)
+    def record(self, key: EvalKey):
+        return ReferencePaths.for_reference(self.refs[key.owner], self.root).eval_record(key.task, key.mode)
 
-    def record_path(self, ref: ReferenceConfig, task: str, mode: str):
-        return self.paths(ref).eval_record(task, mode)
+    @property
+    def keys(self) -> list[str]:
+        return list(self.refs)
 
-    def open_runs(self, ray, tracker, parent: str, commit: str) -> None:
-        for ref in self.refs:
+    def open_runs(self, tracker, parent: str) -> None:
+        import ray
+
+        for ref in self.refs.values():
             tags = {ROLE_TAG: REFERENCE_ROLE, REFERENCE_TAG: ref.key}
+            params = reference_params(ref)
             run_id = ray.get(
-                tracker.rung_run.remote(
-                    self.spec.name, parent, ref.key, ref.name, ref.name, reference_params(ref), tags
-                )
+                tracker.rung_run.remote(ref.sweep, parent, ref.key, ref.name, ref.name, params, tags)
             )
-            write_json(
-                self.paths(ref).info,
-                {
-                    "key": ref.key,
-                    "hash": ref.hash,
-                    "identity": ref.identity(),
-                    "reference": ref.to_dict(),
-                    "git_commit": commit,
-                    "mlflow_run_id": run_id,
-                },
-            )
+            info = {"key": ref.key, "hash": ref.hash, "identity": ref.identity(), "reference": ref.to_dict()}
+            write_json(ReferencePaths.for_reference(ref, self.root).info, info | {"mlflow_run_id": run_id})
             self.run_ids[ref.key] = run_id
 
-    def submit(self, ray, tracker) -> None:
+    def runs_to_reconcile(self, keys: list[str] | None) -> dict:
+        """key -> (its directory read as a rung's, MLflow run id): its eval records are a rung's."""
+        return {
+            k: (RungPaths(ReferencePaths.for_reference(self.refs[k], self.root).root), run_id)
+            for k, run_id in self.run_ids.items()
+            if keys is None or k in keys
+        }
+
+    def all_keys(self) -> list[EvalKey]:
+        tasks = reference_tasks(self.spec)
+        return [EvalKey(k, REFERENCE_STEP, t, m, REFERENCE) for k in self.refs for t, m in tasks]
+
+    def in_flight(self) -> set[EvalKey]:
+        return {k for k, job in self.jobs.items() if job.handle is not None}
+
+    def submit(self, ray, keys: list[EvalKey]) -> None:
         ev = self.spec.evals
         remote = ray.remote(reference_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=0)
-        for ref in self.refs:
-            for task, mode in reference_tasks(self.spec):
-                key = (ref.key, task, mode)
-                path = self.record_path(ref, task, mode)
-                rec = read_json(path) or {}
-                if rec.get("state") == "done":
-                    if not rec.get("logged"):  # the driver died between recording and logging
-                        self.log(ray, tracker, ref, task, mode, rec)
-                    continue
-                job = self.jobs.setdefault(key, Job(ref, task, mode))
-                if rec.get("state") == "failed" or job.handle is not None:
-                    continue
-                on_disk = ev.data[task].model_dump() if task in ev.data else None
-                job.handle = remote.remote(
-                    ref.to_dict(),
-                    task,
-                    mode,
-                    ev.readout_for(task).model_dump(),
-                    self.spec.data.model_dump(),
-                    ev.cpus,
-                    on_disk,
-                )
-                job.attempts += 1
-                starts = rec.get("starts", 0) + 1
-                write_json(
-                    path,
-                    {"state": "running", "attempts": job.attempts, "starts": starts, "started": time.time()},
-                )
+        for key in keys:
+            path, ref = self.record(key), self.refs[key.owner]
+            rec = read_json(path) or {}
+            job = self.jobs.setdefault(key, Job(ref, key.task, key.mode))
+            on_disk = ev.data[key.task].model_dump() if key.task in ev.data else None
+            readout = ev.readout_for(key.task).model_dump()
+            job.handle = remote.remote(
+                ref.to_dict(), key.task, key.mode, readout, self.spec.data.model_dump(), ev.cpus, on_disk
+            )
+            job.attempts, job.started = job.attempts + 1, time.time()
+            starts = rec.get("starts", 0) + 1
+            write_json(
+                path, {"state": "running", "attempts": job.attempts, "starts": starts, "started": job.started}
+            )
 
     def collect(self, ray, tracker) -> None:
-        live = {job.handle: job for job in self.jobs.values() if job.handle is not None}
+        """Record and log the jobs that finished, and log the done records MLflow may lack."""
+        for key in self.all_keys():
+            rec = read_json(self.record(key)) or {}
+            idle = key not in self.jobs or self.jobs[key].handle is None
+            if rec.get("state") == "done" and not rec.get("logged") and idle:
+                self.log(ray, tracker, key, rec)  # the driver died between recording and logging
+        live = {job.handle: (key, job) for key, job in self.jobs.items() if job.handle is not None}
         if not live:
             return
         ready, _ = ray.wait(list(live), num_returns=len(live), timeout=0)
         for handle in ready:
-            job = live[handle]
+            key, job = live[handle]
             job.handle = None
-            path = self.record_path(job.ref, job.task, job.mode)
+            path = self.record(key)
             starts = (read_json(path) or {}).get("starts", job.attempts)
             try:
                 result = ray.get(handle)
             except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                state = "retry" if job.attempts < ATTEMPTS else "failed"
-                self.say(f"[{job.ref.key}] reference eval {job.task}/{job.mode} {state.upper()}: {reason}")
+                state = "retry" if retry_eval(job.attempts) else "failed"
+                self.say(f"[{key.owner}] reference eval {key.task}/{key.mode} {state.upper()}: {reason}")
                 write_json(
                     path, {"state": state, "attempts": job.attempts, "starts": starts, "reason": reason}
                 )
-                if state == "failed":
-                    self.failed.append(f"{job.ref.key} {job.task}/{job.mode}: {reason}")
                 continue
-            rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}
+            times = {"started": job.started, "ended": time.time()}
+            rec = {
+                "state": "done",
+                "attempts": job.attempts,
+                "starts": starts,
+                "logged": False,
+                **times,
+                **result,
+            }
             write_json(path, rec)
-            self.say(f"[{job.ref.key}] reference eval {job.task}/{job.mode} done in {rec['seconds']:.0f}s")
-            self.log(ray, tracker, job.ref, job.task, job.mode, rec)
+            self.say(f"[{key.owner}] reference eval {key.task}/{key.mode} done in {rec['seconds']:.0f}s")
+            self.log(ray, tracker, key, rec)
 
-    def log(self, ray, tracker, ref: ReferenceConfig, task: str, mode: str, rec: dict) -> None:
-        """`logged` is set once the tracker confirms MLflow holds the metrics (it flushes first)."""
-        run_id = self.run_ids[ref.key]
-        dataset = rec.get("dataset", SYNTHETIC)
-        metrics = {eval_metric_key(task, mode, k, dataset): v for k, v in rec["metrics"].items()}
-        tracker.set_tags.remote(run_id, {DATASET_TAG.format(task=task): dataset})
+    def log(self, ray, tracker, key: EvalKey, rec: dict) -> None:
+        """Its metrics at step 0 and, from the first that has them, the backbone's params."""
+        run_id, ref = self.run_ids[key.owner], self.refs[key.owner]
         if rec.get("reference"):  # the same values from every task: logging them again is a no-op
             tracker.log_params.remote(run_id, reference_params(ref, rec["reference"]))
-        ray.get(tracker.log_metrics_now.remote(run_id, metrics, REFERENCE_STEP))
-        write_json(self.record_path(ref, task, mode), {**rec, "logged": True})
-
-    def pending(self) -> bool:
-        if any(job.handle is not None for job in self.jobs.values()):
-            return True
-        return any(
-            (read_json(self.record_path(ref, t, m)) or {}).get("state") not in ("done", "failed")
-            for ref in self.refs
-            for t, m in reference_tasks(self.spec)
-        )
+        log_eval(tracker, run_id, REFERENCE_STEP, key.task, key.mode, rec, self.record(key))
 
     def interrupt(self, ray) -> None:
-        for job in self.jobs.values():
+        for key, job in self.jobs.items():
             if job.handle is not None:
                 ray.cancel(job.handle, force=True)
-                path = self.record_path(job.ref, job.task, job.mode)
-                write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
+                write_json(self.record(key), {**(read_json(self.record(key)) or {}), "state": "interrupted"})
 
     def drop_handles(self) -> None:
         """Before Ray shuts down: object refs freed after it make Ray's core worker exit the process."""
@@ -215,28 +209,19 @@ class ReferenceEvals:
     def summary_rows(self) -> list[dict]:
         """The end-of-run table's rows (the keys a rung's row has)."""
         return [
-            {
-                "rung": r["rung"],
-                "state": r["state"],
-                "reason": None,
-                "wait_s": None,
-                "train_s": None,
-                "evals_done": r["evals_done"],
-                "evals_total": r["evals_total"],
-                "evals_failed": len(r["failures"]),
-                "failures": r["failures"],
-            }
-            for r in reference_rows(self.spec, self.root)
+            {"rung": r["rung"], "state": r["state"], "reason": None, "wait_s": None, "train_s": None}
+            | {k: r[k] for k in ("evals_done", "evals_total", "failures")}
+            | {"evals_failed": len(r["failures"])}
+            for r in (reference_rows(self.spec, self.root) if self.refs else [])
         ]
 
     def finish(self, ray, tracker) -> bool:
         """Close every reference run; True when all their evals are done."""
         ok = True
-        for ref in self.refs:
-            recs = [read_json(self.record_path(ref, t, m)) or {} for t, m in reference_tasks(self.spec)]
-            done = all(r.get("state") == "done" for r in recs)
-            ok &= done
-            ray.get(tracker.finish.remote(self.run_ids[ref.key], "FINISHED" if done else "FAILED"))
+        for row in reference_rows(self.spec, self.root) if self.refs else []:
+            ok &= row["state"] == "done"
+            status = "FINISHED" if row["state"] == "done" else "FAILED"
+            ray.get(tracker.finish.remote(self.run_ids[row["rung"]], status))
         return ok
 
 
