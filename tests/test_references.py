@@ -168,3 +168,24 @@ def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_pat
     assert "no rung beats it" in found["far"] and "forecasts the ladder to match it at 62" in found["far"]
     md = (tmp_path / "report.md").read_text()
     assert "## Reference models" in md and "| far | reference | 1B | 0.1 ± 0.01 | 1 |" in md
+
+
+def test_policy_wants_reference_evals_from_the_start_frozen_only(tmp_path):
+    from orchestrator import policy
+
+    spec = load_spec(
+        write(tmp_path, SPEC.replace("tasks: [depth]", "tasks: [depth, action]\n  modes: [frozen, finetune]"))
+    )
+    keys = [r.key for r in spec.reference_configs()]
+    state = policy.SweepState(spec, [policy.RungState(r) for r in spec.rungs()], 1, references=keys)
+    actions = policy.decide(state)
+    refs = [k for k in actions.submit_evals if k.kind == policy.REFERENCE]
+    # nothing is trained yet, yet both references' evals are due: 2 references x 2 tasks, frozen only
+    assert sorted((k.owner, k.task, k.mode, k.step) for k in refs) == sorted(
+        (key, task, "frozen", 0) for key in keys for task in ("depth", "action")
+    )
+    state.evals = {k: "done" for k in refs}
+    state.rungs = [policy.RungState(r, policy.DONE) for r in spec.rungs()]
+    assert policy.decide(state).finished
+    state.evals[refs[0]] = "retry"
+    assert not policy.decide(state).finished  # a reference eval still to run keeps the sweep going
