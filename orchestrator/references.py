@@ -132,6 +132,8 @@ class ReferenceEvals:
         return {k for k, job in self.jobs.items() if job.handle is not None}
 
     def submit(self, ray, keys: list[EvalKey]) -> None:
+        if not keys:
+            return
         ev = self.spec.evals
         remote = ray.remote(reference_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=0)
         for key in keys:
