@@ -86,6 +86,37 @@ class ArrayCache:
         self.hits = self.misses = 0
 
 
+class DiskArrays:
+    """Arrays that are a pure function of their key, kept as .npy files under `root` for every process
+    and every later run on this machine: the synthetic eval clips, the same for every rung and
+    checkpoint of a sweep, were rendered again in each Ray worker process that evaluated (~30 s of CPU
+    for the local ladder's 4736 clips, benchmarks/ladder_phases.py). `version` goes into every key:
+    what else decides the arrays (the renderer's source). Entries over `max_bytes` are not kept.
+    A half-written entry is never read: each is written to its own temp dir, then renamed."""
+
+    def __init__(self, root: Path, version: str, max_bytes: int = 1 << 30):
+        self.root, self.version, self.max_bytes = Path(root), version, max_bytes
+
+    def path(self, key: str) -> Path:
+        return self.root / hashlib.sha256(f"{self.version}/{key}".encode()).hexdigest()[:32]
+
+    def get(self, key: str, compute: Callable[[], Entry]) -> Entry:
+        d = self.path(key)
+        if d.is_dir():
+            return {f.stem: np.load(f, allow_pickle=False) for f in sorted(d.glob("*.npy"))}
+        entry = compute()
+        if nbytes(entry) <= self.max_bytes:
+            tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}")
+            try:
+                tmp.mkdir(parents=True, exist_ok=True)
+                for name, a in entry.items():
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
+                tmp.rename(d)
+            except OSError:  # another process kept it first, or no room: the entry is still good
+                shutil.rmtree(tmp, ignore_errors=True)
+        return entry
+
+
 # One cache per process, so tasks evaluated one after another (and Ray workers reused
 # across eval tasks) share clips and features. SWEEP4D_EVAL_CACHE_BYTES bounds its memory.
 CACHE = ArrayCache(

@@ -44,13 +44,15 @@ import torch
 
 from contracts.names import se_name
 from contracts.spec import Data, EvalData, Readout, World
+from contracts.storage import cache_dir
 from contracts.tasks import MODES, higher_is_better
 from contracts.tasks import TASKS as CATALOG
 from data4d.evalsets import load_splits
+from data4d.stream import renderer_version
 from data4d.world import SyntheticWorld
 from evals.action import Action
 from evals.box_tracking import BoxTracking
-from evals.cache import CACHE, ArrayCache
+from evals.cache import CACHE, ArrayCache, DiskArrays
 from evals.camera_pose import CameraPose
 from evals.depth import Depth
 from evals.metrics import bootstrap_draws, bootstrap_se, draws_se
@@ -68,8 +70,15 @@ BOOTSTRAP = 1000  # resamples of the test clips per standard error (a 1000 x 128
 BOOTSTRAP_SEED = 0  # the same resamples for every readout seed, rung and checkpoint
 
 
+def rendered_clips() -> DiskArrays:
+    """This machine's store of rendered eval clips (evals.cache.DiskArrays), versioned by the
+    renderer's source and numpy's version."""
+    return DiskArrays(cache_dir() / "eval-clips", renderer_version())
+
+
 def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCache | None = None) -> Clips:
-    """The first n clips of a SyntheticWorld split at the encoder's frames and size, stacked (cached)."""
+    """The first n clips of a SyntheticWorld split at the encoder's frames and size, stacked (cached
+    in this process, and on this machine's disk for every process and run)."""
     key = f"clips/{cfg.frames}x{cfg.size}/{world.model_dump_json()}/{split}/{n}"
 
     def build() -> Clips:
@@ -85,7 +94,7 @@ def load_clips(cfg: MAEConfig, world: World, split: str, n: int, cache: ArrayCac
         items = [w[i] for i in range(n)]
         return {k: np.stack([np.asarray(it[k]) for it in items]) for k in items[0]}
 
-    return (cache or CACHE).get(key, build)
+    return (cache or CACHE).get(key, lambda: rendered_clips().get(key, build))
 
 
 def load_dataset_clips(

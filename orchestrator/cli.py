@@ -141,8 +141,18 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would run, start nothing")] = False,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
     runs_dir: RunsOpt = None,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit", help="run the driver on the cluster as a Ray Job (--address: its dashboard)"
+        ),
+    ] = False,
 ):
     """Train every rung, evaluate every checkpoint, log it all to MLflow. Re-running resumes."""
+    if submit:
+        from orchestrator.jobs import submit_and_tell
+
+        return submit_and_tell(spec, address, runs_dir, only, max_concurrent, say=print)
     _run(
         spec,
         address=address,
@@ -522,6 +532,13 @@ def ui(
         str, typer.Option(help="interface to bind; 127.0.0.1 keeps it on this machine")
     ] = "127.0.0.1",
     runs_dir: RunsOpt = None,
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="file holding the admin password a --host other than 127.0.0.1 needs "
+            "(else $SWEEP4D_UI_ADMIN_PASSWORD)"
+        ),
+    ] = None,
 ):
     """The MLflow dashboard on the sweep's tracking store."""
     from orchestrator.ui import serve
@@ -530,7 +547,7 @@ def ui(
         out.print(line, highlight=False, soft_wrap=True)
         out.file.flush()
 
-    code = serve(spec, host, port, runs_dir, say=say)
+    code = serve(spec, host, port, runs_dir, say=say, password_file=admin_password_file)
     raise typer.Exit(code)
 
 

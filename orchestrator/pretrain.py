@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -57,6 +58,27 @@ def reconcile_ray_snapshot(paths: RungPaths) -> str | None:
     )
 
 
+def import_deepspeed_without_mlflow() -> None:
+    """Import DeepSpeed with its optional MLflow import refused. DeepSpeed's autotuner imports mlflow
+    only to log autotuning trials, which sweep4d never runs, and that import (pandas, fastapi, ...)
+    was about half of `import deepspeed` in every fresh worker (docs/performance.md). Afterwards
+    mlflow imports normally again; a process that already holds it is left alone."""
+    if "mlflow" in sys.modules:
+        return
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError, which DeepSpeed catches
+    try:
+        import deepspeed  # noqa: F401
+    finally:
+        del sys.modules["mlflow"]
+
+
+def worker_main(config: dict) -> None:
+    """What each Ray Train worker runs: the training loop (orchestrator.training.loop), after a
+    quicker `import deepspeed`."""
+    import_deepspeed_without_mlflow()
+    train_loop(config)
+
+
 def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None) -> RungOutcome:
     """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -77,7 +99,7 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
         print(f"WARNING [{rung.key}] {warning}", flush=True)
     gpu = rung.gpus > 0
     trainer = TorchTrainer(
-        train_loop,
+        worker_main,
         train_loop_config={
             "rung": rung.to_dict(),
             "run_dir": str(run_dir),

@@ -186,7 +186,7 @@ def sync_sweep(
     from mlflow.exceptions import MlflowException
 
     from orchestrator.state import SweepLock
-    from orchestrator.tracking import Tracker, sqlite_path
+    from orchestrator.tracking import Tracker, check_tracking, sqlite_path
 
     paths = SweepPaths(root_of(sweep_dir))
     holder = SweepLock(paths.lock).holder()
@@ -200,6 +200,7 @@ def sync_sweep(
     if not uri:
         say(f"{paths.root}: no sweep.json with a tracking URI; nothing to reconcile")
         return {}
+    check_tracking(uri)
     if (db := sqlite_path(uri)) is not None:  # a machine that has never tracked this sweep
         db.parent.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(uri, uri_of(paths.root.parent / "mlartifacts"))

@@ -131,6 +131,13 @@ class ReferenceEvals:
     def in_flight(self) -> set[EvalKey]:
         return {k for k, job in self.jobs.items() if job.handle is not None}
 
+    def tick(self, ray, tracker, keys: list[EvalKey]) -> list[EvalKey]:
+        """Each driver tick: record the reference jobs that finished, submit the reference evals among
+        `keys` (the policy's decision), and hand back the others (a rung's)."""
+        self.collect(ray, tracker)
+        self.submit(ray, [k for k in keys if k.kind == REFERENCE])
+        return [k for k in keys if k.kind != REFERENCE]
+
     def submit(self, ray, keys: list[EvalKey]) -> None:
         if not keys:
             return

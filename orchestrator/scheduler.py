@@ -58,6 +58,7 @@ from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock
 from orchestrator.status import describe_rerun, live_row, restart_count
 from orchestrator.sweep_tracking import log_eval, open_tracking
+from orchestrator.tracking import absolute_tracking_uri, check_tracking
 
 TICK_S = 1.0
 
@@ -121,6 +122,7 @@ class Sweep:
     def preflight(self) -> None:
         references.preflight(self.spec, self.say)  # first: a model not at hand touches nothing
         check_reachable(self.root, write=True)
+        check_tracking(absolute_tracking_uri(self.spec.tracking.uri))  # a server answers, takes our login
         holder = self.lock.holder()
         if holder:
             raise SpecError(
@@ -238,7 +240,6 @@ class Sweep:
                             self._finish_rung(rr)
                 if not self.train_only:
                     self._collect_evals(ray)
-                    self.references.collect(ray, self.tracker)
                 state, unlogged = self._observe()
                 for key, rec, path in unlogged:  # the driver died between recording and logging
                     log_eval(
@@ -247,8 +248,7 @@ class Sweep:
                 actions = policy.decide(state)
                 for key in actions.start_rungs:
                     self._start_rung(self.runs[key])
-                self._submit_evals([k for k in actions.submit_evals if k.kind != policy.REFERENCE])
-                self.references.submit(ray, [k for k in actions.submit_evals if k.kind == policy.REFERENCE])
+                self._submit_evals(self.references.tick(ray, self.tracker, actions.submit_evals))
                 self._count_evals(state)
                 if display:
                     display(self.snapshot())

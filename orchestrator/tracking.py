@@ -15,8 +15,11 @@ duplicate into a metric's history. The disk is the record; MLflow is a view of i
 
 from __future__ import annotations
 
+import os
 import time
+import urllib.parse
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -24,6 +27,7 @@ from mlflow.store.tracking.dbmodels.models import SqlMetric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
+from contracts.errors import UserError
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG, RUNG_TAG, STATUS_TAG
 from contracts.spec import RungConfig
 
@@ -44,6 +48,71 @@ def absolute_tracking_uri(uri: str, base: Path | None = None) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def is_server(uri: str) -> bool:
+    """An MLflow tracking server (http(s)://host:port), as opposed to a database the client opens."""
+    return uri.startswith(("http://", "https://"))
+
+
+class TrackingError(UserError):
+    """The tracking server refuses us or cannot be reached: exit 2 before anything starts."""
+
+
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def redacted(uri: str) -> str:
+    """The URI with any password in it replaced, for messages (a postgresql:// URI may hold one)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_tracking(uri: str, timeout: float = 10) -> None:
+    """Before anything starts: the URI carries no credentials (they come from MLflow's own
+    variables, CREDENTIAL_VARS), answers, and accepts them. One request, with a short timeout: the
+    MLflow client itself retries an unreachable server for minutes."""
+    parts = urllib.parse.urlsplit(uri)
+    if is_server(uri) and (parts.username or parts.password):
+        raise TrackingError(
+            f"tracking.uri {redacted(uri)} holds credentials: remove them from the spec and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
+    if parts.password:  # a database URI: libpq reads PGPASSWORD or ~/.pgpass
+        raise TrackingError(
+            f"tracking.uri {redacted(uri)} holds a password: remove it from the spec and set PGPASSWORD "
+            "(or use ~/.pgpass) instead"
+        )
+    if not is_server(uri):
+        return
+    import requests
+
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        auth, headers = None, {"Authorization": f"Bearer {token}"}
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        headers = {}
+    else:
+        auth, headers = None, {}
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    try:
+        r = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout)
+    except requests.RequestException as e:
+        raise TrackingError(
+            f"the MLflow tracking server at {uri} cannot be reached ({type(e).__name__}); "
+            "is it running, and is tracking.uri right?"
+        ) from None
+    if r.status_code in (401, 403):
+        who = "no credentials" if auth is None and not headers else "these credentials"
+        raise TrackingError(
+            f"the MLflow tracking server at {uri} refused {who} (HTTP {r.status_code}): check "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
+    if r.status_code != 200:
+        raise TrackingError(f"the MLflow tracking server at {uri} answered HTTP {r.status_code} to a search")
 
 
 def rung_params(rung: RungConfig) -> dict:
@@ -79,7 +148,8 @@ class Tracker:
     def __init__(self, uri: str, artifact_root: str | None = None):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        self.artifact_root = artifact_root
+        # A server puts artifacts where it was told (--artifacts-destination / its default root).
+        self.artifact_root = None if is_server(uri) else artifact_root
         self._pending: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
         self._have: dict[str, dict[str, set[int]]] = {}  # run -> key -> steps MLflow holds
@@ -177,7 +247,9 @@ class Tracker:
 
     def _read_steps(self, run_id: str) -> dict[str, set[int]]:
         """Every (key, step) a run holds, in one query on a SQL store (get_metric_history builds an
-        ORM object per point: ~20x slower on a long run); through the client on any other store."""
+        ORM object per point: ~20x slower on a long run). On a server, the fewest requests its REST API
+        allows: the run (its keys), then each key's history (one request per 25,000 points), the
+        keys' requests in parallel."""
         store = getattr(self.client._tracking_client, "store", None)
         if isinstance(store, SqlAlchemyStore):
             held: dict[str, set[int]] = {}
@@ -187,8 +259,15 @@ class Tracker:
                 for key, step in rows:
                     held.setdefault(key, set()).add(int(step))
             return held
-        keys = self.client.get_run(run_id).data.metrics
-        return {k: {m.step for m in self.client.get_metric_history(run_id, k)} for k in keys}
+        keys = list(self.client.get_run(run_id).data.metrics)
+        if not keys:
+            return {}
+
+        def steps(key: str) -> set[int]:
+            return {m.step for m in self.client.get_metric_history(run_id, key)}
+
+        with ThreadPoolExecutor(max_workers=min(8, len(keys))) as pool:
+            return dict(zip(keys, pool.map(steps, keys), strict=True))
 
     def _write(self, run_id: str, metrics: list[Metric]) -> int:
         """Log the points MLflow does not hold yet (the first value sent for a (key, step) wins)."""

@@ -25,268 +25,32 @@ too few for a 3-parameter law, and covered badly in simulation (tests/test_forec
 
 from __future__ import annotations
 
-import itertools
-import math
-from dataclasses import asdict, dataclass, field
-
 import numpy as np
-from scipy.optimize import minimize
 
+from reports.forms import (
+    _FORMS,
+    Form,
+    _fit_theta,
+    _objective,
+    _size_grid,
+    chinchilla_grid,  # noqa: F401  (re-exported: callers import it from here)
+    huber_loss,
+)
+from reports.law import (  # noqa: F401  (re-exported: callers import them from here)
+    FORMS,
+    LEVEL,
+    MIN_RUNGS,
+    SIZE_LAWS,
+    Fit,
+    FitError,
+    _check,
+    _cols,
+    _natural,
+    _to_metric,
+    fitted_quantity,
+    predict,
+)
 from reports.lbfgs import minimize_batch
-
-FORMS = ("powerlaw", "saturating", "chinchilla")
-SIZE_LAWS = ("powerlaw", "saturating")
-MIN_RUNGS = 3
-LEVEL = 0.95
-
-
-class FitError(ValueError):
-    """The data cannot be fitted with this form (too few rungs, non-positive values, ...)."""
-
-
-# --------------------------------------------------------------------------- forms
-# A form maps internal parameters theta (..., k) and features cols (each (n,)) to the
-# log-prediction p (..., n) and its k partial derivatives, each (..., n). Size laws use
-# x = log N − x0 (centred, so intercept and exponent are not tangled); Chinchilla uses
-# log N and log D as they are, so that its published grid of starts means what it says.
-
-
-def _softmax_lse(*z):
-    """log Σ e^z and the softmax weights (its derivatives), stable for large z."""
-    m = np.maximum.reduce(z)
-    e = [np.exp(zi - m) for zi in z]
-    s = sum(e)
-    return m + np.log(s), [ei / s for ei in e]
-
-
-def _powerlaw(theta, cols):
-    (x,) = cols
-    la, b = theta[..., 0:1], theta[..., 1:2]
-    p = la + b * x
-    return p, [np.ones_like(p), np.broadcast_to(x, p.shape)]
-
-
-def _saturating(theta, cols):
-    (x,) = cols
-    la, b, lc = theta[..., 0:1], theta[..., 1:2], theta[..., 2:3]
-    p, (w, wc) = _softmax_lse(la - b * x, lc + 0 * x)
-    return p, [w, -w * x, wc]
-
-
-def _chinchilla(theta, cols):
-    lN, lD = cols
-    a, b, e, al, be = (theta[..., i : i + 1] for i in range(5))
-    p, (wn, wd, we) = _softmax_lse(a - al * lN, b - be * lD, e + 0 * lN)
-    return p, [wn, wd, we, -wn * lN, -wd * lD]
-
-
-@dataclass(frozen=True)
-class Form:
-    name: str
-    theta: tuple[str, ...]  # internal parameter names
-    model: object
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
-
-
-_FORMS = {
-    "powerlaw": Form("powerlaw", ("log_a0", "b"), _powerlaw, (-np.inf, -10.0), (np.inf, 10.0)),
-    # b ≥ 0: the quantity decreases with size; c = e^lc ≥ 0 is the floor it saturates to.
-    "saturating": Form(
-        "saturating", ("log_a0", "b", "log_c"), _saturating, (-np.inf, 0.0, -30.0), (np.inf, 10.0, np.inf)
-    ),
-    # α, β ≥ 0: more parameters or data never hurt in this form.
-    "chinchilla": Form(
-        "chinchilla",
-        ("a", "b", "e", "alpha", "beta"),
-        _chinchilla,
-        (-np.inf,) * 3 + (0.0, 0.0),
-        (np.inf,) * 5,
-    ),
-}
-
-
-def chinchilla_grid() -> np.ndarray:
-    """The Chinchilla / Epoch replication grid: 5^5 = 3,125 starts.
-
-    α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1}, a, b ∈ {0, 5, …, 20} (np.arange(0, 25, 5),
-    the stop exclusive, as in the replication's 3,125-start count).
-    """
-    ab = np.arange(0, 25, 5.0)
-    ee = np.arange(-1, 1.01, 0.5)
-    ex = np.arange(0, 2.01, 0.5)
-    return np.array(list(itertools.product(ab, ab, ee, ex, ex)))
-
-
-def _size_grid(form: str, logq: np.ndarray) -> np.ndarray:
-    """Data-scaled starts for the size laws (few parameters: a small grid is plenty)."""
-    mid = float(np.median(logq))
-    if form == "powerlaw":
-        return np.array(
-            [[mid + da, b] for da in (-1.0, 0.0, 1.0) for b in (-1.0, -0.3, -0.1, 0.0, 0.1, 0.3, 1.0)]
-        )
-    qmin, qmed = float(np.exp(logq.min())), float(np.exp(mid))
-    starts = []
-    for frac in (1e-3, 0.3, 0.6, 0.9):
-        c = frac * qmin
-        for b in (0.05, 0.2, 0.5, 1.0, 2.0):
-            starts.append([math.log(max(qmed - c, 1e-3 * qmed)), b, math.log(c)])
-    return np.array(starts)
-
-
-# ------------------------------------------------------------------------ objective
-
-
-def _objective(form: Form, theta, cols, logq, w, delta, s=1.0):
-    """Summed Huber loss of the log residuals, each divided by its noise scale s (eval
-    standard errors, relative to their mean), divided by δ (same minimiser, O(1) scale
-    for the optimiser's tolerances), and its gradient. Broadcasts over a batch axis."""
-    p, J = form.model(theta, cols)
-    r = (p - logq) / s
-    a = np.abs(r)
-    loss = (w * np.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)).sum(-1)
-    psi = w * np.clip(r / delta, -1.0, 1.0) / s
-    return loss, np.stack([(psi * dj).sum(-1) for dj in J], -1)
-
-
-def huber_loss(r: np.ndarray, delta: float) -> float:
-    """Summed Huber loss (scipy.special.huber convention)."""
-    a = np.abs(r)
-    return float(np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
-
-
-def _objective_scipy(theta, form, cols, logq, w, delta, s):
-    return _objective(form, theta, cols, logq, w, delta, s)  # scipy passes theta first
-
-
-def _fit_theta(form: Form, cols, logq, w, s, delta, starts, polish: int = 3) -> np.ndarray:
-    """Fit T problems at once: logq, w, s (T, n) share cols; starts (T, S, k) -> theta (T, k).
-
-    L-BFGS from every start of every problem runs as one batch (3,125 scipy calls spend most
-    of their time in per-call Python overhead); then scipy's L-BFGS-B polishes each problem's
-    best `polish` starts with tight tolerances, so the answer does not depend on where the
-    screening stopped (polish=0: the screening's best, enough for backtest windows).
-    """
-    T, S, k = starts.shape
-    lower, upper = np.array(form.lower), np.array(form.upper)
-    of = np.repeat(np.arange(T), S)  # which problem each start belongs to
-
-    def fun(t, rows):
-        return _objective(form, t, cols, logq[of[rows]], w[of[rows]], delta, s[of[rows]])
-
-    x, f = minimize_batch(fun, starts.reshape(T * S, k), lower, upper, gtol=1e-6, ftol=1e-10)
-    x, f = x.reshape(T, S, k), np.where(np.isfinite(f), f, np.inf).reshape(T, S)
-    bounds = [
-        (None if np.isinf(lo) else lo, None if np.isinf(hi) else hi)
-        for lo, hi in zip(lower, upper, strict=True)
-    ]
-    out = x[np.arange(T), np.argmin(f, 1)]
-    for t in range(T if polish else 0):
-        best = None
-        for i in np.argsort(f[t])[:polish]:
-            res = minimize(
-                _objective_scipy,
-                x[t, i],
-                args=(form, cols, logq[t], w[t], delta, s[t]),
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds,
-                options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 5000},
-            )
-            if best is None or res.fun < best.fun:
-                best = res
-        out[t] = best.x
-    return out
-
-
-# ------------------------------------------------------------------------- results
-
-
-@dataclass
-class Fit:
-    """One fitted law. `params` are the natural ones (powerlaw a, b; saturating a, b, c;
-    chinchilla E, A, B, alpha, beta); `theta`/`boot`/`noise` are the internal ones, kept so
-    that predictions with intervals can be made later from fits.json alone."""
-
-    form: str
-    params: dict[str, float]
-    ci: dict[str, list[float]]
-    loss: float
-    huber_delta: float
-    n_points: int
-    n_rungs: int
-    target: str  # "value" or "1 - value": what was fitted in log space
-    x0: float  # centre of log N for size laws
-    theta: list[float]
-    r2_log: float
-    residuals: list[float]  # log(pred) − log(observed), in input order
-    boot: list[list[float]] = field(default_factory=list)
-    extrapolation: dict | None = None
-    notes: list[str] = field(default_factory=list)
-    bounded: bool = False  # predictions and intervals clipped to [0, 1]
-    noise: list[float] = field(default_factory=list)  # per resample: log-space noise of a new measurement
-    sigma: float | None = None  # the log-space noise scale the intervals used
-    sigma_from: str = ""  # "se" (eval standard errors) or "residuals"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Fit:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def _natural(form: str, theta: np.ndarray, x0: float) -> dict[str, np.ndarray]:
-    """Internal theta (..., k) -> natural parameters."""
-    t = np.asarray(theta, float)
-    if form == "powerlaw":
-        return {"a": np.exp(t[..., 0] - t[..., 1] * x0), "b": t[..., 1]}
-    if form == "saturating":
-        return {"a": np.exp(t[..., 0] + t[..., 1] * x0), "b": t[..., 1], "c": np.exp(t[..., 2])}
-    return {
-        "E": np.exp(t[..., 2]),
-        "A": np.exp(t[..., 0]),
-        "B": np.exp(t[..., 1]),
-        "alpha": t[..., 3],
-        "beta": t[..., 4],
-    }
-
-
-def fitted_quantity(form: str, y, higher_is_better: bool, bounded: bool = False) -> tuple[np.ndarray, str]:
-    """The quantity fitted in log space (must be > 0) and its name.
-
-    A bounded metric (a fraction in [0, 1]) is fitted on its error, 1 − value, when higher
-    is better, under every size law; otherwise the value itself. Chinchilla fits losses.
-    """
-    y = np.asarray(y, float)
-    if form == "chinchilla" or not higher_is_better:
-        if bounded and form != "chinchilla" and not np.all((y >= 0) & (y <= 1)):
-            raise FitError(
-                f"{form}: this bounded metric has values outside [0, 1] (give bounded metrics as fractions)"
-            )
-        return y, "value"
-    if form == "powerlaw" and not bounded:
-        return y, "value"
-    if np.all((y >= 0) & (y <= 1)):
-        return 1.0 - y, "1 - value"
-    raise FitError(
-        f"{form} fits a quantity that decreases with scale; this higher-is-better metric has values "
-        "outside [0, 1], so 1 − value is not an error rate (give bounded metrics as fractions)"
-    )
-
-
-def _cols(form: str, N, D, x0):
-    lN = np.log(np.asarray(N, float))
-    if form == "chinchilla":
-        return (lN, np.log(np.asarray(D, float)))
-    return (lN - x0,)
-
-
-def _to_metric(f: Fit, q):
-    """The fitted quantity back in the metric's units, inside [0, 1] for a bounded metric."""
-    v = 1.0 - q if f.target == "1 - value" else q
-    return np.clip(v, 0.0, 1.0) if f.bounded else v
-
 
 # ---------------------------------------------------------------------------- API
 
@@ -318,7 +82,9 @@ def fit(
         if D is None:
             raise FitError("chinchilla needs D (clips or tokens seen) for every point")
         D = np.asarray(D, float).ravel()
-        return _fit_chinchilla(N, D, y, huber_delta, bootstrap, seed, grid, extrapolate)
+        from reports.chinchilla import fit_chinchilla  # it builds on this module's Fit and predict
+
+        return fit_chinchilla(N, D, y, huber_delta, bootstrap, seed, grid, extrapolate)
     out = fit_many(
         form,
         N,
@@ -334,11 +100,6 @@ def fit(
     if extrapolate:
         out.extrapolation = _leave_largest_out(form, N, y, higher_is_better, bounded, se, huber_delta)
     return out
-
-
-def _check(q, N, D=None) -> np.ndarray:
-    bad = ~np.isfinite(q) | (q <= 0) | ~(N > 0) | (False if D is None else ~(D > 0))
-    return bad
 
 
 def fit_many(
@@ -472,68 +233,6 @@ def _parametric_bootstrap(spec: Form, cols, p, w, s, sig, sigma_hat, df, theta, 
     return x, noise
 
 
-def _fit_chinchilla(N, D, y, delta, bootstrap, seed, grid, extrapolate) -> Fit:
-    spec = _FORMS["chinchilla"]
-    bad = _check(y, N, D)
-    if bad.any():
-        raise FitError(
-            f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity (value) "
-            "cannot be fitted in log space"
-        )
-    rungs = np.unique(N)
-    if rungs.size < MIN_RUNGS:
-        raise FitError(f"needs at least {MIN_RUNGS} rungs, got {rungs.size}")
-    logq = np.log(y)
-    cols = _cols("chinchilla", N, D, 0.0)
-    grid = chinchilla_grid() if grid is None else grid
-    one = np.ones((1, y.size))
-    theta = _fit_theta(spec, cols, logq[None], one, one, delta, grid[None])[0]
-    p, _ = spec.model(theta, cols)
-    resid = p - logq
-    r2 = 1.0 - float((resid**2).sum() / max(((logq - logq.mean()) ** 2).sum(), 1e-300))
-    out = Fit(
-        "chinchilla",
-        {k: float(v) for k, v in _natural("chinchilla", theta, 0.0).items()},
-        {},
-        huber_loss(resid, delta),
-        delta,
-        int(N.size),
-        int(rungs.size),
-        "value",
-        0.0,
-        [float(t) for t in theta],
-        r2,
-        [float(r) for r in resid],
-    )
-    if bootstrap:
-        boot = _resample_points(spec, cols, logq, delta, theta, bootstrap, seed)
-        out.boot = boot.tolist()
-        lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
-        out.ci = {
-            k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
-            for k, v in _natural("chinchilla", boot, 0.0).items()
-        }
-    if extrapolate:
-        out.extrapolation = _chinchilla_leave_largest_out(N, D, y, delta, grid)
-    return out
-
-
-def _resample_points(spec: Form, cols, logq, delta, theta, n, seed) -> np.ndarray:
-    """n refits on resampled points (integer weights per point), warm-started from theta."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, logq.size, (n, logq.size))
-    W = np.zeros((n, logq.size))
-    np.add.at(W, (np.arange(n)[:, None], idx), 1.0)
-
-    def fun(x, rows):
-        return _objective(spec, x, cols, logq, W[rows], delta)
-
-    x, _ = minimize_batch(
-        fun, np.tile(theta, (n, 1)), np.array(spec.lower), np.array(spec.upper), maxiter=300
-    )
-    return x
-
-
 def _leave_largest_out(form, N, y, hib, bounded, se, delta) -> dict:
     """Fit without the largest rung, predict it: the honest test of a scaling law."""
     largest = N.max()
@@ -562,52 +261,6 @@ def _leave_largest_out(form, N, y, hib, bounded, se, delta) -> dict:
         "rel_error": (pred - actual) / abs(actual),
         "mean_abs_rel_error": mean_abs,
     }
-
-
-def _chinchilla_leave_largest_out(N, D, y, delta, grid) -> dict:
-    largest = N.max()
-    keep = N < largest
-    base = {"held_out_N": float(largest)}
-    try:
-        f = _fit_chinchilla(N[keep], D[keep], y[keep], delta, 0, 0, grid, False)
-    except FitError as e:
-        return base | {"error": f"not computed: without the largest rung, {e}"}
-    held = ~keep
-    last = np.flatnonzero(held)[np.argmax(D[held])]  # the held-out rung's final checkpoint
-    pred = float(predict(f, N[last], D[last])[0][0])
-    actual = float(y[last])
-    all_pred = predict(f, N[held], D[held])[0]
-    mean_abs = float(np.mean(np.abs(all_pred - y[held]) / np.abs(y[held])))
-    return base | {
-        "predicted": pred,
-        "actual": actual,
-        "rel_error": (pred - actual) / abs(actual),
-        "mean_abs_rel_error": mean_abs,
-    }
-
-
-def predict(f: Fit | dict, N, D=None, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(value, lo, hi) at sizes N (and D for chinchilla), in the metric's own units.
-
-    The interval comes from the bootstrap fits (NaN when there were none); for the size laws
-    it includes the noise of a new measurement, so it is where the rung's value should land.
-    """
-    f = Fit.from_dict(f) if isinstance(f, dict) else f
-    spec = _FORMS[f.form]
-    N = np.atleast_1d(np.asarray(N, float))
-    if f.form == "chinchilla" and D is None:
-        raise FitError("a chinchilla prediction needs D (clips or tokens seen) as well as N")
-    cols = _cols(f.form, N, None if D is None else np.broadcast_to(np.asarray(D, float), N.shape), f.x0)
-    value = _to_metric(f, np.exp(spec.model(np.asarray(f.theta), cols)[0]))
-    if not f.boot:
-        nan = np.full_like(value, np.nan)
-        return value, nan, nan
-    logq = spec.model(np.asarray(f.boot), cols)[0]  # (B, n)
-    if f.noise:
-        logq = logq + np.asarray(f.noise)[:, None]
-    samples = _to_metric(f, np.exp(logq))
-    lo, hi = np.percentile(samples, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
-    return value, np.minimum(lo, hi), np.maximum(lo, hi)
 
 
 # ------------------------------------------------------------------ backtest, selection

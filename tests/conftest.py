@@ -173,3 +173,11 @@ def ray_cluster(s3):
     init_local_ray(4, {})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory):
+    """A lab's MLflow (tests/lab_server.py): PostgreSQL + `mlflow server` with basic auth, on 127.0.0.1."""
+    import lab_server
+
+    yield from lab_server.start(tmp_path_factory.mktemp("lab-server"))

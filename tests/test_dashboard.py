@@ -20,7 +20,7 @@ from browser import chromium, shot, wait_for_text
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]  # the module's sweep + report: ~80 s
 SWEEP = [sys.executable, "-m", "orchestrator"]
 RUNGS = ("micro1", "micro2")
 

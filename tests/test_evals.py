@@ -156,6 +156,28 @@ def test_cache_is_bounded_and_spills_to_npy(tmp_path):
     assert "big" not in cache.memory and big["x"].shape == (1000,)
 
 
+def test_rendered_arrays_are_kept_on_disk_for_other_processes_and_versioned(tmp_path):
+    from evals.cache import DiskArrays
+
+    calls = []
+
+    def render():
+        calls.append(1)
+        return {"video": np.arange(12, dtype=np.uint8).reshape(2, 6), "labels": np.array([3, 4])}
+
+    first = DiskArrays(tmp_path, "v1").get("clips/a", render)
+    again = DiskArrays(tmp_path, "v1").get("clips/a", render)  # another process: a new instance
+    assert len(calls) == 1 and set(again) == {"video", "labels"}
+    assert all(np.array_equal(first[k], again[k]) and again[k].dtype == first[k].dtype for k in first)
+    DiskArrays(tmp_path, "v2").get("clips/a", render)  # another renderer: rendered again
+    DiskArrays(tmp_path, "v1").get("clips/b", render)  # another key: rendered again
+    assert len(calls) == 3
+    big = DiskArrays(tmp_path / "small", "v1", max_bytes=10)
+    big.get("clips/a", render)
+    big.get("clips/a", render)  # over the budget: never kept
+    assert len(calls) == 5 and not (tmp_path / "small").exists()
+
+
 def test_clear_errors(export, tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         evaluate(export, "segmentation")

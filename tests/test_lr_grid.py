@@ -18,7 +18,7 @@ from contracts.spec import load_spec
 from orchestrator.cli import app
 from orchestrator.scheduler import open_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]
 
 SPEC = """\
 name: grid

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ pretraining:
   cpu_workers: 2
 ladder:
   - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
-  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48}
+  # b checkpoints every 16 steps: 3 checkpoints x 2 tasks = 6 evals (every 8 made 12, for no property more)
+  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48, checkpoint_interval: 16}
 evals:
   tasks: [depth, action]
   checkpoints: all
@@ -120,6 +122,7 @@ def test_unschedulable_rung_exits_2_before_starting_anything(ray_cluster, tmp_pa
     assert result.exit_code == 2 and "rung a needs 64 workers" in result.output
 
 
+@pytest.mark.minutes
 def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     spec = write_spec(tmp_path)
     dirs = rung_dirs(tmp_path, spec)
@@ -129,13 +132,13 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
         cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
     try:
-        # Kill the driver once rung a is trained and evaluated and rung b has sealed a checkpoint.
+        # Kill the driver once rung a is trained and evaluated and rung b has sealed its first checkpoint.
         def a_done_b_started():
             recs = eval_records(dirs["a"])
             return (
                 len(recs) == 4
                 and all(r["state"] == "done" and r.get("logged") for r in recs.values())
-                and (dirs["b"] / "checkpoints" / "step_00000008" / "manifest.json").exists()
+                and (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
             )
 
         wait_for(a_done_b_started, 400, "rung a done and rung b checkpointed", proc)
@@ -176,10 +179,10 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
     resume = json.loads((dirs["b"] / "resume.json").read_text())
-    assert 8 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
+    assert 16 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
     assert resume["step"] in sealed_before_rerun  # from a checkpoint sealed before the kill
     b_evals = eval_records(dirs["b"])
-    assert len(b_evals) == 2 * (48 // 8) and all(r["state"] == "done" for r in b_evals.values())
+    assert len(b_evals) == 2 * (48 // 16) and all(r["state"] == "done" for r in b_evals.values())
     assert all(r["attempts"] == 1 for r in b_evals.values())
     after = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert all(r["state"] == "done" and r["evals_done"] == r["evals_total"] for r in after.values())
@@ -191,7 +194,7 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert roles == ["rung", "rung", "sweep"]  # exactly one MLflow run per rung, ever
     b_run = next(r for r in runs if r.info.run_name.startswith("b-"))
     depth = client.get_metric_history(b_run.info.run_id, "eval/depth/abs_rel")
-    assert sorted({m.step for m in depth}) == list(range(8, 49, 8))
+    assert sorted({m.step for m in depth}) == list(range(16, 49, 16))
     for name, d in dirs.items():  # every eval metric at every checkpoint step, once, as on disk
         run_id = next(r.info.run_id for r in runs if r.info.run_name.startswith(f"{name}-"))
         for rec_path, rec in eval_records(d).items():
@@ -240,18 +243,21 @@ def check_status_and_report_from_another_machine(tmp_path: Path, spec: Path, swe
     assert len(rung_runs) == 2 and all("train/loss" in r.data.metrics for r in rung_runs)
 
 
-@pytest.mark.parametrize("storage", ["shared-disk", "s3"])
-def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
-    """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
-    export goes through the store; `sweep status` and `sweep report` then work from a third place."""
+@dataclass
+class TwoNodes:
+    address: str
+    env: dict  # what a driver on the head node runs with
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3, tmp_path_factory):
+    """A two-node Ray cluster (`ray start`, head + one worker node, 2 CPUs each) shared by the two-node
+    tests: each node has its own cache, as two machines would. Started after the S3 server, so every
+    node reads its AWS variables; the shared-disk sweep ignores them."""
+    caches = tmp_path_factory.mktemp("two-node-caches")
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    spec_text = SPEC
-    if storage == "s3":
-        request.getfixturevalue("s3")
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP4D_CACHE": str(tmp_path / "cache-head")}
-        spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP4D_CACHE": str(caches / "cache-head")}
     common = ["--block", "--disable-usage-stats"]
     head = subprocess.Popen(
         [
@@ -287,7 +293,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
                 '{"second_node": 1}',
                 *common,
             ],
-            env={**env, "SWEEP4D_CACHE": str(tmp_path / "cache-worker")},
+            env={**env, "SWEEP4D_CACHE": str(caches / "cache-worker")},
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -306,37 +312,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
             120,
             "the worker node to join",
         )
-        spec = write_spec(
-            tmp_path,
-            spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
-        )
-        run = subprocess.run(
-            [*SWEEP, "run", str(spec), "--address", address],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "2 node(s)" in run.stdout
-        dirs = rung_dirs(tmp_path, spec)
-        if storage == "s3":  # nothing of the run on local disk
-            assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
-        for d in dirs.values():
-            recs = eval_records(d)
-            assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
-            assert json.loads((d / "status.json").read_text())["state"] == "done"
-        train_nodes = {
-            json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
-        }
-        eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
-        assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
-        client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-        runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
-        assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
-        if storage == "s3":
-            check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
+        yield TwoNodes(address, env)
     finally:
         for p in reversed(nodes):
             if p.poll() is None:
@@ -346,6 +322,48 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, request):
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+@pytest.mark.minutes
+@pytest.mark.parametrize("storage", ["shared-disk", "s3"])
+def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
+    """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
+    export goes through the store; `sweep status` and `sweep report` then work from a third place.
+    Both storages run on one cluster (the `two_nodes` fixture): a cluster's start is not what is tested."""
+    spec_text = SPEC
+    if storage == "s3":
+        spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
+    spec = write_spec(
+        tmp_path,
+        spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
+    )
+    run = subprocess.run(
+        [*SWEEP, "run", str(spec), "--address", two_nodes.address],
+        cwd=tmp_path,
+        env=two_nodes.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 node(s)" in run.stdout
+    dirs = rung_dirs(tmp_path, spec)
+    if storage == "s3":  # nothing of the run on local disk
+        assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+    for d in dirs.values():
+        recs = eval_records(d)
+        assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
+        assert json.loads((d / "status.json").read_text())["state"] == "done"
+    train_nodes = {
+        json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
+    }
+    eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
+    assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
+    assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
+    if storage == "s3":
+        check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
 
 
 def ray_children(pid: int, title: str) -> list:
@@ -399,6 +417,7 @@ def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
     ) == list(range(1, 25))
 
 
+@pytest.mark.minutes
 def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
     spec = write_spec(tmp_path)
     dirs = {"a": rung_dirs(tmp_path, spec)["a"]}

@@ -4,6 +4,7 @@ records, and the one rule for a rung's state in `sweep status` and the live tabl
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -377,3 +378,25 @@ def test_a_record_that_cannot_be_put_fails_the_flush(tmp_path):
     uploads.append(tmp_path / "file" / "metrics.jsonl", '{"step": 1}\n')
     with pytest.raises(RuntimeError, match="a run record was not stored"):
         uploads.flush()
+
+
+def test_workers_import_deepspeed_without_its_optional_mlflow_and_mlflow_still_imports_after():
+    code = (
+        "import sys\n"
+        "from orchestrator.pretrain import import_deepspeed_without_mlflow\n"
+        "import_deepspeed_without_mlflow()\n"
+        "import deepspeed.autotuning.autotuner as autotuner\n"
+        "assert 'deepspeed' in sys.modules and not autotuner.has_mlflow\n"
+        "assert 'mlflow' not in sys.modules\n"
+        "import mlflow\n"
+        "print('ok', mlflow.__name__)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == "ok mlflow", run.stdout + run.stderr

@@ -211,6 +211,31 @@ def test_pretrain_stream_is_a_function_of_seed_step_rank():
     it.close()
 
 
+def test_pretrain_clips_are_rendered_once_per_machine_and_read_back_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEP4D_CACHE", str(tmp_path))
+    spec_data = data()
+    fresh = PretrainStream(spec_data, seed=0, per_rank_batch=2, rank=1, world_size=2)
+    first = fresh.batch(3)  # rendered, and kept
+    files = sorted((tmp_path / "pretrain-clips").rglob("*.npy"))
+    assert [f.name for f in files] == ["14.npy", "15.npy"]  # positions 3 * 4 + 2 + (0, 1)
+    world = SyntheticWorld(frames=4, size=24, seed=0, split="pretrain", objects=3, points=16, focal=1.0)
+    assert torch.equal(first, torch.from_numpy(np.stack([world[14]["video"], world[15]["video"]])))
+    monkeypatch.setattr(
+        SyntheticWorld, "__getitem__", lambda self, i: pytest.fail(f"clip {i} rendered again")
+    )
+    again = PretrainStream(spec_data, seed=0, per_rank_batch=2, rank=1, world_size=2).batch(3)
+    assert torch.equal(again, first)
+    monkeypatch.undo()
+    monkeypatch.setenv("SWEEP4D_CACHE", str(tmp_path))
+    files[0].write_bytes(files[0].read_bytes()[:50])  # a torn file is rendered again and replaced
+    assert torch.equal(
+        PretrainStream(spec_data, seed=0, per_rank_batch=2, rank=1, world_size=2).batch(3), first
+    )
+    assert np.array_equal(np.load(files[0]), world[14]["video"])
+    other_seed = PretrainStream(spec_data, seed=1, per_rank_batch=2, rank=1, world_size=2).batch(3)
+    assert not torch.equal(other_seed, first) and len(list((tmp_path / "pretrain-clips").iterdir())) == 2
+
+
 # sha256 over every array of a clip (sorted keys, label aside), recorded with the world as it stood at
 # commit d0c319b, before it was split into scene / render / truth. Exact resume and every cached eval
 # rely on these bytes: a change that moves them must say why and record new digests.

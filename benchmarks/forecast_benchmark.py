@@ -1,0 +1,212 @@
+"""Forecast benchmark: how honest are the 95% intervals ten sizes out, on public ladders?
+
+    python benchmarks/forecast_benchmark.py [--ladders opt,pythia] [--write-calibration]
+
+For each ladder in benchmarks/ladders/ and each series (task, mode, metric), fit on every rung
+up to 1/R of the largest (R = 5, 10, 30 where at least 3 rungs remain), forecast the largest,
+and score: coverage of the 95% interval, median and worst |relative error|, median relative
+width (hi − lo) / |actual|, and `optimistic`: error-like series whose real value landed above
+the interval (the forecast promised a lower error than the rung reached). BEFORE is the
+report's method until issue 24 (the backtest's best form, its bootstrap interval); AFTER is
+reports.uncertainty.forecast. `--write-calibration` stores AFTER's coverage by extrapolation
+ratio, over every ladder, in reports/forecast_calibration.json, which reports read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run from anywhere without installing
+
+from reports import uncertainty  # noqa: E402
+from reports.collect import read_table  # noqa: E402
+from reports.fit import SIZE_LAWS, FitError, backtest, fit, predict, select_form  # noqa: E402
+from reports.uncertainty import CALIBRATION_FILE, RATIO_BINS, forecast  # noqa: E402
+
+LADDERS = Path(__file__).parent / "ladders"
+HELD_OUT = ("opt", "cerebras-gpt")  # decided before tuning (docs/forecasting.md)
+RS = (5, 10, 30)
+BOOTSTRAP = 200  # `sweep report` defaults to 1000; 200 keeps the benchmark minutes long
+BACKTEST_BOOTSTRAP = 100  # the report uses 200 per backtest window
+
+
+@dataclass
+class Outcome:
+    ladder: str
+    series: str
+    R: int
+    ratio: float  # target size / largest fitted size
+    actual: float
+    value: float
+    lo: float
+    hi: float
+    error_like: bool
+    best_observed: float
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.value - self.actual) / abs(self.actual)
+
+    @property
+    def inside(self) -> bool:
+        return bool(self.lo <= self.actual <= self.hi)
+
+    @property
+    def optimistic(self) -> bool:
+        """An error-like series whose real value is worse (higher) than the interval allowed."""
+        return self.error_like and self.actual > self.hi
+
+
+def before(N, y, se, hib, bounded, target) -> tuple[float, float, float]:
+    """The report's method before issue 24: each size law with its bootstrap, selected by backtest."""
+    fits, errors = {}, {}
+    for form in SIZE_LAWS:
+        try:
+            fits[form] = fit(form, N, y, higher_is_better=hib, bounded=bounded, se=se, bootstrap=BOOTSTRAP)
+        except FitError:
+            continue
+        errors[form] = backtest(
+            form, N, y, higher_is_better=hib, bounded=bounded, se=se, bootstrap=BACKTEST_BOOTSTRAP
+        )["error"]
+    form, _ = select_form(errors)
+    v, lo, hi = predict(fits[form], target)
+    return float(v[0]), float(lo[0]), float(hi[0])
+
+
+def after(N, y, se, hib, bounded, target) -> tuple[float, float, float]:
+    f = forecast(N, y, target, higher_is_better=hib, bounded=bounded, se=se)
+    return f.value, f.lo, f.hi
+
+
+def run(ladder: str, method) -> list[Outcome]:
+    df = read_table(LADDERS / f"{ladder}.csv")
+    out = []
+    for (task, mode, metric), s in df.groupby(["task", "mode", "metric"]):
+        s = s.sort_values("params")
+        N, y = s["params"].to_numpy(float), s["value"].to_numpy(float)
+        se = s["se"].to_numpy(float) if "se" in s and s["se"].notna().all() else None
+        hib, bounded = bool(s["higher_is_better"].iloc[0]), bool(s["bounded"].iloc[0])
+        target = N.max()
+        for R in RS:
+            keep = N <= target / R
+            if np.unique(N[keep]).size < 3:
+                continue
+            v, lo, hi = method(N[keep], y[keep], None if se is None else se[keep], hib, bounded, target)
+            best = y[keep].max() if hib else y[keep].min()
+            out.append(
+                Outcome(
+                    ladder,
+                    f"{task}/{metric} ({mode})",
+                    R,
+                    target / N[keep].max(),
+                    float(y[N == target].mean()),
+                    v,
+                    lo,
+                    hi,
+                    not hib,
+                    float(best),
+                )  # fmt: skip
+            )
+    return out
+
+
+def summary(rows: list[Outcome]) -> dict:
+    err = np.array([r.rel_error for r in rows])
+    return {
+        "n": len(rows),
+        "coverage": float(np.mean([r.inside for r in rows])),
+        "median": float(np.median(err)),
+        "worst": float(err.max()),
+        "width": float(np.median([(r.hi - r.lo) / abs(r.actual) for r in rows])),
+        "optimistic": sum(r.optimistic for r in rows),
+    }
+
+
+def table(results: dict[str, list[Outcome]], ladders: list[str]) -> str:
+    lines = [
+        "| ladder | R | series | coverage before → after | median error before → after "
+        "| worst error before → after | width before → after | error-like above interval before → after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    groups = [(lad, [lad]) for lad in ladders]
+    groups += [
+        ("**tuning**", [x for x in ladders if x not in HELD_OUT]),
+        ("**held out**", [x for x in ladders if x in HELD_OUT]),
+    ]
+    for name, members in groups:
+        for R in RS:
+            b = [r for r in results["before"] if r.ladder in members and r.R == R]
+            a = [r for r in results["after"] if r.ladder in members and r.R == R]
+            if not a:
+                continue
+            sb, sa = summary(b), summary(a)
+            lines.append(
+                f"| {name} | {R} | {sa['n']} | {sb['coverage']:.0%} → {sa['coverage']:.0%} "
+                f"| {sb['median']:.1%} → {sa['median']:.1%} | {sb['worst']:.1%} → {sa['worst']:.1%} "
+                f"| {sb['width']:.1%} → {sa['width']:.1%} | {sb['optimistic']} → {sa['optimistic']} |"
+            )
+    return "\n".join(lines)
+
+
+def calibration(rows: list[Outcome]) -> dict:
+    """AFTER's coverage per bin of extrapolation ratio, over every ladder."""
+    bins = []
+    for lo, hi in zip(RATIO_BINS[:-1], RATIO_BINS[1:], strict=True):
+        inside = [r.inside for r in rows if lo <= r.ratio < hi]
+        if inside:
+            bins.append(
+                {"ratio_from": lo, "ratio_to": hi, "series": len(inside), "coverage": float(np.mean(inside))}
+            )
+    return {"level": 0.95, "source": "benchmarks/forecast_benchmark.py (every ladder)", "bins": bins}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ladders", default=",".join(sorted(p.stem for p in LADDERS.glob("*.csv"))))
+    ap.add_argument("--methods", default="before,after")
+    ap.add_argument("--write-calibration", action="store_true")
+    ap.add_argument("--detail", action="store_true", help="print every series' forecast")
+    ap.add_argument("--cache", type=Path, help="reuse (or store) BEFORE's outcomes in this JSON file")
+    ap.add_argument("--kappa", type=float, help="override the extrapolation floor (tuning only)")
+    a = ap.parse_args()
+    if a.kappa is not None:
+        uncertainty.KAPPA_FLOOR = a.kappa
+    ladders = a.ladders.split(",")
+    results: dict[str, list[Outcome]] = {}
+    for name in a.methods.split(","):
+        method = {"before": before, "after": after}[name]
+        results[name] = []
+        if name == "before" and a.cache and a.cache.is_file():
+            cached = [Outcome(**d) for d in json.loads(a.cache.read_text())]
+            results[name] = [r for r in cached if r.ladder in ladders]
+            continue
+        for ladder in ladders:
+            t = time.perf_counter()
+            results[name] += run(ladder, method)
+            print(f"{name} {ladder}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    if "before" not in results or "after" not in results:
+        only = results.get("after") or results["before"]
+        results = {"before": only, "after": only}
+    if a.cache and "before" in results and not a.cache.is_file():
+        a.cache.write_text(json.dumps([asdict(r) for r in results["before"]]))
+    if a.detail:
+        for r in results.get("after", []):
+            print(
+                f"{r.ladder:15} R={r.R:<3} {r.series:40} ratio {r.ratio:6.1f} actual {r.actual:8.4g} "
+                f"{r.value:8.4g} [{r.lo:8.4g}, {r.hi:8.4g}] err {r.rel_error:6.1%} {r.inside}"
+            )
+    print(table(results, ladders))
+    if a.write_calibration:
+        CALIBRATION_FILE.write_text(json.dumps(calibration(results["after"]), indent=1) + "\n")
+        print(f"wrote {CALIBRATION_FILE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Rebuild the public ladder tables in this folder from their sources (README.md says which).
+
+    python benchmarks/ladders/extract.py --pythia-git PATH
+
+PATH is a git directory of github.com/EleutherAI/pythia (any clone; the commit used is in the
+README). Chinchilla comes from tests/data; Cerebras-GPT's rows are transcribed below from its
+model card. Every table is written as a results table `sweep report --from FILE` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
+
+# lm-evaluation-harness tasks kept from the Pythia repo's result files: (task, metric) pairs.
+LM_EVAL = [
+    ("arc_easy", "acc"),
+    ("arc_challenge", "acc"),
+    ("piqa", "acc"),
+    ("sciq", "acc"),
+    ("winogrande", "acc"),
+    ("lambada_openai", "acc"),
+    ("lambada_openai", "ppl"),
+    ("logiqa", "acc"),
+    ("wsc", "acc"),
+]
+PYTHIA = {"70m": 70e6, "160m": 160e6, "410m": 410e6, "1b": 1.0e9, "1.4b": 1.4e9, "2.8b": 2.8e9,
+          "6.9b": 6.9e9, "12b": 12e9}  # fmt: skip
+OPT = {"125m": 125e6, "350m": 350e6, "1.3b": 1.3e9, "2.7b": 2.7e9, "6.7b": 6.7e9, "13b": 13e9,
+       "30b": 30e9, "66b": 66e9}  # fmt: skip
+
+# Cerebras-GPT model card (0-shot and 5-shot tables): params, then the Pile test cross-entropy
+# (0-shot table only) and HellaSwag, PIQA, WinoGrande, Lambada, ARC-e, ARC-c, OpenBookQA.
+CEREBRAS_TASKS = ["hellaswag", "piqa", "winogrande", "lambada", "arc_easy", "arc_challenge", "openbookqa"]
+CEREBRAS_PARAMS = {"111M": 111e6, "256M": 256e6, "590M": 590e6, "1.3B": 1.316e9, "2.7B": 2.652e9,
+                   "6.7B": 6.658e9, "13B": 12.853e9}  # fmt: skip
+CEREBRAS_0SHOT = """
+111M 2.566 0.268 0.594 0.488 0.194 0.380 0.166 0.118
+256M 2.299 0.274 0.613 0.511 0.293 0.410 0.170 0.158
+590M 2.184 0.291 0.627 0.498 0.366 0.464 0.190 0.158
+1.3B 1.996 0.325 0.664 0.521 0.462 0.508 0.224 0.166
+2.7B 1.834 0.386 0.701 0.559 0.567 0.571 0.246 0.206
+6.7B 1.704 0.447 0.739 0.602 0.636 0.643 0.282 0.238
+13B  1.575 0.513 0.766 0.646 0.696 0.714 0.367 0.286
+"""
+CEREBRAS_5SHOT = """
+111M 0.267 0.588 0.475 0.158 0.356 0.166 0.136
+256M 0.278 0.606 0.522 0.225 0.422 0.183 0.164
+590M 0.291 0.634 0.479 0.281 0.475 0.206 0.152
+1.3B 0.326 0.668 0.536 0.395 0.529 0.241 0.174
+2.7B 0.382 0.697 0.543 0.487 0.590 0.267 0.224
+6.7B 0.444 0.736 0.590 0.591 0.667 0.314 0.270
+13B  0.514 0.768 0.674 0.655 0.743 0.398 0.318
+"""
+# Chinchilla's IsoFLOP budgets (Hoffmann et al. 2022, Figure 3): each point is assigned to the nearest.
+CHINCHILLA_BUDGETS = [6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21]
+
+
+def _show(git_dir: Path, path: str) -> dict:
+    out = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"HEAD:{path}"], capture_output=True)
+    out.check_returncode()
+    return json.loads(out.stdout)["results"]
+
+
+def _lm_eval_rows(results: dict, model: str, params: float, mode: str) -> list[dict]:
+    rows = []
+    for task, metric in LM_EVAL:
+        if task in results and metric in results[task]:
+            r = results[task]
+            rows.append(
+                {
+                    "model": model,
+                    "params": params,
+                    "task": task,
+                    "mode": mode,
+                    "metric": metric,
+                    "value": r[metric],
+                    "se": r.get(f"{metric}_stderr"),
+                    "higher_is_better": metric != "ppl",
+                    "bounded": metric == "acc",
+                }  # fmt: skip
+            )
+    return rows
+
+
+def pythia(git_dir: Path, deduped: bool) -> pd.DataFrame:
+    rows = []
+    for size, n in PYTHIA.items():
+        # The standard suite's 1B has results only for its bf16 retraining (`pythia-1b-bf16`).
+        name = f"{size}-deduped" if deduped else ("1b-bf16" if size == "1b" else size)
+        path = f"evals/pythia-v1/pythia-{name}/zero-shot/{name}_step143000.json"
+        rows += _lm_eval_rows(_show(git_dir, path), f"pythia-{name}", n, "zero-shot")
+    return pd.DataFrame(rows)
+
+
+def opt(git_dir: Path) -> pd.DataFrame:
+    rows = []
+    for size, n in OPT.items():
+        rows += _lm_eval_rows(_show(git_dir, f"evals/opt/opt-{size}.json"), f"opt-{size}", n, "zero-shot")
+    return pd.DataFrame(rows)
+
+
+def cerebras() -> pd.DataFrame:
+    rows = []
+    for text, mode in ((CEREBRAS_0SHOT, "zero-shot"), (CEREBRAS_5SHOT, "five-shot")):
+        for line in text.strip().splitlines():
+            name, *vals = line.split()
+            n = CEREBRAS_PARAMS[name]
+            if mode == "zero-shot":
+                rows.append({"model": f"cerebras-gpt-{name}", "params": n, "task": "pile_test", "mode": mode,
+                             "metric": "xent", "value": float(vals.pop(0)), "higher_is_better": False,
+                             "bounded": False})  # fmt: skip
+            for task, v in zip(CEREBRAS_TASKS, vals, strict=True):
+                rows.append({"model": f"cerebras-gpt-{name}", "params": n, "task": task, "mode": mode,
+                             "metric": "acc", "value": float(v), "higher_is_better": True,
+                             "bounded": True})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def chinchilla() -> pd.DataFrame:
+    """The compute-optimal frontier (the paper's Approach 2): per IsoFLOP budget, a parabola in
+    log N through that budget's points; its vertex is the optimal size and its loss."""
+    df = pd.read_csv(ROOT / "tests" / "data" / "chinchilla_svg_extracted_data.csv")
+    df = df[df["loss"] < df["loss"].nlargest(5).min()]  # the replication's 240 points
+    logc = np.log10(df["Training FLOP"].to_numpy())
+    budgets = np.log10(CHINCHILLA_BUDGETS)
+    nearest = np.abs(logc[:, None] - budgets[None]).argmin(1)
+    near = np.abs(logc - budgets[nearest]) < 0.1
+    rows = []
+    for b in sorted(set(nearest[near])):
+        g = df[(nearest == b) & near]
+        c2, c1, c0 = np.polyfit(np.log(g["Model Size"]), g["loss"], 2)
+        if len(g) < 4 or c2 <= 0:
+            continue  # no minimum inside this budget's points
+        x = -c1 / (2 * c2)
+        rows.append({"model": f"isoflop-{CHINCHILLA_BUDGETS[b]:.0e}", "params": float(np.exp(x)),
+                     "task": "massivetext", "mode": "compute-optimal", "metric": "loss",
+                     "value": float(c0 + c1 * x + c2 * x * x), "higher_is_better": False,
+                     "bounded": False})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pythia-git", type=Path, required=True, help="git directory of EleutherAI/pythia")
+    a = ap.parse_args()
+    tables = {
+        "chinchilla": chinchilla(),
+        "pythia": pythia(a.pythia_git, deduped=False),
+        "pythia-deduped": pythia(a.pythia_git, deduped=True),
+        "opt": opt(a.pythia_git),
+        "cerebras-gpt": cerebras(),
+    }
+    for name, df in tables.items():
+        df.to_csv(HERE / f"{name}.csv", index=False)
+        series = df.groupby(["task", "mode", "metric"]).ngroups
+        print(f"{name}: {df['model'].nunique()} rungs, {series} series")
+
+
+if __name__ == "__main__":
+    main()

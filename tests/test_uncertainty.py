@@ -1,0 +1,117 @@
+"""Forecasts that carry form uncertainty (reports.uncertainty): far-looking backtests, averaged
+forms, form agreement, the benchmark's calibration by ratio. Fast, no Ray."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports.uncertainty import (
+    LOGLINEAR,
+    Forecast,
+    calibrated_coverage,
+    far_backtest,
+    forecast,
+    forecast_points,
+)
+
+SIZES = np.geomspace(2e7, 2e9, 6)  # fitted rungs; forecasts go 10x beyond
+
+
+def test_far_backtest_predicts_every_later_rung_from_every_cutoff():
+    y = 0.8 * (SIZES / 2e7) ** -0.15
+    e, rho = far_backtest("powerlaw", SIZES, y)
+    # cutoffs after rungs 3, 4, 5 predict 3 + 2 + 1 later rungs
+    assert e.size == rho.size == 6
+    assert np.all(rho > 0) and rho.max() == pytest.approx(np.log(SIZES[-1] / SIZES[2]))
+    assert np.abs(e).max() < 1e-6  # the true form, noiseless: no error at any distance
+    e_sat, _ = far_backtest("powerlaw", SIZES, 0.3 + 0.5 * (SIZES / 2e7) ** -0.4)
+    assert np.abs(e_sat).max() > 0.05  # the wrong form misses, more the further it reaches
+
+
+def test_forecast_of_a_clean_law_is_accurate_agreed_and_covers():
+    rng = np.random.default_rng(0)
+    law = lambda n: 0.1 + 0.6 * (n / 2e7) ** -0.3  # noqa: E731
+    y = law(SIZES) * np.exp(0.01 * rng.standard_normal(SIZES.size))
+    f = forecast(SIZES, y, 2e10)
+    assert isinstance(f, Forecast) and f.ratio == pytest.approx(10.0)
+    truth = law(2e10)
+    assert f.lo <= truth <= f.hi
+    assert abs(f.value - truth) / truth < 0.1
+    assert sum(x.weight for x in f.forms) == pytest.approx(1.0)
+    assert {x.form for x in f.forms} == {"powerlaw", "saturating"}
+    three = forecast(SIZES, y, 2e10, forms=("powerlaw", "saturating", LOGLINEAR))
+    assert {x.form for x in three.forms} == {"powerlaw", "saturating", LOGLINEAR}
+    assert three.lo <= truth <= three.hi
+
+
+def test_forecast_from_report_points_uses_their_standard_errors():
+    y = 0.8 * (SIZES / 2e7) ** -0.15
+    points = {"rung": list("abcdef"), "params": list(SIZES), "value": list(y), "se": [0.004] * 6}
+    f = forecast_points(points, 2e10, higher_is_better=False, bounded=False)
+    truth = 0.8 * 1000**-0.15
+    assert abs(f.value - truth) / truth < 0.01 and f.lo <= truth <= f.hi
+    assert f.record()["extrapolation_ratio"] == pytest.approx(10.0)
+
+
+def test_forms_that_part_far_out_make_the_forecast_form_limited():
+    # A power law and a floor both fit 4 rungs, and 1000x out they part.
+    N = np.geomspace(1e7, 1e8, 4)
+    law = lambda n: 0.2 + 1.0 * (n / 1e7) ** -0.5  # noqa: E731
+    f = forecast(N, law(N), 1e11, bootstrap=200)
+    assert f.form_limited and not f.forms_agree
+    assert 1.0 <= f.trusted_ratio < f.ratio
+    assert "form-limited" in f.caveat() and f"{f.trusted_ratio:.1f}x" in f.caveat()
+    assert f.lo <= law(1e11) <= f.hi
+
+
+def test_without_a_backtest_the_interval_spans_every_credible_form():
+    # 3 rungs: no backtest can rank the forms, so the interval must hold both forecasts.
+    N = np.geomspace(1e7, 1e8, 3)
+    y = 0.2 + 1.0 * (N / 1e7) ** -0.5
+    f = forecast(N, y, 1e10, bootstrap=200)
+    assert "no backtest" in f.why
+    for form in f.forms:
+        assert f.lo <= form.value <= f.hi, form
+
+
+def test_bounded_accuracy_forecast_stays_inside_zero_one():
+    N = np.geomspace(1e8, 1e10, 5)
+    acc = np.array([0.55, 0.70, 0.84, 0.93, 0.975])  # racing toward the ceiling
+    f = forecast(N, acc, 1e12, higher_is_better=True, bounded=True)
+    assert 0.0 <= f.lo <= f.value <= f.hi <= 1.0
+
+
+def test_calibration_by_ratio_is_read_from_the_benchmark_file(tmp_path):
+    path = tmp_path / "cal.json"
+    bins = [{"ratio_from": 1, "ratio_to": 8, "series": 9, "coverage": 0.95},
+            {"ratio_from": 8, "ratio_to": 64, "series": 9, "coverage": 0.7}]  # fmt: skip
+    path.write_text(json.dumps({"level": 0.95, "bins": bins}))
+    assert calibrated_coverage(5.0, path) == 0.95
+    assert calibrated_coverage(20.0, path) == 0.7
+    assert calibrated_coverage(100.0, path) is None
+    assert calibrated_coverage(5.0, tmp_path / "missing.json") is None
+    f = Forecast(1.0, 0.9, 1.1, "powerlaw", "", 20.0, True, 20.0, 0.7)
+    assert f.low_coverage and "covered only 70%" in f.warning("depth/abs_rel")
+    assert Forecast(1.0, 0.9, 1.1, "powerlaw", "", 5.0, True, 5.0, 0.95).warning("x") is None
+    assert f.record()["extrapolation_ratio"] == 20.0 and f.record()["calibrated_coverage"] == 0.7
+
+
+def test_shipped_calibration_covers_the_ratios_a_ladder_bets_across():
+    # The benchmark's table ships with the package; ten sizes out must have a calibrated number.
+    assert calibrated_coverage(10.0) is not None and calibrated_coverage(5.0) is not None
+
+
+def test_benchmark_runs_on_the_chinchilla_ladder():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import forecast_benchmark as bench
+
+    rows = bench.run("chinchilla", bench.after)
+    assert [r.R for r in rows] == [5]  # 1/10 of the largest leaves fewer than 3 rungs
+    (r,) = rows
+    assert r.ratio > 5 and r.error_like and r.actual == pytest.approx(2.2044, abs=1e-3)
+    assert r.rel_error < 0.05 and r.inside
