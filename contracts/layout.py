@@ -42,6 +42,10 @@
                                            driver submitted it / saw it finish; read by `sweep simulate
                                            --calibrate`), logged (the tracker confirmed MLflow holds
                                            the metrics)
+        references/<name>-<hash6>/         a reference model (contracts.references): evaluated, not trained
+            info.json                      resolved entry, identity, MLflow run id (driver)
+            evals/step_00000000/<task>-<mode>.json   one record per eval, as a rung's (the
+                                           backbone's params in `reference`)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
 The runs root is `runs/` or the spec's `storage:` URI (contracts.storage): on a store the same tree
@@ -72,6 +76,7 @@ PROBE = "probe.safetensors"
 MANIFEST = "manifest.json"
 PARTS = "parts"  # on a store: parts/rank<N>.json, what each rank uploaded
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+REFERENCES = "references"  # runs/<sweep>/references/: the reference models' directories
 
 
 def step_name(step: int) -> str:
@@ -130,6 +135,27 @@ class RungPaths:
 
 
 @dataclass(frozen=True)
+class ReferencePaths:
+    root: Path  # runs/<sweep>/references/<name>-<hash6>
+
+    @classmethod
+    def for_reference(cls, ref, runs_root: Path) -> ReferencePaths:
+        """A resolved reference's (contracts.references.ReferenceConfig) directory under runs_root."""
+        return cls(root_of(runs_root) / ref.sweep / REFERENCES / ref.key)
+
+    @property
+    def key(self) -> str:
+        return self.root.name
+
+    info = property(lambda self: self.root / "info.json")
+    evals = property(lambda self: self.root / "evals")
+
+    def eval_record(self, task: str, mode: str) -> Path:
+        """At step 0, the same place and record as a rung's eval: the reconciler reads both alike."""
+        return self.evals / step_name(0) / f"{task}-{mode}.json"
+
+
+@dataclass(frozen=True)
 class SweepPaths:
     root: Path  # runs/<sweep>
 
@@ -140,6 +166,7 @@ class SweepPaths:
     sweep_json = property(lambda self: self.root / "sweep.json")
     lock = property(lambda self: self.root / ".lock")
     report = property(lambda self: self.root / "report")
+    references = property(lambda self: self.root / REFERENCES)
 
     def rung(self, key: str) -> RungPaths:
         return RungPaths(self.root / key)

@@ -2,7 +2,9 @@
 
 MLflow layout: experiment = sweep name; one parent run per sweep
 (tag sweep4d.role=sweep); one child run per rung (tag sweep4d.role=rung,
-sweep4d.rung_key=<rung>-<hash6>). Eval metrics are logged at the checkpoint's step, each
+sweep4d.rung_key=<rung>-<hash6>) and one per reference model (tag sweep4d.role=reference,
+sweep4d.reference=<name>-<hash6>, params REFERENCE_PARAMS; its evals logged at step 0).
+Eval metrics are logged at the checkpoint's step, each
 beside its standard error (`<metric>_se`, `se_name`), and the held-out pretraining loss
 (`VAL_LOSS_METRIC`) at every checkpoint's step.
 """
@@ -11,7 +13,11 @@ from __future__ import annotations
 
 from contracts.tasks import SYNTHETIC
 
-ROLE_TAG = "sweep4d.role"  # "sweep" | "rung"
+ROLE_TAG = "sweep4d.role"  # "sweep" | "rung" | "reference"
+REFERENCE_ROLE = "reference"
+REFERENCE_TAG = "sweep4d.reference"  # a reference model's run: its <name>-<hash6>
+# A reference run's params: what it is and where it sits on the size axis.
+REFERENCE_PARAMS = ("source", "id", "num_params", "layer", "input_shape")
 SPEC_HASH_TAG = "sweep4d.spec_hash"
 RUNG_KEY_TAG = "sweep4d.rung_key"
 RUNG_TAG = "sweep4d.rung"

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from contracts.cost import decoder_params, encoder_params, flops_per_clip
 from contracts.errors import UserError
+from contracts.references import Reference, ReferenceConfig, check_references
 from contracts.shapes import SIZES, MAEConfig, MupBase, ViTShape
 from contracts.storage import StorageError, root_of
 from contracts.tasks import EVAL_FORMATS, MODES, SYNTHETIC, TASK_NAMES, TASKS
@@ -277,6 +278,8 @@ class SweepSpec(_Strict):
     evals: Evals = Evals()
     report: Report = Report()
     search: Search | None = None
+    # Frozen backbones evaluated beside the ladder, never trained (contracts.references).
+    references: list[Reference] = []
 
     def rungs(self) -> list[RungConfig]:
         """Every rung to train: the ladder, with each searched rung expanded into its LR grid."""
@@ -290,6 +293,12 @@ class SweepSpec(_Strict):
                 rc = resolve_rung(self, r.model_copy(update={"lr": lr}), base)
                 out.append(replace(rc, name=f"{rc.name}-lr{lr_tag(lr)}", search_of=rc.name))
         return out
+
+    def reference_configs(self) -> list[ReferenceConfig]:
+        d = self.data
+        return [
+            ReferenceConfig(self.name, r, d.frames, d.resolution, tuple(d.tubelet)) for r in self.references
+        ]
 
     def base_rung(self) -> Rung:
         """The rung the scaling rules scale from."""
@@ -318,7 +327,9 @@ class SweepSpec(_Strict):
 
     def spec_hash(self) -> str:
         # Where the runs are stored is not what the sweep is (as a rung's identity ignores where it runs).
-        return _hash(self.model_dump(mode="json", exclude={"storage"}))
+        # A spec without references hashes as it did before they existed.
+        exclude = {"storage"} | (set() if self.references else {"references"})
+        return _hash(self.model_dump(mode="json", exclude=exclude))
 
 
 @dataclass(frozen=True)
@@ -698,6 +709,7 @@ def _cross_checks(spec: SweepSpec) -> list[tuple[tuple, str]]:
     if pt.steps and pt.clips_seen:
         out.append((("pretraining", "clips_seen"), "give steps or clips_seen, not both"))
     out += _check_scaling(spec)
+    out += check_references(spec.references, [rung_name(r) for r in spec.ladder])
     seen: dict[str, int] = {}
     for i, r in enumerate(spec.ladder):
         where = ("ladder", i)

@@ -254,17 +254,19 @@ def fit_and_score(
     encoder: Encoder | None = None,
     device: str = "cpu",
     progress: Callable[[dict], None] | None = None,
+    feat_shape: tuple[int, tuple[int, int, int]] | None = None,
 ) -> dict[str, float]:
     """Train a readout for `task` on train (and `encoder` too, when given), pick the best epoch on val,
     return test metrics and the baseline's, each with its standard error (module docstring), for
-    readout.seeds seeds. feats(split, idx (B,), train) -> (B, N, D)."""
+    readout.seeds seeds. feats(split, idx (B,), train) -> (B, N, D); feat_shape: (D, (t, h, w) grid)
+    of those features when they are not the task's encoder's (a reference model, evals.reference)."""
     seeds = [readout.seed + i for i in range(readout.seeds)]
     start = copy.deepcopy(encoder.state_dict()) if encoder is not None and len(seeds) > 1 else None
     values, draws = [], []
     for seed in seeds:
         if start is not None:  # every seed finetunes from the checkpoint
             encoder.load_state_dict(start)
-        out = train_readout(task, feats, clips, readout, seed, encoder, device, progress)
+        out = train_readout(task, feats, clips, readout, seed, encoder, device, progress, feat_shape)
         values.append(task.metrics(out, clips["test"]))
         parts = task.metrics(out, clips["test"], per_clip=True)
         draws.append(bootstrap_draws(parts, BOOTSTRAP, BOOTSTRAP_SEED))
@@ -294,15 +296,17 @@ def train_readout(
     encoder: Encoder | None = None,
     device: str = "cpu",
     progress: Callable[[dict], None] | None = None,
+    feat_shape: tuple[int, tuple[int, int, int]] | None = None,
 ) -> torch.Tensor:
     """Train one readout with `seed`, keep its best epoch on val, tune the task on val ->
     its test outputs (M, Q, O)."""
     cfg = task.cfg
+    width, grid = feat_shape or (cfg.encoder.width, cfg.grid)
     inputs = {s: task.inputs(clips[s]) for s in SPLITS}
     torch.manual_seed(seed)
     head = AttentionReadout(
-        cfg.encoder.width,
-        cfg.grid,
+        width,
+        grid,
         task.out_dim,
         task.num_queries,
         task.cond_dim,

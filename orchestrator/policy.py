@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from contracts.spec import RungConfig, SpecError, SweepSpec
 
+REFERENCE = "reference"  # the eval-job kind of a reference model (EvalKey.kind)
 EVAL_ATTEMPTS = 3  # per driver; a killed eval worker is one (Ray does not retry it behind our back)
 
 # Rung states: pending -> running -> done | failed.
@@ -149,6 +150,8 @@ class SweepState:
     train_only: bool = False
     evals: dict[EvalKey, str] = field(default_factory=dict)
     in_flight: set[EvalKey] = field(default_factory=set)
+    # Reference models (contracts.references): targets from the start, at step 0, never trained.
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -171,13 +174,18 @@ def eval_targets(state: SweepState) -> list[tuple[str, str, int]]:
         for rs in state.rungs
         if rs.sealed
         for s in eval_steps(state.spec, rs.rung, rs.sealed)
-    ]
+    ] + [(REFERENCE, key, 0) for key in state.references]
 
 
 def wanted_evals(state: SweepState) -> list[EvalKey]:
     ev = state.spec.evals
     tasks, modes = tuple(ev.tasks), tuple(ev.modes)
-    return [k for kind, owner, step in eval_targets(state) for k in _jobs_of(kind, owner, step, tasks, modes)]
+    frozen = tuple(m for m in modes if m == "frozen")  # a reference is never trained, finetuned neither
+    return [
+        k
+        for kind, owner, step in eval_targets(state)
+        for k in _jobs_of(kind, owner, step, tasks, frozen if kind == REFERENCE else modes)
+    ]
 
 
 @lru_cache(maxsize=65536)

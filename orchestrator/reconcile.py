@@ -21,13 +21,17 @@ from pathlib import Path
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, step_of
 from contracts.names import (
     CKPT_WAIT_METRIC,
+    REFERENCE_ROLE,
+    REFERENCE_TAG,
     RESTARTS_METRIC,
+    ROLE_TAG,
     SEARCH_TAG,
     SPEC_HASH_TAG,
     SYNTHETIC,
     eval_metric_key,
     parse_eval_metric_key,
 )
+from contracts.references import ReferenceConfig
 from contracts.spec import RungConfig, SpecError, SweepSpec
 from contracts.storage import check_reachable, root_of, runs_root, uri_of
 
@@ -117,9 +121,10 @@ def reconcile_runs(
 
 
 def runs_on_disk(sweep: SweepPaths) -> dict[str, tuple[RungPaths, str]]:
-    """Every rung directory of a sweep that knows its MLflow run (info.json)."""
+    """Every rung (and reference model) directory of a sweep that knows its MLflow run (info.json)."""
     found = {}
-    for info_path in sorted(sweep.root.glob("*/info.json")):
+    infos = sorted(sweep.root.glob("*/info.json")) + sorted(sweep.references.glob("*/info.json"))
+    for info_path in infos:
         info = read_json(info_path) or {}
         if info.get("mlflow_run_id"):
             found[info_path.parent.name] = (RungPaths(info_path.parent), info["mlflow_run_id"])
@@ -147,6 +152,9 @@ def runs_in_store(tracker, sweep: SweepPaths) -> dict[str, tuple[RungPaths, str]
             sweep_info = read_json(sweep.sweep_json) or {}
             parent = tracker.sweep_run(sweep.root.name, {SPEC_HASH_TAG: sweep_info.get("spec_hash", "")})
         info = read_json(paths.info) or {}
+        if "reference" in info:  # a reference model's run (orchestrator.references)
+            found[key] = (paths, reference_run(tracker, parent, info))
+            continue
         rung = RungConfig.from_dict(info["config"])
         tags = {SEARCH_TAG: rung.search_of} if rung.search_of else None
         here = tracker.rung_run(
@@ -157,6 +165,15 @@ def runs_in_store(tracker, sweep: SweepPaths) -> dict[str, tuple[RungPaths, str]
             tracker.finish(here, "FINISHED" if state == "done" else "FAILED")
         found[key] = (paths, here)
     return found
+
+
+def reference_run(tracker, parent: str, info: dict) -> str:
+    """A reference model's run in this store, found by its tag or created as `sweep run` does."""
+    from orchestrator.references import reference_params
+
+    ref = ReferenceConfig.from_dict(info["reference"])
+    tags = {ROLE_TAG: REFERENCE_ROLE, REFERENCE_TAG: ref.key}
+    return tracker.rung_run(ref.sweep, parent, ref.key, ref.name, ref.name, reference_params(ref), tags)
 
 
 def sync_sweep(

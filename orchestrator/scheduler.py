@@ -30,15 +30,12 @@ from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
 from contracts.names import (
-    DATASET_TAG,
     FAILURE_TAG,
-    SYNTHETIC,
-    eval_metric_key,
 )
 from contracts.spec import RungConfig, SpecError, SweepSpec, load_spec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
-from orchestrator import policy
+from orchestrator import policy, references
 from orchestrator.policy import (  # noqa: F401  (check_schedulable, eval_steps: their old home)
     EvalKey,
     RungState,
@@ -58,7 +55,7 @@ from orchestrator.raycluster import (
 from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock
 from orchestrator.status import describe_rerun, live_row, restart_count
-from orchestrator.sweep_tracking import open_tracking
+from orchestrator.sweep_tracking import log_eval, open_tracking
 from orchestrator.tracking import absolute_tracking_uri, check_tracking
 
 TICK_S = 1.0
@@ -117,9 +114,11 @@ class Sweep:
         self.jobs: dict[EvalKey, EvalJob] = {}
         self.started = time.time()
         self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
+        self.references = references.ReferenceEvals(spec, self.root, lambda ln: self.say(ln), self.train_only)
 
     # -------------------------------------------------------- before Ray
     def preflight(self) -> None:
+        references.preflight(self.spec, self.say)  # first: a model not at hand touches nothing
         check_reachable(self.root, write=True)
         check_tracking(absolute_tracking_uri(self.spec.tracking.uri))  # a server answers, takes our login
         holder = self.lock.holder()
@@ -169,6 +168,7 @@ class Sweep:
             # process with exit 1 (seen after a SIGTERM flush): drop them while Ray is still up.
             for job in self.jobs.values():
                 job.ref = None
+            self.references.drop_handles()
             self.tracker = None
             if started_ray:
                 ray.shutdown()
@@ -193,7 +193,7 @@ class Sweep:
             k: (RungPaths.for_rung(rr.rung, self.root), rr.run_id)
             for k, rr in self.runs.items()
             if keys is None or k in keys
-        }
+        } | self.references.runs_to_reconcile(keys)
 
         def reconciler(run_id, points):
             return ray.get(self.tracker.reconcile.remote(run_id, points))
@@ -218,6 +218,7 @@ class Sweep:
             opened.parent,
         )
         self.runs = {r.key: RungRun(r, opened.run_ids[r.key]) for r in self.rungs}
+        self.references.open_runs(self.tracker, self.parent)
 
     # -------------------------------------------------------- the loop: observe, decide, act
     def _loop(self, display) -> int:
@@ -239,11 +240,13 @@ class Sweep:
                     self._collect_evals(ray)
                 state, unlogged = self._observe()
                 for key, rec, path in unlogged:  # the driver died between recording and logging
-                    self._log_eval(self.runs[key.owner], key.step, key.task, key.mode, rec, path)
+                    log_eval(
+                        self.tracker, self.runs[key.owner].run_id, key.step, key.task, key.mode, rec, path
+                    )
                 actions = policy.decide(state)
                 for key in actions.start_rungs:
                     self._start_rung(self.runs[key])
-                self._submit_evals(actions.submit_evals)
+                self._submit_evals(self.references.tick(ray, self.tracker, actions.submit_evals))
                 self._count_evals(state)
                 if display:
                     display(self.snapshot())
@@ -262,6 +265,7 @@ class Sweep:
                     ray.cancel(job.ref, force=True)
                     path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
                     write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
+            self.references.interrupt(ray)
             for rr in self.runs.values():
                 if rr.state == "running":
                     rr.state, rr.reason = "interrupted", f"interrupted by {by}"
@@ -325,23 +329,31 @@ class Sweep:
     def _observe(self) -> tuple[SweepState, list[tuple[EvalKey, dict, Path]]]:
         """The policy's view of the sweep, from this driver's rungs and the records on disk; and the
         done evals whose metrics MLflow may not hold yet."""
-        state = SweepState(self.spec, [], self.max_concurrent, self.train_only)
+        state = SweepState(
+            self.spec, [], self.max_concurrent, self.train_only, references=self.references.keys
+        )
         for key, rr in self.runs.items():
             sealed = [] if self.train_only else [f.step for f in ckpt.list_steps(self._paths(rr.rung).root)]
             state.rungs.append(RungState(rr.rung, rr.state, sealed, key=key))
         unlogged = []
         for key in policy.wanted_evals(state):
-            path = self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode)
+            path = self._record(key)
             rec = read_json(path) or {}
             if "state" in rec:
                 state.evals[key] = rec["state"]
-            if rec.get("state") == "done" and not rec.get("logged"):
-                unlogged.append((key, rec, path))
+            if rec.get("state") == "done" and not rec.get("logged") and key.kind != policy.REFERENCE:
+                unlogged.append((key, rec, path))  # (a reference's: orchestrator.references logs it)
         state.in_flight = {k for k, job in self.jobs.items() if job.ref is not None}
+        state.in_flight |= self.references.in_flight()
         return state, unlogged
 
     def _paths(self, rung: RungConfig) -> RungPaths:
         return RungPaths.for_rung(rung, self.root)
+
+    def _record(self, key: EvalKey) -> Path:
+        if key.kind == policy.REFERENCE:
+            return self.references.record(key)
+        return self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode)
 
     def _submit_evals(self, keys: list[EvalKey]) -> None:
         if not keys:
@@ -430,18 +442,7 @@ class Sweep:
                 **result,
             }
             write_json(path, rec)
-            self._log_eval(rr, job.step, job.task, job.mode, rec, path)
-
-    def _log_eval(self, rr: RungRun, step: int, task: str, mode: str, rec: dict, path: Path) -> None:
-        """`logged` is set once the tracker confirms MLflow holds the metrics (it flushes first)."""
-        import ray
-
-        # A real dataset's metrics get their own keys, so never one series with synthetic numbers.
-        dataset = rec.get("dataset", SYNTHETIC)
-        metrics = {eval_metric_key(task, mode, k, dataset): v for k, v in rec["metrics"].items()}
-        self.tracker.set_tags.remote(rr.run_id, {DATASET_TAG.format(task=task): dataset})
-        ray.get(self.tracker.log_metrics_now.remote(rr.run_id, metrics, step))
-        write_json(path, {**rec, "logged": True})
+            log_eval(self.tracker, rr.run_id, job.step, job.task, job.mode, rec, path)
 
     # -------------------------------------------------------- the end
     def _close(self) -> int:
@@ -453,6 +454,7 @@ class Sweep:
             tags = {FAILURE_TAG: rr.reason} if failed else {}
             ray.get(self.tracker.finish.remote(rr.run_id, "FAILED" if failed else "FINISHED", tags))
         ok = all(rr.state == "done" and rr.evals_failed == 0 for rr in self.runs.values())
+        ok &= self.references.finish(ray, self.tracker)
         ray.get(self.tracker.finish.remote(self.parent, "FINISHED" if ok else "FAILED"))
         return 0 if ok else 1
 
@@ -483,11 +485,8 @@ class Sweep:
                 }
             )
         for key in policy.wanted_evals(state):
-            rec = (
-                read_json(self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode))
-                or {}
-            )
-            gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
+            gpu_hours += (read_json(self._record(key)) or {}).get("seconds", 0) * self.spec.evals.gpus / 3600
+        rows += self.references.summary_rows()
         return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
 
 

@@ -14,6 +14,7 @@ from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
 from orchestrator.policy import eval_steps, rerun_action
 from orchestrator.progress import duration
+from orchestrator.references import reference_rows
 from orchestrator.state import SweepLock
 
 
@@ -87,6 +88,7 @@ def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dic
         eta = (r.steps - step) * r.batch_size / rate if state == "running" and rate and fresh else None
         rows.append(
             {
+                "kind": "rung",
                 "rung": r.key,
                 "state": state,
                 "step": step,
@@ -99,7 +101,7 @@ def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dic
                 "eta_s": eta,
             }
         )
-    return rows
+    return rows + reference_rows(spec, root)
 
 
 def status_table(sweep: str, rows: list[dict]) -> Table:

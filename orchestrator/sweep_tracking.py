@@ -10,13 +10,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, write_json
-from contracts.names import GIT_TAG, SEARCH_TAG, SPEC_HASH_TAG
+from contracts.names import DATASET_TAG, GIT_TAG, SEARCH_TAG, SPEC_HASH_TAG, SYNTHETIC, eval_metric_key
 from contracts.spec import RungConfig, SweepSpec
 from contracts.storage import local_file, uri_of
 from orchestrator.state import git_commit
 from orchestrator.tracking import Tracker, absolute_tracking_uri, rung_params, sqlite_path
 
 TRACKER_RESTARTS = 20
+
+
+def log_eval(tracker, run_id: str, step: int, task: str, mode: str, rec: dict, path: Path) -> None:
+    """One eval's record to MLflow (a rung's or a reference model's); `logged` is set once the tracker
+    confirms MLflow holds the metrics (it flushes first)."""
+    import ray
+
+    # A real dataset's metrics get their own keys, so never one series with synthetic numbers.
+    dataset = rec.get("dataset", SYNTHETIC)
+    metrics = {eval_metric_key(task, mode, k, dataset): v for k, v in rec["metrics"].items()}
+    tracker.set_tags.remote(run_id, {DATASET_TAG.format(task=task): dataset})
+    ray.get(tracker.log_metrics_now.remote(run_id, metrics, step))
+    write_json(path, {**rec, "logged": True})
 
 
 @dataclass

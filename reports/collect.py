@@ -33,6 +33,7 @@ from contracts.names import (
     se_of,
 )
 from contracts.tasks import BASELINE_PREFIX, higher_is_better, is_bounded
+from reports import references
 
 COLUMNS = [
     "sweep",
@@ -136,6 +137,7 @@ def collect_mlflow(tracking_uri: str, sweep: str) -> pd.DataFrame:
                 )
         if not found:
             rows.append(rung | {"step": np.nan, "task": None, "mode": None, "metric": None, "value": np.nan})
+    rows += references.collect_rows(client, exp.experiment_id, sweep) if rows else []  # kind "reference"
     if not rows:
         raise ReportError(f"sweep {sweep!r} in {tracking_uri} has no rung runs (tag {ROLE_TAG}=rung) yet")
     return normalize(pd.DataFrame(rows), sweep=sweep)

@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from contracts.names import VAL_LOSS_ROW  # noqa: E402
 from contracts.tasks import headline  # noqa: E402
+from reports import references  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
 from reports.units import format_size  # noqa: E402
@@ -200,6 +201,8 @@ def scaling_figure(result: dict, table: pd.DataFrame):
                 lw=1,
                 label=f"baseline ({mode})",
             )
+        if x == "params":  # a reference has a size but no training FLOPs
+            ticks += references.draw(ax, pd.DataFrame(result.get("references") or {}), panel)
         _size_ticks(ax, ticks)
         if any(s.get("bounded") for s in panel):  # a fraction: the axis stays inside [0, 1]
             lo_y, hi_y = ax.get_ylim()

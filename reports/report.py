@@ -19,7 +19,7 @@ import pandas as pd
 
 from contracts.names import ROLE_TAG, SYNTHETIC
 from contracts.spec import X_AXES
-from reports import figures, forecasts, lr_search
+from reports import figures, forecasts, lr_search, references
 from reports.collect import BASELINE_PREFIX, ReportError, is_baseline, normalize, read_table
 from reports.fit import FORMS, SIZE_LAWS, FitError, backtest, fit, fitted_quantity, predict, select_form
 from reports.units import format_size, parse_size
@@ -81,6 +81,8 @@ def make_report(
     if checkpoint not in ("final", "best"):
         raise ReportError(f"checkpoint must be 'final' or 'best', got {checkpoint!r}")
     full_table = table
+    table, refs = references.split(table)  # reference models: drawn and compared, never fitted
+    refs = references.baseline_free(refs)
     search = lr_search.analyse(table, search_metric)
     table = lr_search.best_points_only(table, search)
     out = Path(out_dir)
@@ -154,6 +156,7 @@ def make_report(
         "notes": notes,
         "target": target,
         "lr_search": search,
+        "references": _records(refs, ["rung", "params", "task", "mode", "metric", "dataset", "value", "se"]),
     }
     if search is not None:
         notes += [f"LR search: {w}" for w in search.get("warnings", [])]
@@ -175,6 +178,7 @@ def make_report(
             result["registration"] = {k: str(v) if isinstance(v, Path) else v for k, v in reg.items()}
     result["forecasts"] = forecasts.score(store, result)
     _headline_notes(result)
+    result["reference_findings"] = references.findings(_headline(result), refs, x)
     files = {
         "results.parquet": out / "results.parquet",
         "fits.json": out / "fits.json",
@@ -659,6 +663,13 @@ def _sections(result: dict, table: pd.DataFrame, figs: list[Path]) -> list[tuple
         ("h2", "Findings"),
         ("ul", [_finding(s, fc["rows"]) for s in _headline(result)] or ["no series"]),
     ]
+    refs = pd.DataFrame(result.get("references") or {})
+    if not refs.empty:
+        out += [
+            ("h2", "Reference models"),
+            ("ul", result.get("reference_findings") or ["no reference on a headline series"]),
+            ("table", references.COMPARISON_HEADER, references.comparison_rows(_headline(result), refs)),
+        ]
     reg = result.get("registration")
     if reg:
         out.append(
