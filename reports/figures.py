@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
-from reports.results import FormFit, Report, Series, panel_metrics, panel_order  # noqa: E402
+from reports.results import FormFit, Report, ScoredForecast, Series, panel_metrics, panel_order  # noqa: E402
 from reports.text import fmt, trend_text  # noqa: E402
 from reports.units import format_size  # noqa: E402
 
@@ -199,32 +199,30 @@ def _draw_series(ax, s: Series, report: Report) -> tuple[list[float], list[float
             ax, e, (lo_n, hi_n, end), color, chosen, f"{s.mode} {e.form}" + (" (selected)" if chosen else "")
         )
     for r in (r for r in report.forecasts.rows if r.series == s.label):
-        ax.errorbar(
-            [r.N],
-            [r.value],
-            yerr=[[r.value - r.lo], [r.hi - r.value]],
-            fmt="D",
-            ms=5,
-            color=color,
-            mfc="white",
-            capsize=3,
-            zorder=4,
-            label=f"forecast {r.created[:10]}",
-        )
-        ys += [r.value]
-        if r.observed is not None:
-            ax.plot(
-                [r.N],
-                [r.observed],
-                "*",
-                color="k" if r.inside else "#e377c2",
-                ms=10,
-                zorder=5,
-                label="outcome",
-            )
-            ys.append(r.observed)
+        ys += _draw_forecast(ax, r, color)
         ticks.append(r.N)
     return ticks, ys
+
+
+def _draw_forecast(ax, r: ScoredForecast, color) -> list[float]:
+    """A registered forecast as an interval marker, and its outcome as a star once measured."""
+    ax.errorbar(
+        [r.N],
+        [r.value],
+        yerr=[[r.value - r.lo], [r.hi - r.value]],
+        fmt="D",
+        ms=5,
+        color=color,
+        mfc="white",
+        capsize=3,
+        zorder=4,
+        label=f"forecast {r.created[:10]}",
+    )
+    if r.observed is None:
+        return [r.value, r.lo, r.hi]
+    star = "k" if r.inside else "#e377c2"
+    ax.plot([r.N], [r.observed], "*", color=star, ms=10, zorder=5, label="outcome")
+    return [r.value, r.lo, r.hi, r.observed]
 
 
 def _draw_law(ax, e: FormFit, span: tuple[float, float, float], color, chosen: bool, label: str) -> None:
