@@ -59,3 +59,49 @@ def test_a_planted_upward_import_is_caught(tmp_path):
         "contracts/spec.py:5: contracts (layer 0) imports orchestrator (layer 4)",
         "evals/run.py:1: evals (layer 3) imports reports (layer 3)",
     ]
+
+
+def import_circles(root: Path, pkg: str) -> list[list[str]]:
+    """Circles of imports between the modules of one package, nested imports included."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / pkg).rglob("*.py")):
+        mod = ".".join(path.relative_to(root).with_suffix("").parts)
+        deps = graph.setdefault(mod, set())
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            deps |= {
+                n
+                for n in names
+                if n.startswith(pkg + ".") and (root / (n.replace(".", "/") + ".py")).is_file()
+            }
+    circles, done = [], set()
+
+    def visit(mod: str, stack: list[str]) -> None:
+        if mod in stack:
+            circles.append(stack[stack.index(mod) :] + [mod])
+            return
+        if mod in done:
+            return
+        for dep in sorted(graph.get(mod, ())):
+            visit(dep, [*stack, mod])
+        done.add(mod)
+
+    for mod in sorted(graph):
+        visit(mod, [])
+    return circles
+
+
+def test_no_import_circle_inside_a_package():
+    assert {pkg: import_circles(ROOT, pkg) for pkg in LEVEL} == {pkg: [] for pkg in LEVEL}
+
+
+def test_a_planted_import_circle_is_caught(tmp_path):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "a.py").write_text("from reports.b import f\n")
+    (tmp_path / "reports" / "b.py").write_text("def f():\n    from reports import a\n")
+    assert import_circles(tmp_path, "reports") == [["reports.a", "reports.b", "reports.a"]]
