@@ -260,17 +260,16 @@ def _y_range_and_baselines(ax, ys: list[float], panel: Panel) -> None:
             ax.axhline(b, ls=":", color=color, lw=1, label=f"baseline ({mode})")
             lo, hi = min(lo, b), max(hi, b)
             continue
-        below = b < lo
-        ax.annotate(
-            f"baseline ({mode}) {fmt(b)} {'↓' if below else '↑'}",
-            xy=(0.98, 0.0 if below else 1.0),
-            xycoords="axes fraction",
-            xytext=(0, 3 if below else -3),
-            textcoords="offset points",
-            ha="right",
-            va="bottom" if below else "top",
-            fontsize=7,
+        below = b < lo  # a marker on the edge it lies beyond; its value in the legend
+        ax.plot(
+            [0.97],
+            [0.0 if below else 1.0],
+            "v" if below else "^",
+            transform=ax.transAxes,
+            clip_on=False,
             color=color,
+            ms=7,
+            label=f"baseline ({mode}) {fmt(b)}, {'below' if below else 'above'} the axis",
         )
     pad = 0.08 * (hi - lo if hi > lo else span)
     lo, hi = lo - pad, hi + pad

@@ -39,7 +39,8 @@ def test_six_panels_fill_a_two_by_three_grid_and_a_far_baseline_is_written_at_th
     action = next(ax for ax in visible if ax.get_title().startswith("action"))
     lo, hi = action.get_ylim()
     assert 0.5 < lo < 0.62 and 0.65 < hi < 0.8  # the points fill the panel, not a flat line at the top
-    assert any("0.08" in text.get_text() and "baseline" in text.get_text() for text in action.texts)
+    legend = [text.get_text() for text in action.get_legend().get_texts()]
+    assert "baseline (frozen) 0.08, below the axis" in legend
     assert not [line for line in action.get_lines() if np.allclose(line.get_ydata(), 0.08)]
 
 
