@@ -90,7 +90,15 @@ def run_report(request: ReportRequest, log: Log = print) -> Report:
     return report
 
 
-def make_report(
+def make_report(table: pd.DataFrame | str | Path, out_dir: str | Path, **settings) -> Report:
+    """Fit every (task, mode, metric) of `table` and write the report files into out_dir
+    (settings: those of `fit_report`)."""
+    report, table, fitted = fit_report(table, out_dir, **settings)
+    render(report, table, fitted, Path(out_dir))
+    return report
+
+
+def fit_report(
     table: pd.DataFrame | str | Path,
     out_dir: str | Path,
     fits: list[str] | tuple[str, ...] = (AUTO,),
@@ -103,8 +111,8 @@ def make_report(
     predictions_dir: str | Path | None = None,
     search_metric: str | None = None,
     log: Log = print,
-) -> Report:
-    """Fit every (task, mode, metric) of `table` and write the report files into out_dir.
+) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
+    """Stages 1-6 on `table`: the Report, the whole table, and the rows the laws were fitted on.
 
     `predict` (a size like 22B or a rung name) registers the selected forms' forecasts;
     `predictions_dir` is the store of registered forecasts, scored whenever their rung has
@@ -139,8 +147,7 @@ def make_report(
     register_forecasts(report, sizes, out, store)
     report.forecasts = score(store, report)
     headline_notes(report)
-    render(report, table, fitted, out)
-    return report
+    return report, table, fitted
 
 
 def _check(x: str, checkpoint: str) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from reports import figures
-from reports.report import make_report
+from reports.report import fit_report
 
 
 @pytest.mark.parametrize(("n", "shape"), [(1, (1, 1)), (2, (1, 2)), (4, (2, 2)), (6, (2, 3)), (8, (2, 4))])
@@ -32,7 +32,7 @@ def table(action_values, baseline: float) -> pd.DataFrame:
 
 def test_six_panels_fill_a_two_by_three_grid_and_a_far_baseline_is_written_at_the_edge(tmp_path):
     t = table([0.62, 0.63, 0.64, 0.65], baseline=0.08)
-    report = make_report(t, tmp_path, fits=["powerlaw"], bootstrap=0, log=lambda line: None)
+    report, _, _ = fit_report(t, tmp_path, fits=["powerlaw"], bootstrap=0, log=lambda line: None)
     fig = figures.scaling_figure(report, t)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(fig.axes) == len(visible) == 6
@@ -46,7 +46,7 @@ def test_six_panels_fill_a_two_by_three_grid_and_a_far_baseline_is_written_at_th
 
 def test_a_near_baseline_is_a_line_inside_the_range(tmp_path):
     t = table([0.30, 0.40, 0.50, 0.60], baseline=0.2)
-    report = make_report(t, tmp_path, fits=["powerlaw"], bootstrap=0, log=lambda line: None)
+    report, _, _ = fit_report(t, tmp_path, fits=["powerlaw"], bootstrap=0, log=lambda line: None)
     action = next(ax for ax in figures.scaling_figure(report, t).axes if ax.get_title().startswith("action"))
     lo, _ = action.get_ylim()
     assert lo < 0.2 and [line for line in action.get_lines() if np.allclose(line.get_ydata(), 0.2)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from reports.report import make_report, predict_from_fits
+from reports.report import fit_report, make_report, predict_from_fits
 from reports.results import SCHEMA, Report
 
 DATA = Path(__file__).parent / "data" / "report_v1"
@@ -74,3 +74,15 @@ def test_sweep_report_from_a_file_scores_an_old_store_as_the_old_code_did(tmp_pa
     assert after["forecasts"]["scored"] == 3  # the fixture holds a scored forecast per series
     n, diffs = differences(after, json.loads((tmp_path / "rep" / "fits.json").read_text()))
     assert diffs == [] and n > 1000
+
+
+def test_the_local_ladder_report_has_the_same_numbers_as_before(tmp_path):
+    """The local ladder's results (4 rungs, 33 series), reported by the old code and by the pipeline:
+    every field of fits.json is the same (figures are not drawn: the numbers are the point)."""
+    report, _, _ = fit_report(
+        DATA / "local_ladder_results.csv", tmp_path, fits=["powerlaw"], bootstrap=20, log=lambda line: None
+    )
+    before = old("local_ladder_fits.json")
+    assert len(before["series"]) == 33
+    n, diffs = differences(before, json.loads(report.dumps()))
+    assert diffs == [] and n > 4000
