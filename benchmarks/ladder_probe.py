@@ -63,14 +63,13 @@ class ClipCache:
         self.world = world
         shape = (n, world.frames, world.size, world.size, 3)
         import hashlib
-        import inspect
 
         import data4d.world as wm
 
-        # Named by the world's source and knobs too, so a changed world never reads stale clips.
-        sig = hashlib.sha256(
-            (inspect.getsource(wm) + repr(sorted(vars(world).items(), key=str))).encode()
-        ).hexdigest()[:10]
+        # Named by the world's source (every unit of the package) and knobs too, so a changed world
+        # never reads stale clips.
+        source = "".join(f.read_text() for f in sorted(Path(wm.__file__).parent.glob("*.py")))
+        sig = hashlib.sha256((source + repr(sorted(vars(world).items(), key=str))).encode()).hexdigest()[:10]
         path = Path(directory) / f"pretrain_{world.frames}x{world.size}_{sig}_{n}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():

@@ -143,7 +143,7 @@ class Pretraining(_Strict):
     checkpoint_interval: PosInt = 1000
     # Held-out clips whose MAE loss is logged as val/loss at every checkpoint (0: none). Synthetic data
     # only: the first val_clips clips of the world's `val` split, with masks fixed by a seed, the same
-    # for every rung. Real sources get none: training reads every clip of them (orchestrator.trainer).
+    # for every rung. Real sources get none: training reads every clip of them (orchestrator.training.loop).
     val_clips: NonNegInt = VAL_CLIPS
     seed: int = 0
     gpus: NonNegInt = 0  # GPUs per rung; 0 trains on CPU workers

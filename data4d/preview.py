@@ -60,3 +60,16 @@ def write_contact_sheet(world, indices, out_path, max_frames=8):
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+def write_world_preview(
+    out_path: Path, clips: int, frames: int, size: int, seed: int, split: str
+) -> list[str]:
+    """`sweep world preview`: a contact sheet of the synthetic world's first `clips` clips of `split`.
+    -> the world's object classes."""
+    from data4d.world import SyntheticWorld
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    world = SyntheticWorld(frames=frames, size=size, seed=seed, split=split)
+    write_contact_sheet(world, list(range(clips)), out_path)
+    return list(world.CLASSES)

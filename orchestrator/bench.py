@@ -17,7 +17,8 @@ Throughput is turned into TFLOP/s with the analytic training FLOPs of
 models/cost.py. The peer's matmuls have the same shapes as ours (its K has no
 bias, its position embeddings are fixed sin-cos: neither costs a matmul), so the
 same FLOPs per clip hold for both and TFLOP/s compare like with like
-(tests/test_bench.py checks this with torch's FlopCounterMode).
+(tests/test_bench.py checks this with torch's FlopCounterMode). How the rows are shown:
+orchestrator.bench_table.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ import torch.nn as nn
 
 from contracts.cost import flops_per_clip
 from contracts.shapes import SIZES
-from contracts.spec import SpecError, human_count
+from contracts.spec import SpecError
 from models.mae import MAEConfig, VideoMAE, ViTShape, normalize_video, random_masking
-from orchestrator.trainer import peak_flops
+from orchestrator.training.loop import peak_flops
 
 TINY = ViTShape(width=64, depth=2, mlp=256, heads=4)  # the `--tiny` encoder: seconds on a laptop CPU
 MAX_BATCH_RUNGS = ("B", "L")  # rungs whose largest micro-batch is searched (GPU only)
@@ -325,6 +326,20 @@ def _bench_one(
     return {"impl": impl, "params": params, "step_ms": 1e3 * seconds, "peak_mem_gib": peak_mem}
 
 
+def peer_available(say: Callable[[str], None]) -> bool:
+    """Whether transformers can be imported to time its VideoMAE; says which, or why not."""
+    try:
+        import transformers
+    except ImportError:
+        say(
+            "peer skipped: transformers is not installed (pip install transformers to compare with "
+            "VideoMAEForPreTraining)"
+        )
+        return False
+    say(f"peer: transformers {transformers.__version__} VideoMAEForPreTraining, SDPA attention")
+    return True
+
+
 def run_bench(
     rungs: list[str] | None = None,
     tiny: bool = False,
@@ -361,18 +376,7 @@ def run_bench(
     if cuda:
         torch.cuda.set_device(device)
 
-    if peer:
-        try:
-            import transformers
-        except ImportError:
-            say(
-                "peer skipped: transformers is not installed (pip install transformers to compare with "
-                "VideoMAEForPreTraining)"
-            )
-            peer = False
-        else:
-            say(f"peer: transformers {transformers.__version__} VideoMAEForPreTraining, SDPA attention")
-
+    peer = peer and peer_available(say)
     measured = measure_matmul_peak(device)
     datasheet = peak_flops(device)
     if cuda:
@@ -390,9 +394,8 @@ def run_bench(
         for impl in impls:
             try:
                 r = _bench_one(impl, cfg, batch, device, precision, compile, steps, warmup, repeats)
-            except (
-                Exception
-            ) as e:  # a peer that breaks (a transformers change, OOM) must not cost us our rows
+            # a peer that breaks (a transformers change, OOM) must not cost us our rows
+            except Exception as e:
                 if impl == "sweep4d":
                     raise
                 say(f"{rung} peer failed, no ratio: {type(e).__name__}: {e}")
@@ -435,76 +438,3 @@ def run_bench(
             results[0]["max_micro_batch"] = max_micro_batch(cfg, device, precision)
         rows += results
     return rows
-
-
-# ------------------------------------------------------------------ printing
-
-HEADERS = (
-    "rung",
-    "impl",
-    "batch",
-    "prec",
-    "compile",
-    "params",
-    "GFLOP/clip",
-    "step ms",
-    "clips/s",
-    "tokens/s",
-    "TFLOP/s",
-    "MFU",
-    "MFU sheet",
-    "peak mem",
-    "max µbatch",
-    "ours/peer",
-)
-
-
-def _fmt(x, spec: str, none: str = "-") -> str:
-    return none if x is None else format(x, spec)
-
-
-def print_table(rows: list[dict], console) -> None:
-    """The benchmark as a rich table on `console`, with the peaks MFU is quoted against."""
-    from rich.table import Table
-
-    if not rows:
-        console.print("no rows")
-        return
-    first = rows[0]
-    cpu = first["device"] == "cpu"
-    t = Table(title=f"training step, {first['device']}")
-    for h in HEADERS:
-        t.add_column(h, justify="left" if h in ("rung", "impl") else "right")
-    for r in rows:
-        mfu_none = "n/a" if cpu else "-"
-        t.add_row(
-            r["rung"],
-            r["impl"],
-            str(r["batch"]),
-            r["precision"],
-            "yes" if r["compile"] else "no",
-            human_count(r["params"]),
-            f"{r['flops_per_clip'] / 1e9:.3g}",
-            f"{r['step_ms']:.1f}",
-            f"{r['clips_per_s']:.1f}",
-            f"{r['tokens_per_s']:,.0f}",
-            f"{r['tflops']:.3g}",
-            _fmt(r["mfu"], ".1%", mfu_none),
-            _fmt(r["mfu_datasheet"], ".1%", mfu_none),
-            _fmt(r["peak_mem_gib"], ".1f", "n/a") + ("" if r["peak_mem_gib"] is None else " GiB"),
-            "n/a on CPU" if cpu else _fmt(r["max_micro_batch"], "d"),
-            _fmt(r["vs_peer"], ".2f") + ("" if r["vs_peer"] is None else "x"),
-        )
-    console.print(t)
-    if cpu:
-        console.print("MFU: n/a on CPU (no bf16 tensor-core peak to compare with)")
-    else:
-        console.print(
-            f"MFU = achieved / measured bf16 matmul peak ({_fmt(first['peak_tflops_measured'], '.0f')} "
-            f"TFLOP/s); MFU sheet = achieved / datasheet dense bf16 peak "
-            f"({_fmt(first['peak_tflops_datasheet'], '.0f')} TFLOP/s)"
-        )
-    console.print(
-        "FLOPs: analytic training FLOPs per clip (models/cost.py), the same for both impls; "
-        "tokens/s counts every token of the clip"
-    )

@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+# Only contracts, typer and rich at the top: each command imports its own modules in its body, so
+# `sweep --help`, validate, plan and status answer without loading torch, Ray or MLflow.
 from contracts.errors import UserError
-from contracts.layout import EXPORT
-from contracts.names import se_name, se_of
-from contracts.spec import SpecError, human_count, load_spec, lr_tag
-from contracts.storage import check_reachable, is_remote, local_copy, root_of, runs_root
-from contracts.tasks import EVAL_FORMATS, MODES, TASK_NAMES
+from contracts.spec import SpecError, load_spec
+from contracts.storage import check_reachable, runs_root
+from contracts.tasks import EVAL_FORMATS
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Scaling-law sweeps for 4D video representations."
@@ -59,10 +59,6 @@ def validate(spec: SpecArg):
     )
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
 @app.command()
 @user_errors_exit_2
 def plan(
@@ -77,7 +73,7 @@ def plan(
     """What the ladder costs before spending it: params, FLOPs, memory per GPU, GPU-hours."""
     from dataclasses import asdict
 
-    from orchestrator.plan import plan_sweep
+    from orchestrator.plan import memory_warnings, plan_sweep, plan_table, scaling_note
 
     if not 0 < mfu <= 1:
         raise SpecError(f"--mfu must be in (0, 1], got {mfu}")
@@ -86,72 +82,12 @@ def plan(
     if as_json:
         print(json.dumps([asdict(p) for p in plans], indent=2))
     else:
-        t = Table(title=f"sweep '{s.name}': {len(plans)} rungs")
-        sc = s.pretraining.scaling
-        cols = [
-            "rung",
-            "shape w/d/mlp/h",
-            "enc params",
-            "dec params",
-            "FLOPs/clip",
-            "train FLOPs",
-            "steps x batch",
-            "LR",
-            "warmup",
-            "GPUs",
-            "mem/GPU",
-            "GPU-h",
-        ]
-        for col in cols:
-            t.add_column(col, justify="right")
-        for p in plans:
-            t.add_row(
-                p.key,
-                p.shape,
-                human_count(p.encoder_params),
-                human_count(p.decoder_params),
-                f"{p.flops_per_clip:.2e}",
-                f"{p.train_flops:.2e}",
-                f"{p.steps} x {p.batch_size}",
-                lr_tag(p.lr) + (" μP" if p.parametrization == "mup" else ""),
-                str(p.warmup_steps),
-                str(p.gpus) if p.gpus else f"cpu x{p.workers}",
-                _gib(p.mem_per_gpu_bytes) + ("" if p.fits else " !"),
-                f"{p.gpu_hours:,.0f}" if p.gpus else "-",
-            )
-        t.add_section()
-        gpu_hours = sum(p.gpu_hours for p in plans)
-        t.add_row(
-            "total",
-            "",
-            "",
-            "",
-            "",
-            f"{sum(p.train_flops for p in plans):.2e}",
-            *[""] * 5,
-            f"{gpu_hours:,.0f}" if gpu_hours else "-",
-        )
-        out.print(t)
+        out.print(plan_table(s, plans))
         out.print(f"GPU-hours at {mfu:.0%} MFU of {peak_tflops:g} TFLOP/s per GPU.")
-        if sc.active:
-            base = s.base_rung()
-            rules = ", ".join(
-                f"{k} {getattr(sc, k).rule}"
-                + (f" {getattr(sc, k).exponent:g}" if getattr(sc, k).exponent is not None else "")
-                for k in ("lr", "warmup", "batch")
-            )
-            out.print(
-                f"Scaled from rung {base.name or base.size or 'ladder[0]'}: {rules}"
-                + (" (μP: hidden matrices' LR x base/width inside the model)" if sc.lr.rule == "mup" else "")
-                + "."
-            )
-    for p in plans:
-        if not p.fits:
-            err.print(
-                f"[yellow]warning:[/] rung {p.name} needs ~{_gib(p.mem_per_gpu_bytes)} per GPU on "
-                f"{p.gpus} GPUs, more than {gpu_memory_gib:g} GiB: give it more GPUs, a smaller "
-                "micro_batch_size, or activation_checkpointing"
-            )
+        if note := scaling_note(s):
+            out.print(note)
+    for line in memory_warnings(plans, gpu_memory_gib):
+        err.print(f"[yellow]warning:[/] {line}")
 
 
 @app.command("check-transfer")
@@ -173,37 +109,12 @@ def check_transfer(
     prints each layer kind's output RMS with its log-log slope against width. Near 0 under μP
     means an LR tuned at one width transfers; well above 0 under the standard parametrisation at
     the same LR is why a constant LR over-drives wide rungs."""
-    from orchestrator.transfer import coordinate_check
+    from orchestrator.transfer import check_transfer as run_check
 
-    s = load_spec(spec)
-    base_width = s.base_config().model.encoder.width
-    try:
-        ws = [int(w) for w in widths.split(",")] if widths else [base_width * k for k in (1, 2, 4, 8)]
-    except ValueError:
-        raise SpecError(f"--widths must be comma-separated integers, got {widths!r}") from None
-    if len(ws) < 3 or min(ws) < 1:
-        raise SpecError(f"--widths needs 3 or more positive widths for a slope, got {widths!r}")
-    rows = coordinate_check(
-        s, ws, steps=steps, lr=lr, seeds=seeds, log=lambda line: err.print(line, highlight=False)
-    )
-    t = Table(title=f"coordinate check of '{s.name}' from width {base_width}: output RMS after {steps} steps")
-    t.add_column("layer")
-    for par in ("standard", "μP"):
-        for w in ws:
-            t.add_column(f"{par} w{w}", justify="right")
-        t.add_column(f"{par} slope", justify="right")
-    for kind in {r.kind: None for r in rows}:
-        cells = []
-        for par in ("sp", "mup"):
-            r = next(r for r in rows if (r.parametrization, r.kind) == (par, kind))
-            cells += [f"{r.rms[w]:.3f}" for w in ws] + [f"{r.slope:+.2f}"]
-        t.add_row(kind, *cells)
-    out.print(t)
-    worst = {par: max(abs(r.slope) for r in rows if r.parametrization == par) for par in ("sp", "mup")}
-    out.print(
-        f"largest |slope|: μP {worst['mup']:.2f}, standard {worst['sp']:.2f}. Near 0 means activations do "
-        f"not grow with width, so an LR tuned on a narrow rung transfers to wide ones."
-    )
+    say = lambda line: err.print(line, highlight=False)  # noqa: E731
+    check = run_check(load_spec(spec), widths, steps=steps, seeds=seeds, lr=lr, log=say)
+    out.print(check.table())
+    out.print(check.verdict())
 
 
 RunsOpt = Annotated[
@@ -267,7 +178,7 @@ def train(
 
 
 def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_dir, train_only) -> None:
-    from orchestrator.progress import SweepDisplay, duration
+    from orchestrator.progress import SweepDisplay, dry_run_table, summary_table
     from orchestrator.scheduler import open_sweep
 
     sweep = open_sweep(
@@ -279,41 +190,16 @@ def _run(spec: Path, *, address, max_concurrent, only, dry_run, num_cpus, runs_d
     )
     sweep.preflight()
     if dry_run:
-        t = Table(title=f"dry run of sweep '{sweep.spec.name}' (nothing started)")
-        for col in ("rung", "action", "steps", "checkpoints", "evals done"):
-            t.add_column(col)
-        for r in sweep.describe():
-            t.add_row(r["rung"], r["action"], str(r["steps"]), str(r["checkpoints"]), str(r["evals_done"]))
-        out.print(t)
+        out.print(dry_run_table(sweep.spec.name, sweep.describe()))
         return
     with SweepDisplay(f"sweep '{sweep.spec.name}'", out) as display:
         sweep.say = display.say
         code = sweep.run(address, num_cpus=num_cpus, display=display)
     if code in (130, 143):  # Ctrl-C, SIGTERM: MLflow flushed and reconciled; rerun to resume
         raise typer.Exit(code)
-    s = sweep.summary()
-    t = Table(
-        title=(
-            f"sweep '{sweep.spec.name}': {'done' if code == 0 else 'finished with failures'} "
-            f"in {duration(s['wall_s'])}"
-        )
-    )
-    for col in ("rung", "state", "waited", "trained in", "evals", "failure"):
-        t.add_column(col)
-    for r in s["rungs"]:
-        evals = f"{r['evals_done']}/{r['evals_total']}" + (
-            f" ({r['evals_failed']} failed)" if r["evals_failed"] else ""
-        )
-        t.add_row(
-            r["rung"],
-            r["state"],
-            duration(r["wait_s"]),
-            duration(r["train_s"]),
-            evals,
-            "; ".join(filter(None, [r["reason"], *r["failures"]]))[:100],
-        )
-    out.print(t)
-    out.print(f"GPU-hours used: {s['gpu_hours']:.2f}. Next: sweep report")
+    summary = sweep.summary()
+    out.print(summary_table(sweep.spec.name, code, summary))
+    out.print(f"GPU-hours used: {summary['gpu_hours']:.2f}. Next: sweep report")
     if code:
         raise typer.Exit(code)
 
@@ -326,29 +212,14 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as a JSON list")] = False,
 ):
     """Where a sweep stands: rung x (state, step / total, last checkpoint, evals, restarts, failures, ETA)."""
-    from orchestrator.progress import duration
-    from orchestrator.status import status_rows
+    from orchestrator.status import status_rows, status_table
 
     s = load_spec(spec)
     rows = status_rows(s, runs_dir)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"sweep '{s.name}'")
-    for col in ("rung", "state", "step", "last checkpoint", "evals", "restarts", "failures", "ETA"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            r["rung"],
-            r["state"],
-            f"{r['step']}/{r['total']}",
-            str(r["last_checkpoint"] or "-"),
-            f"{r['evals_done']}/{r['evals_total']}",
-            str(r["restarts"]),
-            "; ".join(r["failures"])[:120],
-            duration(r["eta_s"]),
-        )
-    out.print(t)
+    out.print(status_table(s.name, rows))
 
 
 @app.command()
@@ -358,16 +229,9 @@ def sync(spec: SpecArg, runs_dir: RunsOpt = None):
 
     `sweep run` does this itself when it starts and stops, and `sweep report` before collecting;
     this is the same repair on its own (after a crash, or to check a store)."""
-    from contracts.layout import SweepPaths
-    from orchestrator.reconcile import sync_sweep
+    from orchestrator.reconcile import sync_spec
 
-    s = load_spec(spec)
-    root = runs_root(runs_dir, s.storage)
-    check_reachable(root, write=False)
-    sweep_dir = SweepPaths.of(root, s.name).root
-    if not (sweep_dir / "sweep.json").is_file():
-        raise SpecError(f"sweep '{s.name}' has not run under {root}/ (no {sweep_dir / 'sweep.json'})")
-    sync_sweep(sweep_dir, say=lambda line: out.print(line, markup=False, highlight=False))
+    sync_spec(load_spec(spec), runs_dir, say=lambda line: out.print(line, markup=False, highlight=False))
 
 
 @app.command()
@@ -460,71 +324,14 @@ def eval_(
     ] = None,
 ):
     """Evaluate one checkpoint's features on tasks and print the metrics (what `sweep run` fans out)."""
-    from contracts.spec import Data, EvalData, Evals
-    from models.export import ExportError, export_dir
+    from evals.checkpoint import evaluate_checkpoint
 
-    bad = [t for t in task if t not in TASK_NAMES]
-    if bad or mode not in MODES:
-        raise SpecError(
-            f"unknown task {bad} or mode {mode!r}; tasks: {', '.join(TASK_NAMES)}; modes: {', '.join(MODES)}"
-        )
-    on_disk = dict(EvalData.parse(d) for d in data or [])
-    unused = [t for t in on_disk if t not in task]
-    if unused:
-        raise SpecError(f"--data gives data for {', '.join(unused)}, which no --task names")
-    for d in on_disk.values():
-        if not Path(d.path).exists():
-            raise SpecError(f"--data {d.format}:{d.path}: no such file or folder")
-    where_it_is = root_of(checkpoint)
-    check_reachable(where_it_is, write=False)
-    if is_remote(where_it_is) and (where_it_is / EXPORT).is_dir():
-        where_it_is = where_it_is / EXPORT  # the export alone, not the ZeRO shards beside it
-    local = local_copy(where_it_is)  # on a store, streamed into this machine's cache
-    rung_json = export_dir(local) / "rung.json"
-    if not rung_json.is_file():
-        raise ExportError(
-            f"{checkpoint}: no encoder export here (expected export/encoder.safetensors and rung.json)"
-        )
-    if spec is not None:
-        s = load_spec(spec)
-        evals, world = s.evals, s.data
-    else:
-        evals, world = Evals(), Data(**json.loads(rung_json.read_text()).get("data", {}))
-    datasets = {**evals.data, **on_disk}
-    from evals.run import evaluate
-
-    results, about = {}, {}
-    for name in task:  # clips and frozen features are cached, so tasks still share them
-        with out.status(f"evaluating {checkpoint} on {name} ({mode})"):
-            results[name] = evaluate(
-                str(local),
-                name,
-                mode=mode,
-                readout=evals.readout_for(name),
-                data=world,
-                datasets=datasets,
-                info=about,
-            )
+    result = evaluate_checkpoint(checkpoint, task, mode=mode, spec=spec, data=data, progress=out.status)
     t = Table(title=f"{checkpoint} ({mode})")
     for col in ("task", "dataset", "split", "metric", "value", "± se", "trivial baseline"):
         t.add_column(col)
-
-    def cell(v) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    for name, metrics in results.items():
-        for k, v in metrics.items():
-            if not k.startswith("baseline_") and se_of(k) is None:
-                base = metrics.get(f"baseline_{k}")
-                t.add_row(
-                    name,
-                    about[name]["dataset"],
-                    about[name]["split"],
-                    k,
-                    cell(v),
-                    cell(metrics.get(se_name(k))),
-                    cell(base),
-                )
+    for name, dataset, split, metric, *numbers in result.rows():
+        t.add_row(name, dataset, split, metric, *("-" if v is None else f"{v:.4f}" for v in numbers))
     out.print(t)
 
 
@@ -563,15 +370,10 @@ def world_preview(
     split: str = "train",
 ):
     """Write a contact sheet of synthetic clips: RGB, depth, and tracks + boxes drawn."""
-    from data4d.preview import write_contact_sheet
-    from data4d.world import SyntheticWorld
+    from data4d.preview import write_world_preview
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    world = SyntheticWorld(frames=frames, size=size, seed=seed, split=split)
-    write_contact_sheet(world, list(range(clips)), out_path)
-    out.print(
-        f"wrote {out_path} ({clips} clips of {frames}x{size}x{size}; classes: {', '.join(world.CLASSES)})"
-    )
+    classes = write_world_preview(out_path, clips, frames, size, seed, split)
+    out.print(f"wrote {out_path} ({clips} clips of {frames}x{size}x{size}; classes: {', '.join(classes)})")
 
 
 @app.command()
@@ -598,7 +400,8 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
 ):
     """Time the pretraining step, ours against transformers' VideoMAE: clips/s, TFLOP/s, MFU, memory."""
-    from orchestrator.bench import print_table, run_bench
+    from orchestrator.bench import run_bench
+    from orchestrator.bench_table import print_table
 
     names = [r.strip() for r in rungs.split(",") if r.strip()] if rungs else None
     rows = run_bench(

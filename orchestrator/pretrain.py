@@ -6,7 +6,7 @@ by rank 0 and registered with Ray without a copy (NO_UPLOAD). A worker failure i
 restarted by Ray Train's FailureConfig from `ray.train.get_checkpoint()`; starting
 the rung again later resumes the same way. On a store (`storage: s3://…`) the
 storage_path is the store URI, and a restarted worker group resumes from the newest
-checkpoint whose manifest the store holds. What each worker runs: orchestrator.trainer.
+checkpoint whose manifest the store holds. What each worker runs: orchestrator.training.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from contracts.layout import RAY_SNAPSHOT, RungPaths, read_json
 from contracts.spec import RungConfig
 from contracts.storage import is_remote
-from orchestrator.trainer import train_loop
+from orchestrator.training.loop import train_loop
 
 
 @dataclass

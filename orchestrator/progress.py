@@ -18,7 +18,7 @@ def duration(s: float | None) -> str:
 
 
 def restart_line(rung_key: str, restart: dict) -> str:
-    """One restarts.jsonl record (orchestrator.trainer.note_restart) as a progress line."""
+    """One restarts.jsonl record (orchestrator.training.engine.note_restart) as a progress line."""
     start = restart["resumed_from"]
     where = f"checkpoint {start}" if start else "the first step (no checkpoint yet)"
     return (
@@ -95,3 +95,34 @@ class SweepDisplay:
                     file=sys.stdout,
                 )
                 self._last[r["rung"]], self._last_print[r["rung"]] = sig, now
+
+
+def dry_run_table(sweep: str, rows: list[dict]) -> Table:
+    """`sweep run --dry-run`: what each rung would do (Sweep.describe's rows)."""
+    t = Table(title=f"dry run of sweep '{sweep}' (nothing started)")
+    for col in ("rung", "action", "steps", "checkpoints", "evals done"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["rung"], r["action"], str(r["steps"]), str(r["checkpoints"]), str(r["evals_done"]))
+    return t
+
+
+def summary_table(sweep: str, code: int, summary: dict) -> Table:
+    """The table `sweep run` ends with (Sweep.summary): each rung's state, waits, time and failures."""
+    verdict = "done" if code == 0 else "finished with failures"
+    t = Table(title=f"sweep '{sweep}': {verdict} in {duration(summary['wall_s'])}")
+    for col in ("rung", "state", "waited", "trained in", "evals", "failure"):
+        t.add_column(col)
+    for r in summary["rungs"]:
+        evals = f"{r['evals_done']}/{r['evals_total']}" + (
+            f" ({r['evals_failed']} failed)" if r["evals_failed"] else ""
+        )
+        t.add_row(
+            r["rung"],
+            r["state"],
+            duration(r["wait_s"]),
+            duration(r["train_s"]),
+            evals,
+            "; ".join(filter(None, [r["reason"], *r["failures"]]))[:100],
+        )
+    return t

@@ -28,8 +28,8 @@ from contracts.names import (
     eval_metric_key,
     parse_eval_metric_key,
 )
-from contracts.spec import RungConfig
-from contracts.storage import root_of, uri_of
+from contracts.spec import RungConfig, SpecError, SweepSpec
+from contracts.storage import check_reachable, root_of, runs_root, uri_of
 
 Points = dict[str, dict[int, float]]  # metric key -> step -> value
 # (run_id, points) -> the steps restored per key
@@ -207,6 +207,17 @@ MEASURED = (
     CKPT_WAIT_METRIC,
     "system/",
 )
+
+
+def sync_spec(spec: SweepSpec, runs_dir: str | None, say: Callable[[str], None] = print) -> None:
+    """`sweep sync`: `sync_sweep` on the spec's sweep under `runs_dir` (default: the spec's storage,
+    else runs/); a UserError if that sweep has not run there."""
+    root = runs_root(runs_dir, spec.storage)
+    check_reachable(root, write=False)
+    sweep_dir = SweepPaths.of(root, spec.name).root
+    if not (sweep_dir / "sweep.json").is_file():
+        raise SpecError(f"sweep '{spec.name}' has not run under {root}/ (no {sweep_dir / 'sweep.json'})")
+    sync_sweep(sweep_dir, say=say)
 
 
 def differences(client, run_id: str, points: Points) -> list[str]:

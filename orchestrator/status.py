@@ -6,10 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from rich.table import Table
+
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
+from orchestrator.progress import duration
 from orchestrator.state import SweepLock
 
 
@@ -96,3 +99,22 @@ def status_rows(spec: SweepSpec, runs_dir: Path | str | None = None) -> list[dic
             }
         )
     return rows
+
+
+def status_table(sweep: str, rows: list[dict]) -> Table:
+    """`sweep status`'s table of `status_rows`."""
+    t = Table(title=f"sweep '{sweep}'")
+    for col in ("rung", "state", "step", "last checkpoint", "evals", "restarts", "failures", "ETA"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r["rung"],
+            r["state"],
+            f"{r['step']}/{r['total']}",
+            str(r["last_checkpoint"] or "-"),
+            f"{r['evals_done']}/{r['evals_total']}",
+            str(r["restarts"]),
+            "; ".join(r["failures"])[:120],
+            duration(r["eta_s"]),
+        )
+    return t

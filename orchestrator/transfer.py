@@ -16,9 +16,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from rich.table import Table
 
 from contracts.shapes import MAEConfig, MupBase, ViTShape
-from contracts.spec import SweepSpec
+from contracts.spec import SpecError, SweepSpec
 from data4d.stream import PretrainStream
 from data4d.world import SyntheticWorld
 from models.mae import VideoMAE, normalize_video, param_groups, random_masking
@@ -160,3 +161,57 @@ def coordinate_check(
             slope = float(np.polyfit(x, np.log([rms[w] for w in widths]), 1)[0])
             rows.append(CoordRow(par, kind, rms, slope if math.isfinite(slope) else float("nan")))
     return rows
+
+
+# ------------------------------------------------------------------ `sweep check-transfer`
+
+
+@dataclass
+class TransferCheck:
+    """The coordinate check of one spec: its rows and how `sweep check-transfer` shows them."""
+
+    sweep: str
+    base_width: int
+    widths: list[int]
+    steps: int
+    rows: list[CoordRow]
+
+    def table(self) -> Table:
+        t = Table(
+            title=f"coordinate check of '{self.sweep}' from width {self.base_width}: "
+            f"output RMS after {self.steps} steps"
+        )
+        t.add_column("layer")
+        for par in ("standard", "μP"):
+            for w in self.widths:
+                t.add_column(f"{par} w{w}", justify="right")
+            t.add_column(f"{par} slope", justify="right")
+        for kind in {r.kind: None for r in self.rows}:
+            cells = []
+            for par in ("sp", "mup"):
+                r = next(r for r in self.rows if (r.parametrization, r.kind) == (par, kind))
+                cells += [f"{r.rms[w]:.3f}" for w in self.widths] + [f"{r.slope:+.2f}"]
+            t.add_row(kind, *cells)
+        return t
+
+    def verdict(self) -> str:
+        worst = {p: max(abs(r.slope) for r in self.rows if r.parametrization == p) for p in ("sp", "mup")}
+        return (
+            f"largest |slope|: μP {worst['mup']:.2f}, standard {worst['sp']:.2f}. Near 0 means activations "
+            f"do not grow with width, so an LR tuned on a narrow rung transfers to wide ones."
+        )
+
+
+def check_transfer(
+    spec: SweepSpec, widths: str | None, steps: int, seeds: int, lr: float | None, log=print
+) -> TransferCheck:
+    """`widths` as the user wrote them (comma-separated; default the base rung's x1, x2, x4, x8)."""
+    base_width = spec.base_config().model.encoder.width
+    try:
+        ws = [int(w) for w in widths.split(",")] if widths else [base_width * k for k in (1, 2, 4, 8)]
+    except ValueError:
+        raise SpecError(f"--widths must be comma-separated integers, got {widths!r}") from None
+    if len(ws) < 3 or min(ws) < 1:
+        raise SpecError(f"--widths needs 3 or more positive widths for a slope, got {widths!r}")
+    rows = coordinate_check(spec, ws, steps=steps, lr=lr, seeds=seeds, log=log)
+    return TransferCheck(spec.name, base_width, ws, steps, rows)

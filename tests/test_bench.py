@@ -15,7 +15,6 @@ from contracts.spec import SpecError
 from models.mae import VideoMAE
 from orchestrator.bench import (
     COLUMNS,
-    HEADERS,
     Batch,
     bench_config,
     doubling_search,
@@ -23,10 +22,10 @@ from orchestrator.bench import (
     ours_loss,
     peer_loss,
     peer_model,
-    print_table,
     run_bench,
     stage_batches,
 )
+from orchestrator.bench_table import HEADERS, print_table
 
 CPU = torch.device("cpu")
 

@@ -16,7 +16,7 @@ from contracts.spec import SpecError, load_spec
 from contracts.storage import StorageError, check_reachable, is_remote, local_copy, root_of, upload
 from orchestrator import checkpoint as ckpt
 from orchestrator.cli import app
-from orchestrator.trainer import append_jsonl, keep_steps_upto
+from orchestrator.training.sinks import append_jsonl, keep_steps_upto
 
 runner = CliRunner()
 SPEC = """\

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 
 from contracts.layout import RungPaths, SweepPaths, read_jsonl, write_json
 from contracts.spec import SweepSpec, load_spec
-from orchestrator import trainer
 from orchestrator.cli import app
 from orchestrator.progress import restart_line
 from orchestrator.scheduler import RungRun, Sweep, check_schedulable, eval_steps
 from orchestrator.status import rung_state
 from orchestrator.tracking import Tracker
-from orchestrator.trainer import MetricSinks, deepspeed_config, keep_steps_upto, lr_factor, note_restart
+from orchestrator.training import sinks
+from orchestrator.training.engine import deepspeed_config, lr_factor, note_restart
+from orchestrator.training.sinks import MetricSinks, keep_steps_upto
 
 BASE = {
     "name": "u",
@@ -153,7 +154,7 @@ def test_eval_steps_of_a_partly_trained_rung():
 
 
 class LocalRunLog:
-    """orchestrator.trainer.RunLog's three methods on a Tracker in this process, not a Ray actor."""
+    """orchestrator.training.sinks.RunLog's three methods on a Tracker in this process, not a Ray actor."""
 
     def __init__(self, tracker: Tracker, run_id: str):
         self.tracker, self.run_id = tracker, run_id
@@ -349,12 +350,12 @@ def test_status_json_reads_queued_until_the_rank0_worker_starts(live_driver):
 
 def test_records_on_a_store_go_up_in_the_background_and_whole_on_flush(tmp_path, monkeypatch):
     """Rank 0's per-step records on a store: not one PUT a step, but everything on flush()."""
-    monkeypatch.setattr("orchestrator.trainer.RECORDS_EVERY_S", 60.0)
+    monkeypatch.setattr("orchestrator.training.sinks.RECORDS_EVERY_S", 60.0)
     puts = []
-    real = trainer.write_text
-    monkeypatch.setattr("orchestrator.trainer.write_text", lambda p, t: (puts.append(p), real(p, t)))
+    real = sinks.write_text
+    monkeypatch.setattr("orchestrator.training.sinks.write_text", lambda p, t: (puts.append(p), real(p, t)))
     record = tmp_path / "metrics.jsonl"
-    uploads = trainer.RecordUploads()
+    uploads = sinks.RecordUploads()
     uploads.start(record, '{"step": 1}\n')
     uploads.append(record, '{"step": 2}\n')
     uploads.flush()
@@ -372,7 +373,7 @@ def test_records_on_a_store_go_up_in_the_background_and_whole_on_flush(tmp_path,
 
 def test_a_record_that_cannot_be_put_fails_the_flush(tmp_path):
     (tmp_path / "file").write_text("not a directory")
-    uploads = trainer.RecordUploads()
+    uploads = sinks.RecordUploads()
     uploads.append(tmp_path / "file" / "metrics.jsonl", '{"step": 1}\n')
     with pytest.raises(RuntimeError, match="a run record was not stored"):
         uploads.flush()
