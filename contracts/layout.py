@@ -4,6 +4,7 @@
 
     runs/<sweep>/
         sweep.json                         spec path, spec hash, tracking URI, parent MLflow run, last start
+                                           (`started`: MLflow runs open; `driver_started`: the driver began)
         .lock                              the live driver's pid, host and heartbeat
         report/                            `sweep report`'s output (report.html, fits.json, figures)
         <rung>-<hash6>/                    one rung: its identity hash names it (contracts.spec)
@@ -36,8 +37,11 @@
             checkpoint_manager_snapshot.json        Ray Train's own record of registered checkpoints
             evals/step_<8 digits>/<task>-<mode>.json   one record per eval: state (running | retry |
                                            interrupted | done | failed), attempts (this driver's tries),
-                                           starts (every start, across drivers), metrics, seconds,
-                                           logged (the tracker confirmed MLflow holds the metrics)
+                                           starts (every start, across drivers), metrics, seconds
+                                           (the task's run time), started / ended (epoch seconds: the
+                                           driver submitted it / saw it finish; read by `sweep simulate
+                                           --calibrate`), logged (the tracker confirmed MLflow holds
+                                           the metrics)
     runs/mlflow.db, runs/mlartifacts/      the default MLflow store (spec `tracking.uri`)
 
 The runs root is `runs/` or the spec's `storage:` URI (contracts.storage): on a store the same tree

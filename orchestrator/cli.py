@@ -440,3 +440,50 @@ def ui(
 
     code = serve(spec, host, port, runs_dir, say=say)
     raise typer.Exit(code)
+
+
+@app.command()
+@user_errors_exit_2
+def simulate(
+    spec: Annotated[Path, typer.Argument(help="sweep spec YAML")],
+    cluster: Annotated[
+        str, typer.Option(help="NxGxKIND (e.g. 128x8xH100), 'local' (this machine), or a cluster YAML file")
+    ],
+    failures: Annotated[str, typer.Option(help="none | llama3 | a rate per GPU-hour")] = "none",
+    seeds: Annotated[int, typer.Option(min=1, help="repetitions (failures differ per seed)")] = 1,
+    mfu: Annotated[str | None, typer.Option(help="MFU (default 0.4), or a `sweep bench --json` file")] = None,
+    calibrate: Annotated[
+        str | None, typer.Option(help="a finished sweep's directory or spec: use its measured durations")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    gantt: Annotated[Path | None, typer.Option(help="write a Gantt chart PNG of seed 0")] = None,
+    recommend: Annotated[
+        bool, typer.Option(help="search checkpoint intervals, GPU counts, eval GPUs")
+    ] = True,
+    only: Annotated[list[str] | None, typer.Option(help="simulate only these rungs (repeatable)")] = None,
+    max_concurrent: Annotated[int | None, typer.Option(min=1, help="as `sweep run --max-concurrent`")] = None,
+    decode: Annotated[
+        str, typer.Option(help="auto (real video: pre-cut clips) | clips | long | none: CPU decoding's limit")
+    ] = "auto",
+):
+    """Run the sweep's own scheduling policy on a paper cluster, with failures: makespan, GPU-hours, Gantt."""
+    from orchestrator.simulate.report import simulate_command
+
+    lines, data = simulate_command(
+        spec,
+        cluster,
+        failures,
+        seeds,
+        mfu,
+        calibrate,
+        gantt,
+        recommend,
+        only,
+        max_concurrent,
+        say=lambda line: err.print(line, markup=False, highlight=False),
+        decode=decode,
+    )
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        out.print("\n".join(lines), markup=False, highlight=False)

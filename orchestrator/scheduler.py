@@ -8,6 +8,9 @@
 5. whenever a rung seals a checkpoint, submits one eval task per (task, mode);
 6. records every outcome on disk and in MLflow, and prints a summary.
 
+Each tick observes (rung threads, eval tasks, records on disk), asks orchestrator.policy what to
+do (the same pure decisions `sweep simulate` runs on a paper cluster), and does it.
+
 Re-running skips finished rungs and evals, resumes partial rungs, and reuses runs.
 
 Nothing is lost when a process dies: every metric is on disk before it is sent to MLflow,
@@ -19,10 +22,7 @@ tracker, reconcile, exit.
 
 from __future__ import annotations
 
-import logging
-import os
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -30,173 +30,39 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.layout import EXPORT, RungPaths, SweepPaths, read_json, read_jsonl, write_json
+from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
 from contracts.names import (
     DATASET_TAG,
     FAILURE_TAG,
-    GIT_TAG,
-    SEARCH_TAG,
-    SPEC_HASH_TAG,
     SYNTHETIC,
     eval_metric_key,
 )
-from contracts.spec import Data, EvalData, Readout, RungConfig, SpecError, SweepSpec, load_spec
-from contracts.storage import check_reachable, is_remote, local_copy, local_file, root_of, runs_root, uri_of
-from evals.run import evaluate
+from contracts.spec import RungConfig, SpecError, SweepSpec, load_spec
+from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
+from orchestrator import policy
+from orchestrator.policy import (  # noqa: F401  (check_schedulable, eval_steps: their old home)
+    EvalKey,
+    RungState,
+    SweepState,
+    check_schedulable,
+    eval_steps,
+    select_rungs,
+)
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
+from orchestrator.raycluster import (
+    alive_node_resources,
+    connect,
+    eval_task,
+    init_local_ray,  # noqa: F401  (its old home; tests import it here)
+)
 from orchestrator.reconcile import reconcile_runs
-from orchestrator.state import SweepLock, git_commit
-from orchestrator.status import read_rung_state, restart_count
-from orchestrator.tracking import Tracker, absolute_tracking_uri, rung_params, sqlite_path
+from orchestrator.state import SweepLock
+from orchestrator.status import describe_rerun, live_row, restart_count
+from orchestrator.sweep_tracking import open_tracking
 
-EVAL_ATTEMPTS = 3  # per driver; a killed eval worker is one (Ray does not retry it behind our back)
 TICK_S = 1.0
-TRACKER_RESTARTS = 20
-
-
-# ------------------------------------------------------------------ what to run
-
-
-def select_rungs(spec: SweepSpec, only: list[str] | None) -> list[RungConfig]:
-    rungs = spec.rungs()
-    if not only:
-        return rungs
-    names = {r.name for r in rungs}
-    unknown = [n for n in only if n not in names]
-    if unknown:
-        raise SpecError(
-            f"--only names unknown rung(s) {', '.join(unknown)}; the ladder has: {', '.join(sorted(names))}"
-        )
-    return [r for r in rungs if r.name in only]
-
-
-def eval_steps(spec: SweepSpec, rung: RungConfig, sealed: list[int]) -> list[int]:
-    """Which of a rung's sealed checkpoint steps get evaluated."""
-    which = spec.evals.checkpoints
-    if which == "all":
-        return sealed
-    if which == "final":
-        return [s for s in sealed if s == rung.steps]
-    return [s for s in sealed if s in set(which)]
-
-
-# ------------------------------------------------------------------ the local cluster
-
-
-def init_local_ray(num_cpus: int | None, runtime_env: dict, log_to_driver: bool = False) -> None:
-    """A fresh Ray cluster on this machine ("local": never a `ray start` cluster it also runs, which
-    a bare ray.init() would silently join), whose processes are told its address. Ray Train's
-    placement-group cleaner finds the controller through the state API (the dashboard), at
-    RAY_ADDRESS or else the last `ray start` cluster's address in /tmp/ray: a dead one cost every
-    fit ~17 s of timeouts at its end; a live one would not know our controller and remove our
-    placement group."""
-    import ray
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    before = os.environ.get("RAY_GCS_SERVER_PORT")
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by ray.init when it starts the GCS
-    try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=True,  # on 127.0.0.1, at 8265 or the next free port
-            log_to_driver=log_to_driver,
-            logging_level=logging.WARNING,
-            runtime_env={**runtime_env, "env_vars": env_vars},
-        )
-    finally:
-        if before is None:
-            os.environ.pop("RAY_GCS_SERVER_PORT")
-        else:
-            os.environ["RAY_GCS_SERVER_PORT"] = before
-
-
-# ------------------------------------------------------------------ cluster checks
-
-
-def _bundle(rung: RungConfig) -> dict[str, float]:
-    return {"CPU": rung.cpus_per_worker, **({"GPU": 1} if rung.gpus else {})}
-
-
-def _fits(nodes: list[dict], bundle: dict[str, float], count: int) -> bool:
-    """Can `count` copies of `bundle` be placed on these nodes (their total resources)?"""
-    placed = 0
-    for res in nodes:
-        placed += int(min((res.get(k, 0) // v) if v else float("inf") for k, v in bundle.items()))
-    return placed >= count
-
-
-def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict]) -> list[str]:
-    """Problems that no amount of waiting will solve, unless the cluster autoscales."""
-    if spec.cluster.autoscaling:
-        return []
-    total = {k: sum(n.get(k, 0) for n in nodes) for k in ("CPU", "GPU")}
-    have = f"the cluster has {total['CPU']:g} CPUs and {total['GPU']:g} GPUs on {len(nodes)} node(s)"
-    problems = []
-    for r in rungs:
-        if not _fits(nodes, _bundle(r), r.workers):
-            need = f"{r.workers} workers x {_bundle(r)}"
-            problems.append(
-                f"rung {r.name} needs {need} but {have}; "
-                "lower its gpus/cpu_workers or set cluster.autoscaling: true"
-            )
-    ev = spec.evals
-    if ev.tasks and not _fits(nodes, {"CPU": ev.cpus, **({"GPU": ev.gpus} if ev.gpus else {})}, 1):
-        problems.append(
-            f"an eval needs {ev.cpus} CPUs and {ev.gpus} GPUs on one node but {have}; lower evals.cpus/gpus"
-        )
-    return problems
-
-
-def alive_node_resources() -> list[dict]:
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
-# ------------------------------------------------------------------ eval task
-
-
-def _eval_task(
-    export_path: str,
-    task: str,
-    mode: str,
-    readout: dict,
-    data: dict,
-    threads: int,
-    dataset: dict | None = None,
-) -> dict:
-    """Runs as a Ray task wherever resources allow. `dataset`: the task's evals.data entry
-    (None: synthetic)."""
-    import ray
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    t0 = time.time()
-    datasets, info = ({task: EvalData(**dataset)} if dataset else {}), {}
-    checkpoint = root_of(export_path)
-    if is_remote(checkpoint):  # streamed into this node's cache once, for every task that reads it
-        export_path = str(local_copy(checkpoint / EXPORT))
-    metrics = evaluate(
-        export_path,
-        task,
-        mode=mode,
-        readout=Readout(**readout),
-        data=Data(**data),
-        datasets=datasets,
-        info=info,
-    )
-    return {
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "seconds": time.time() - t0,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        **info[task],
-    }
 
 
 @dataclass
@@ -249,7 +115,7 @@ class Sweep:
         self.say = report
         self.lock = SweepLock(self.paths.lock)
         self.runs: dict[str, RungRun] = {}
-        self.jobs: dict[tuple[str, int, str, str], EvalJob] = {}
+        self.jobs: dict[EvalKey, EvalJob] = {}
         self.started = time.time()
         self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
 
@@ -265,33 +131,7 @@ class Sweep:
 
     def describe(self) -> list[dict]:
         """What a run would do, from disk alone (used by --dry-run and status)."""
-        rows = []
-        for r in self.rungs:
-            paths = RungPaths.for_rung(r, self.root)
-            sealed = [f.step for f in ckpt.list_steps(paths.root)]
-            done_evals = sum(
-                1
-                for s in eval_steps(self.spec, r, sealed)
-                for t in self.spec.evals.tasks
-                for m in self.spec.evals.modes
-                if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done"
-            )
-            if ckpt.is_trained(r, self.root):
-                action = "skip (trained)"
-            elif sealed:
-                action = f"resume from step {sealed[-1]}"
-            else:
-                action = "train"
-            rows.append(
-                {
-                    "rung": r.key,
-                    "action": action,
-                    "steps": r.steps,
-                    "checkpoints": len(sealed),
-                    "evals_done": done_evals,
-                }
-            )
-        return rows
+        return describe_rerun(self.spec, self.rungs, self.root)
 
     # -------------------------------------------------------- the run
     def run(self, address: str | None, num_cpus: int | None = None, display=None) -> int:
@@ -299,7 +139,7 @@ class Sweep:
 
         started_ray = not ray.is_initialized()
         if started_ray:
-            self._init_ray(address, num_cpus)
+            connect(self.spec, address, num_cpus, self.say)
         try:
             problems = check_schedulable(self.spec, self.rungs, alive_node_resources())
             if problems:
@@ -370,120 +210,44 @@ class Sweep:
             self.tracker_incarnation = incarnation
             self.reconcile()
 
-    def _init_ray(self, address: str | None, num_cpus: int | None) -> None:
-        import ray
-
-        address = address or self.spec.cluster.address
-        quiet = os.environ.get("SWEEP4D_WORKER_LOGS", "0") != "1"
-        env = {
-            "env_vars": {
-                "PYTHONWARNINGS": "ignore",
-                "RAY_TRAIN_V2_ENABLED": "1",
-                "TOKENIZERS_PARALLELISM": "false",
-            }
-        }
-        if address:
-            self.say(f"connecting to the Ray cluster at {address}")
-            ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING, runtime_env=env)
-        else:
-            init_local_ray(num_cpus, env, log_to_driver=not quiet)
-        res = ray.cluster_resources()
-        self.say(
-            f"Ray: {len(alive_node_resources())} node(s), "
-            f"{res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs"
-        )
-
     def _open_tracking(self) -> None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        spec = self.spec
-        uri = absolute_tracking_uri(spec.tracking.uri)
-        if (db := sqlite_path(uri)) is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        artifacts = uri_of(self.root / "mlartifacts")
-        here = ray.get_runtime_context().get_node_id()
-        # The one MLflow writer, on this node because the SQLite file is here. Ray restarts it if it
-        # dies and retries the calls it had not answered (its writes are idempotent).
-        actor = ray.remote(num_cpus=0, max_restarts=TRACKER_RESTARTS, max_task_retries=-1)(Tracker)
-        self.tracker = actor.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-        ).remote(uri, artifacts)
-        self.tracker_incarnation = ray.get(self.tracker.ping.remote())
-        commit = git_commit()
-        self.parent = ray.get(
-            self.tracker.sweep_run.remote(
-                spec.name,
-                {SPEC_HASH_TAG: spec.spec_hash(), GIT_TAG: commit},
-                {"spec": str(self.spec_path), "rungs": len(spec.ladder)},
-            )
+        opened = open_tracking(self.spec, self.spec_path, self.rungs, self.root, self.paths, self.started)
+        self.tracker, self.tracker_incarnation, self.parent = (
+            opened.tracker,
+            opened.incarnation,
+            opened.parent,
         )
-        write_json(
-            self.paths.sweep_json,
-            {
-                "spec": str(Path(self.spec_path).resolve()),
-                "spec_hash": spec.spec_hash(),
-                "tracking_uri": uri,
-                "parent_run_id": self.parent,
-                "started": time.time(),
-                "resolved": spec.model_dump(mode="json"),
-            },
-        )
-        spec_record = str(local_file(self.paths.sweep_json))
-        ray.get(self.tracker.log_artifact.remote(self.parent, spec_record, "spec"))
-        for r in self.rungs:
-            tags = {SEARCH_TAG: r.search_of} if r.search_of else None
-            run_id = ray.get(
-                self.tracker.rung_run.remote(
-                    spec.name, self.parent, r.key, r.name, r.run_name, rung_params(r), tags
-                )
-            )
-            paths = RungPaths.for_rung(r, self.root)
-            write_json(
-                paths.info,
-                {
-                    "key": r.key,
-                    "hash": r.hash,
-                    "identity": r.identity(),
-                    "config": r.to_dict(),
-                    "git_commit": commit,
-                    "mlflow_run_id": run_id,
-                },
-            )
-            self.runs[r.key] = RungRun(r, run_id)
+        self.runs = {r.key: RungRun(r, opened.run_ids[r.key]) for r in self.rungs}
 
-    # -------------------------------------------------------- the loop
+    # -------------------------------------------------------- the loop: observe, decide, act
     def _loop(self, display) -> int:
         import ray
 
-        queue = list(self.runs.values())  # the ladder's order: `--max-concurrent 1` trains it rung by rung
-        for rr in queue:
-            if ckpt.is_trained(rr.rung, self.root):
-                rr.state = "done"
+        for rr in self.runs.values():
+            rr.state = policy.initial_state(ckpt.is_trained(rr.rung, self.root))
             self._status(rr)  # pending too: a status.json left "running" by a killed driver is stale
         try:
             while True:
                 self.lock.beat()
                 self._watch_tracker()
-                running = [rr for rr in self.runs.values() if rr.state == "running"]
-                for rr in [q for q in queue if q.state == "pending"][
-                    : max(0, self.max_concurrent - len(running))
-                ]:
-                    self._start_rung(rr)
-                for rr in running:
-                    self._announce_restarts(rr)
-                    if not rr.thread.is_alive():
-                        self._finish_rung(rr)
+                for rr in self.runs.values():
+                    if rr.state == "running":
+                        self._announce_restarts(rr)
+                        if not rr.thread.is_alive():
+                            self._finish_rung(rr)
                 if not self.train_only:
-                    self._submit_evals()
                     self._collect_evals(ray)
-                    self._recount()
+                state, unlogged = self._observe()
+                for key, rec, path in unlogged:  # the driver died between recording and logging
+                    self._log_eval(self.runs[key.owner], key.step, key.task, key.mode, rec, path)
+                actions = policy.decide(state)
+                for key in actions.start_rungs:
+                    self._start_rung(self.runs[key])
+                self._submit_evals(actions.submit_evals)
+                self._count_evals(state)
                 if display:
                     display(self.snapshot())
-                if (
-                    all(rr.state in ("done", "failed") for rr in self.runs.values())
-                    and not self._pending_evals()
-                ):
+                if actions.finished:
                     break
                 time.sleep(TICK_S)
         except KeyboardInterrupt:
@@ -558,65 +322,68 @@ class Sweep:
         write_json(paths.status, rec)
 
     # -------------------------------------------------------- evals
-    def _wanted(self, rr: RungRun) -> list[tuple[int, str, str]]:
-        sealed = [f.step for f in ckpt.list_steps(RungPaths.for_rung(rr.rung, self.root).root)]
-        ev = self.spec.evals
-        return [(s, t, m) for s in eval_steps(self.spec, rr.rung, sealed) for t in ev.tasks for m in ev.modes]
+    def _observe(self) -> tuple[SweepState, list[tuple[EvalKey, dict, Path]]]:
+        """The policy's view of the sweep, from this driver's rungs and the records on disk; and the
+        done evals whose metrics MLflow may not hold yet."""
+        state = SweepState(self.spec, [], self.max_concurrent, self.train_only)
+        for rr in self.runs.values():
+            sealed = [] if self.train_only else [f.step for f in ckpt.list_steps(self._paths(rr.rung).root)]
+            state.rungs.append(RungState(rr.rung, rr.state, sealed))
+        unlogged = []
+        for key in policy.wanted_evals(state):
+            path = self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode)
+            rec = read_json(path) or {}
+            if "state" in rec:
+                state.evals[key] = rec["state"]
+            if rec.get("state") == "done" and not rec.get("logged"):
+                unlogged.append((key, rec, path))
+        state.in_flight = {k for k, job in self.jobs.items() if job.ref is not None}
+        return state, unlogged
 
-    def _submit_evals(self) -> None:
+    def _paths(self, rung: RungConfig) -> RungPaths:
+        return RungPaths.for_rung(rung, self.root)
+
+    def _submit_evals(self, keys: list[EvalKey]) -> None:
+        if not keys:
+            return
         import ray
 
         ev = self.spec.evals
         # No retries inside Ray: every attempt is the driver's, so each is counted on disk.
-        remote = ray.remote(_eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=0)
-        for rr in self.runs.values():
-            for step, task, mode in self._wanted(rr):
-                key = (rr.rung.key, step, task, mode)
-                path = RungPaths.for_rung(rr.rung, self.root).eval_record(step, task, mode)
-                rec = read_json(path) or {}
-                if rec.get("state") == "done":
-                    if not rec.get("logged"):  # the driver died between recording and logging
-                        self._log_eval(rr, step, task, mode, rec, path)
-                    continue
-                if rec.get("state") == "failed" or key in self.jobs and self.jobs[key].ref is not None:
-                    continue
-                job = self.jobs.setdefault(key, EvalJob(rr.rung, step, task, mode))
-                export = RungPaths.for_rung(rr.rung, self.root).checkpoint(step)
-                on_disk = ev.data[task].model_dump() if task in ev.data else None
-                job.ref = remote.remote(
-                    str(export),
-                    task,
-                    mode,
-                    ev.readout_for(task).model_dump(),
-                    self.spec.data.model_dump(),
-                    ev.cpus,
-                    on_disk,
-                )
-                job.attempts += 1
-                job.started = time.time()
-                # attempts: this driver's tries (the retry budget); starts: every start, across drivers
-                # (a killed driver's "running" record counts), so a readout trained twice shows.
-                write_json(
-                    path,
-                    {
-                        "state": "running",
-                        "attempts": job.attempts,
-                        "starts": rec.get("starts", 0) + 1,
-                        "started": job.started,
-                    },
-                )
+        remote = ray.remote(eval_task).options(num_cpus=ev.cpus, num_gpus=ev.gpus, max_retries=0)
+        for key in keys:
+            rung, step, task, mode = self.runs[key.owner].rung, key.step, key.task, key.mode
+            path = self._paths(rung).eval_record(step, task, mode)
+            rec = read_json(path) or {}
+            job = self.jobs.setdefault(key, EvalJob(rung, step, task, mode))
+            on_disk = ev.data[task].model_dump() if task in ev.data else None
+            job.ref = remote.remote(
+                str(self._paths(rung).checkpoint(step)),
+                task,
+                mode,
+                ev.readout_for(task).model_dump(),
+                self.spec.data.model_dump(),
+                ev.cpus,
+                on_disk,
+            )
+            job.attempts += 1
+            job.started = time.time()
+            # attempts: this driver's tries (the retry budget); starts: every start, across drivers
+            # (a killed driver's "running" record counts), so a readout trained twice shows.
+            write_json(
+                path,
+                {
+                    "state": "running",
+                    "attempts": job.attempts,
+                    "starts": rec.get("starts", 0) + 1,
+                    "started": job.started,
+                },
+            )
 
-    def _recount(self) -> None:
+    def _count_evals(self, state: SweepState) -> None:
         """Eval counts per rung, from the records on disk (the source of truth)."""
         for rr in self.runs.values():
-            wanted = self._wanted(rr)
-            recs = [
-                read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
-                for s, t, m in wanted
-            ]
-            rr.evals_total = len(wanted)
-            rr.evals_done = sum(r.get("state") == "done" for r in recs)
-            rr.evals_failed = sum(r.get("state") == "failed" for r in recs)
+            rr.evals_total, rr.evals_done, rr.evals_failed = policy.eval_counts(state, rr.rung.key)
 
     def _collect_evals(self, ray) -> None:
         live = {job.ref: job for job in self.jobs.values() if job.ref is not None}
@@ -633,7 +400,7 @@ class Sweep:
                 result = ray.get(ref)
             except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                if job.attempts < EVAL_ATTEMPTS:
+                if policy.retry_eval(job.attempts):
                     self.say(
                         f"[{job.rung.key}] eval {job.task}/{job.mode} at step {job.step} "
                         f"failed ({reason}); retrying"
@@ -651,7 +418,17 @@ class Sweep:
                     )
                     rr.failures.append(f"{job.task}/{job.mode}@{job.step}: {reason}")
                 continue
-            rec = {"state": "done", "attempts": job.attempts, "starts": starts, "logged": False, **result}
+            # started/ended: when the driver submitted it and saw it finish (queueing included), for
+            # `sweep simulate --calibrate`; `seconds` is the task's own run time.
+            times = {"started": job.started, "ended": time.time()}
+            rec = {
+                "state": "done",
+                "attempts": job.attempts,
+                "starts": starts,
+                "logged": False,
+                **times,
+                **result,
+            }
             write_json(path, rec)
             self._log_eval(rr, job.step, job.task, job.mode, rec, path)
 
@@ -665,20 +442,6 @@ class Sweep:
         self.tracker.set_tags.remote(rr.run_id, {DATASET_TAG.format(task=task): dataset})
         ray.get(self.tracker.log_metrics_now.remote(rr.run_id, metrics, step))
         write_json(path, {**rec, "logged": True})
-
-    def _pending_evals(self) -> bool:
-        if self.train_only:
-            return False
-        if any(job.ref is not None for job in self.jobs.values()):
-            return True
-        # A checkpoint sealed after the last submit pass still needs its evals.
-        for rr in self.runs.values():
-            for s, t, m in self._wanted(rr):
-                if (read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}).get(
-                    "state"
-                ) not in ("done", "failed"):
-                    return True
-        return False
 
     # -------------------------------------------------------- the end
     def _close(self) -> int:
@@ -695,35 +458,12 @@ class Sweep:
 
     def snapshot(self) -> list[dict]:
         """The live table's rows; the state by the same rule as `sweep status` (orchestrator.status)."""
-        rows = []
-        for rr in self.runs.values():
-            paths = RungPaths.for_rung(rr.rung, self.root)
-            prog = read_json(paths.progress) or {}
-            step = prog.get("step", 0)
-            rate = prog.get("clips_per_s")
-            state = read_rung_state(rr.rung, self.root, driver_alive=True)  # this process is the driver
-            eta = (rr.rung.steps - step) * rr.rung.batch_size / rate if rate and state == "running" else None
-            rows.append(
-                {
-                    "rung": rr.rung.key,
-                    "state": state,
-                    "step": step,
-                    "total": rr.rung.steps,
-                    "loss": prog.get("loss"),
-                    "clips_per_s": rate,
-                    "eta_s": eta,
-                    "evals_done": rr.evals_done,
-                    "evals_total": rr.evals_total,
-                    "evals_failed": rr.evals_failed,
-                    "restarts": restart_count(paths),
-                    "reason": rr.reason,
-                }
-            )
-        return rows
+        counts = {k: (rr.evals_done, rr.evals_total, rr.evals_failed) for k, rr in self.runs.items()}
+        return [live_row(rr.rung, self.root, counts[k], rr.reason) for k, rr in self.runs.items()]
 
     def summary(self) -> dict:
-        if not self.train_only:
-            self._recount()
+        state, _ = self._observe()
+        self._count_evals(state)
         rows = []
         gpu_hours = 0.0
         for rr in self.runs.values():
@@ -742,10 +482,12 @@ class Sweep:
                     "failures": rr.failures,
                 }
             )
-        for rr in self.runs.values():
-            for s, t, m in self._wanted(rr):
-                rec = read_json(RungPaths.for_rung(rr.rung, self.root).eval_record(s, t, m)) or {}
-                gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
+        for key in policy.wanted_evals(state):
+            rec = (
+                read_json(self._paths(self.runs[key.owner].rung).eval_record(key.step, key.task, key.mode))
+                or {}
+            )
+            gpu_hours += rec.get("seconds", 0) * self.spec.evals.gpus / 3600
         return {"rungs": rows, "wall_s": time.time() - self.started, "gpu_hours": gpu_hours}
 
 

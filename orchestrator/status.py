@@ -12,6 +12,7 @@ from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl
 from contracts.spec import RungConfig, SweepSpec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
+from orchestrator.policy import eval_steps, rerun_action
 from orchestrator.progress import duration
 from orchestrator.state import SweepLock
 
@@ -118,3 +119,53 @@ def status_table(sweep: str, rows: list[dict]) -> Table:
             duration(r["eta_s"]),
         )
     return t
+
+
+def describe_rerun(spec: SweepSpec, rungs: list[RungConfig], root) -> list[dict]:
+    """What `sweep run` would do with each rung, from disk alone (its --dry-run, and status)."""
+    rows = []
+    for r in rungs:
+        paths = RungPaths.for_rung(r, root)
+        sealed = [f.step for f in ckpt.list_steps(paths.root)]
+        done_evals = sum(
+            1
+            for s in eval_steps(spec, r, sealed)
+            for t in spec.evals.tasks
+            for m in spec.evals.modes
+            if (read_json(paths.eval_record(s, t, m)) or {}).get("state") == "done"
+        )
+        rows.append(
+            {
+                "rung": r.key,
+                "action": rerun_action(ckpt.is_trained(r, root), sealed),
+                "steps": r.steps,
+                "checkpoints": len(sealed),
+                "evals_done": done_evals,
+            }
+        )
+    return rows
+
+
+def live_row(rung: RungConfig, root, evals: tuple[int, int, int], reason: str | None) -> dict:
+    """One row of the driver's live table (evals: done, total, failed); this process is the driver."""
+    paths = RungPaths.for_rung(rung, root)
+    prog = read_json(paths.progress) or {}
+    step = prog.get("step", 0)
+    rate = prog.get("clips_per_s")
+    state = read_rung_state(rung, root, driver_alive=True)
+    eta = (rung.steps - step) * rung.batch_size / rate if rate and state == "running" else None
+    done, total, failed = evals
+    return {
+        "rung": rung.key,
+        "state": state,
+        "step": step,
+        "total": rung.steps,
+        "loss": prog.get("loss"),
+        "clips_per_s": rate,
+        "eta_s": eta,
+        "evals_done": done,
+        "evals_total": total,
+        "evals_failed": failed,
+        "restarts": restart_count(paths),
+        "reason": reason,
+    }
