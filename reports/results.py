@@ -185,7 +185,7 @@ class Series:
         return cls(
             **d
             | {"fits": [FormFit.from_json(e) for e in d["fits"]]}
-            | {k: t(**d[k]) if d.get(k) else None for k, t in typed.items()}
+            | {k: t(**_known(t, d[k])) if d.get(k) else None for k, t in typed.items()}
         )
 
 
