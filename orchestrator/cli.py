@@ -19,7 +19,7 @@ from rich.table import Table
 # `sweep --help`, validate, plan and status answer without loading torch, Ray or MLflow.
 from contracts.errors import UserError
 from contracts.spec import SpecError, load_spec
-from contracts.storage import check_reachable, runs_root, working_copy
+from contracts.storage import check_reachable, runs_root
 from contracts.tasks import EVAL_FORMATS
 
 app = typer.Typer(
@@ -281,125 +281,33 @@ def report(
     Registered forecasts live in runs/<sweep>/predictions/ (for --from, beside the report
     directory) and are scored by every later report that has their rung's results.
     """
-    from contracts.layout import most_recent_sweep, read_json
-    from orchestrator.reconcile import sync_sweep
-    from orchestrator.tracking import absolute_tracking_uri
-    from reports import forecasts, lr_search
-    from reports.collect import ReportError, collect_mlflow
-    from reports.report import (
-        coverage_text,
-        expand_forms,
-        log_report_to_mlflow,
-        make_report,
-        predict_from_fits,
-    )
+    from orchestrator.report_inputs import report_request
+    from reports.console import summary
+    from reports.report import run_report
 
     s = load_spec(spec) if spec is not None else None
-    given = fit or (s.report.fits if s is not None else ["auto"])
-    forms = [f for item in given for f in item.split(",") if f]
-    expand_forms(forms)  # an unknown form is an error before any work
+    forms = [
+        f for item in fit or (s.report.fits if s is not None else ["auto"]) for f in item.split(",") if f
+    ]
     root = runs_root(runs_dir, s.storage if s is not None else None)
     check_reachable(root, write=False)
-    sweep = uri = None
-    if from_file is not None:
-        table, report_dir = from_file, out_dir or root / f"from-{from_file.stem}" / "report"
-        store = report_dir.parent / "predictions"
-    else:
-        if s is not None:
-            sweep, uri = s.name, absolute_tracking_uri(s.tracking.uri)
-        else:
-            recent = most_recent_sweep(root)
-            info = read_json(recent / "sweep.json") if recent else None
-            if not info:
-                raise ReportError(
-                    f"no sweep found under {root}/: run `sweep run SPEC` first, or pass a spec or --from FILE"
-                )
-            sweep, uri = recent.name, info["tracking_uri"]
-        report_dir = out_dir or root / sweep / "report"
-        store = root / sweep / "predictions"
-        if (root / sweep / "sweep.json").is_file():  # MLflow first made whole from the disk record
-            say = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
-            sync_sweep(root / sweep, say=say, tracking_uri=uri)
-        err.print(f"collecting sweep '{sweep}' from {uri}", highlight=False)
-        table = collect_mlflow(uri, sweep)
-    size: str | float | None = predict
-    if s is not None and predict in {r.name for r in s.rungs()}:
-        size = s.rung(predict).encoder_params  # a rung of the spec that has not run yet
-    report_at = report_dir  # on a store: drawn in a local copy, uploaded when done
-    with working_copy(report_at) as report_dir, working_copy(store) as predictions_dir:
-        result = make_report(
-            table,
-            report_dir,
-            fits=forms,
-            x=s.report.x if s else "params",
-            huber_delta=huber_delta,
-            bootstrap=bootstrap,
-            seed=seed,
-            checkpoint=checkpoint,
-            predict=size,
-            predictions_dir=predictions_dir,
-            search_metric=s.search.metric if s is not None and s.search else None,
-            log=lambda line: err.print(line, highlight=False),
-        )
-    if result.get("lr_search"):
-        for line in lr_search.lines(result["lr_search"]):
-            out.print(line, highlight=False, soft_wrap=True)
-    reg = result.get("registration")
-    if sweep:
-        log_report_to_mlflow(uri, sweep, report_dir)
-        if reg and reg["new"]:
-            forecasts.log_to_mlflow(uri, sweep, reg | {"path": Path(reg["path"])}, result["target"])
-    fitted = sum(e.get("status") == "fitted" for ser in result.get("series", []) for e in ser.get("fits", []))
-    out.print(
-        f"report: {report_at / 'report.html'} ({fitted} fitted laws; "
-        "figures scaling.png, compute.png; fits.json)"
+    say = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
+    request = report_request(
+        s,
+        root,
+        forms,
+        from_file,
+        out_dir,
+        predict,
+        say,
+        bootstrap=bootstrap,
+        huber_delta=huber_delta,
+        checkpoint=checkpoint,
+        seed=seed,
     )
-    sel = Table(title="selected form per series (expanding-window backtest)")
-    for col in ("series", "selected", "backtest error", "trend"):
-        sel.add_column(col)
-    for ser in result["series"]:
-        if ser.get("selection"):
-            errs = ", ".join(
-                f"{k} {v:.1%}" if v is not None else f"{k} –" for k, v in ser["selection"]["errors"].items()
-            )
-            trend = {True: "resolved", False: "not resolved", None: "unknown"}[ser["trend"]["resolved"]]
-            sel.add_row(ser["label"], ser["selection"]["form"], errs, trend)
-    out.print(sel)
-    if predict:
-        rows = predict_from_fits(report_dir / "fits.json", size)
-        t = Table(title=f"predictions at {predict}")
-        for col in ("metric", "form", "predicted", "95% interval"):
-            t.add_column(col)
-        for r in rows:
-            t.add_row(
-                r["series"],
-                r["form"] + (" (selected)" if r.get("selected") else ""),
-                f"{r['value']:.4g}",
-                f"[{r['lo']:.4g}, {r['hi']:.4g}]",
-            )
-        out.print(t)
-        if reg:
-            out.print(f"registered: {reg['path']} sha256 {reg['sha256']} ({reg['created']})", highlight=False)
-    fc = result["forecasts"]
-    if fc["rows"]:
-        t = Table(title="forecasts vs outcomes")
-        for col in ("registered", "series", "form", "target", "forecast [95%]", "observed", "inside"):
-            t.add_column(col)
-        for r in fc["rows"]:
-            inside = (
-                "pending" if r["observed"] is None else {True: "yes", False: "NO", None: "–"}[r.get("inside")]
-            )
-            t.add_row(
-                r["created"][:10],
-                r["series"],
-                r["form"],
-                r["size"],
-                f"{r['value']:.4g} [{r['lo']:.4g}, {r['hi']:.4g}]",
-                "–" if r["observed"] is None else f"{r['observed']:.4g}",
-                inside,
-            )
-        out.print(t)
-    out.print(coverage_text(fc), highlight=False)
+    result = run_report(request, log=say)
+    for item in summary(result, request.out_dir, predict, request.predict):
+        out.print(item, highlight=False, soft_wrap=isinstance(item, str))
 
 
 @app.command("eval")

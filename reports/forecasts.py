@@ -17,31 +17,55 @@ from pathlib import Path
 import numpy as np
 
 from reports.collect import ReportError
+from reports.results import ForecastScores, Registration, Report, ScoredForecast, Series, Target
 from reports.units import format_size, parse_size
 
 PREDICTION_TAG_PREFIX = "sweep4d.prediction."  # + sha256[:12] on the sweep's MLflow parent run
+PREDICTED = ("series", "task", "mode", "metric", "form", "value", "lo", "hi")  # read from a registration
 SAME_RUNG = 0.05  # a measured rung within 5% of a forecast's size is the rung it forecast
 
 
-def registration(result: dict, target: dict) -> dict:
+def register_forecasts(report: Report, sizes: dict[str, float], out: Path, store: Path) -> None:
+    """Stage 5a: register the selected forms' forecasts at the target, unless the target was
+    measured already (a forecast of a measured rung is not a forecast: `sizes` are the table's
+    rungs, failed ones included) or x is not size."""
+    target = report.target
+    if target is None:
+        return
+    if report.x != "params":
+        report.notes.append("--predict forecasts sizes; with x = train_flops no forecast was registered")
+        return
+    if (
+        target.rung in sizes
+        if target.rung
+        else any(abs(n / target.N - 1) < SAME_RUNG for n in sizes.values())
+    ):
+        report.notes.append(
+            f"{target.size} already has results: a forecast of it is not a forecast, so none was registered"
+        )
+        return
+    report.registration = register(registration(report), out, store)
+
+
+def registration(report: Report) -> dict:
     """The forecasts document: one entry per series with a selected form."""
     preds = [
-        s["forecast"] | {"series": s["label"], "task": s["task"], "mode": s["mode"], "metric": s["metric"]}
-        for s in result["series"]
-        if s.get("forecast")
+        vars(s.forecast) | {"series": s.label, "task": s.task, "mode": s.mode, "metric": s.metric}
+        for s in report.series
+        if s.forecast
     ]
     return {
-        "sweep": result["sweep"],
+        "sweep": report.sweep,
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "target": target,
-        "fitted_rungs": [r["rung"] for r in result["rungs"]],
+        "target": report.target.to_json(),
+        "fitted_rungs": [r["rung"] for r in report.rungs],
         "level": 0.95,
         "predictions": preds,
     }
 
 
-def register(doc: dict, report_dir: Path, store: Path) -> dict:
-    """Write predictions.json and its stored copy; returns {path, sha256, created, new}.
+def register(doc: dict, report_dir: Path, store: Path) -> Registration:
+    """Write predictions.json and its stored copy.
 
     The same forecasts made again (same target, same numbers) keep their first registration
     and date, so re-running a report does not count a forecast twice.
@@ -59,7 +83,7 @@ def register(doc: dict, report_dir: Path, store: Path) -> dict:
         (store / f"{sha}.json").write_bytes(data)
     path = report_dir / "predictions.json"
     path.write_bytes(data)
-    return {"path": path, "sha256": sha, "created": created, "new": new}
+    return Registration(path, sha, created, new)
 
 
 def load_store(store: Path) -> list[tuple[str, dict]]:
@@ -73,56 +97,39 @@ def load_store(store: Path) -> list[tuple[str, dict]]:
     return sorted(out, key=lambda item: item[1]["created"])
 
 
-def score(store: Path, result: dict) -> dict:
-    """Score every stored forecast against this report's results.
-
-    Returns {"rows": [...], "scored", "inside", "coverage", "pending"}; a row's `observed`
-    is None while its rung has no result.
-    """
+def score(store: Path, report: Report) -> ForecastScores:
+    """Stage 5b: score every stored forecast against this report's results; a row's `observed`
+    is None while its rung has no result. Registrations written by any version are read."""
     rows = []
-    by_label = {s["label"]: s for s in result["series"]}
+    by_label = {s.label: s for s in report.series}
     for sha, doc in load_store(store):
         t = doc["target"]
         for p in doc["predictions"]:
-            obs = _observed(by_label.get(p["series"]), t)
-            row = {
-                "sha256": sha,
-                "created": doc["created"],
-                "size": t["size"],
-                "N": t["N"],
-                "series": p["series"],
-                "task": p["task"],
-                "mode": p["mode"],
-                "metric": p["metric"],
-                "form": p["form"],
-                "value": p["value"],
-                "lo": p["lo"],
-                "hi": p["hi"],
-                "observed": obs,
-            }
+            row = ScoredForecast(sha, doc["created"], t["size"], t["N"], *(p[k] for k in PREDICTED))
+            row.observed = obs = _observed(by_label.get(p["series"]), t)
             if obs is not None:
-                row["error"] = obs - p["value"]
-                row["rel_error"] = (obs - p["value"]) / abs(obs) if obs else None
-                row["inside"] = (
+                row.error = obs - p["value"]
+                row.rel_error = (obs - p["value"]) / abs(obs) if obs else None
+                row.inside = (
                     bool(p["lo"] <= obs <= p["hi"]) if np.isfinite([p["lo"], p["hi"]]).all() else None
                 )
             rows.append(row)
-    judged = [r for r in rows if r.get("inside") is not None]
-    inside = sum(r["inside"] for r in judged)
-    return {
-        "rows": rows,
-        "scored": len(judged),
-        "inside": inside,
-        "coverage": inside / len(judged) if judged else None,
-        "pending": sum(r["observed"] is None for r in rows),
-    }
+    judged = [r for r in rows if r.inside is not None]
+    inside = sum(r.inside for r in judged)
+    return ForecastScores(
+        rows=rows,
+        scored=len(judged),
+        inside=inside,
+        coverage=inside / len(judged) if judged else None,
+        pending=sum(r.observed is None for r in rows),
+    )
 
 
-def _observed(series: dict | None, target: dict) -> float | None:
+def _observed(series: Series | None, target: dict) -> float | None:
     """The series' value at the forecast rung (by name, else by size), if it has one."""
     if series is None:
         return None
-    pts = series["points"]
+    pts = series.points
     vals = [
         v
         for r, n, v in zip(pts["rung"], pts["params"], pts["value"], strict=True)
@@ -131,41 +138,14 @@ def _observed(series: dict | None, target: dict) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def target_of(predict: str | float | int, rungs: dict[str, float]) -> dict:
-    """{"size", "N", "rung"} for `--predict`: a rung name of the table, or a size like 22B."""
+def target_of(predict: str | float | int, rungs: dict[str, float]) -> Target:
+    """The target of `--predict`: a rung name of the table, or a size like 22B."""
     if str(predict) in rungs:
-        return {
-            "size": format_size(rungs[str(predict)]),
-            "N": float(rungs[str(predict)]),
-            "rung": str(predict),
-        }
+        return Target(format_size(rungs[str(predict)]), float(rungs[str(predict)]), str(predict))
     try:
         N = parse_size(predict)
     except ValueError as e:
         raise ReportError(
             f"--predict: {e}, or name a rung ({', '.join(rungs) or 'none in the table'})"
         ) from None
-    return {"size": format_size(N), "N": N, "rung": None}
-
-
-def log_to_mlflow(tracking_uri: str, sweep: str, reg: dict, target: dict) -> str:
-    """Record a registration on the sweep's parent run: the file under predictions/ and a
-    tag naming its hash, target and date. Returns the run id."""
-    from mlflow.tracking import MlflowClient
-
-    from reports.report import parent_run
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run_id = parent_run(client, tracking_uri, sweep)
-    stored = reg["path"].parent / f"{reg['sha256']}.json"
-    stored.write_bytes(reg["path"].read_bytes())
-    try:
-        client.log_artifact(run_id, str(stored), artifact_path="predictions")
-    finally:
-        stored.unlink()
-    client.set_tag(
-        run_id,
-        PREDICTION_TAG_PREFIX + reg["sha256"][:12],
-        f"sha256={reg['sha256']} target={target['size']} registered={reg['created']}",
-    )
-    return run_id
+    return Target(format_size(N), N, None)

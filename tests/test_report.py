@@ -15,7 +15,8 @@ from test_fit import check_replication, chinchilla_points
 from contracts.spec import Report
 from contracts.tasks import higher_is_better
 from reports.collect import ReportError, collect_mlflow, read_table
-from reports.report import log_report_to_mlflow, make_report, predict_from_fits
+from reports.publish import log_report_to_mlflow
+from reports.report import make_report, predict_from_fits
 from reports.units import format_size, parse_size
 
 RUNGS = {"S": 22e6, "B": 88e6, "L": 300e6, "H": 630e6}
@@ -53,8 +54,8 @@ def synthetic_table(
 
 def run_report(source, out, **kw) -> dict:
     """The function layer of `sweep report`; a CLI variant can replace this one helper."""
-    res = make_report(source, out, log=lambda line: None, **kw)
-    return {"fits": json.loads((out / "fits.json").read_text()), "result": res}
+    report = make_report(source, out, log=lambda line: None, **kw)
+    return {"fits": json.loads((out / "fits.json").read_text()), "result": report.to_json(), "report": report}
 
 
 def fitted(result: dict, task: str, metric: str, mode: str = "frozen", form: str = "powerlaw") -> dict:
@@ -397,7 +398,8 @@ def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is
     assert (t.loc[t["metric"] == "top1", "se"] == 0.04).all()
     assert (t.loc[t["metric"] == "baseline_top1", "se"] == 0.02).all()
 
-    res = run_report(t, tmp_path / "report", fits=["powerlaw"], bootstrap=100)["result"]
+    made = run_report(t, tmp_path / "report", fits=["powerlaw"], bootstrap=100)
+    res = made["result"]
     by = {s["metric"]: s for s in res["series"]}
     assert by["val_loss"]["trend"]["resolved"] and by["val_loss"]["points"]["step"] == [20] * 4
     assert by["top1"]["points"]["se"] == [0.04] * 4
@@ -409,7 +411,7 @@ def test_val_loss_and_standard_errors_flow_from_mlflow_and_a_trendless_series_is
     row = next(line for line in table.splitlines() if line.startswith("| action/top1 (frozen)"))
     assert "no trend resolved" in row
     assert "0.52 ± 0.04" in table
-    fig = figures.scaling_figure(res, t)
+    fig = figures.scaling_figure(made["report"], t)
     first, action = fig.axes[0], fig.axes[1]
     assert first.get_title().startswith("pretraining") and "trend resolved" == first.texts[0].get_text()
     assert action.get_title().startswith("action") and action.texts[0].get_text() == "no trend resolved"
