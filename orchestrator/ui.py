@@ -9,6 +9,7 @@ lasting accounts belong on its own tracking server (README, "Running in a lab").
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -104,7 +105,17 @@ def server_command(uri: str, host: str, port: int, artifact_root: Path, auth: bo
         str(port),
         "--workers",
         "1",
+        *allowed_hosts(host, port),
     ]
+
+
+def allowed_hosts(host: str, port: int) -> list[str]:
+    """MLflow answers only the Host headers it allows (loopback names and private networks by
+    default, against DNS rebinding): a UI bound to one other address must answer to it too."""
+    if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):
+        return []
+    names = (host, "localhost", "127.0.0.1")
+    return ["--allowed-hosts", ",".join(h for name in names for h in (name, f"{name}:{port}"))]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -157,6 +168,8 @@ def serve(
         env.update(
             MLFLOW_AUTH_CONFIG_PATH=str(auth_config(Path(auth_dir.name))), MLFLOW_AUTH_ADMIN_PASSWORD=password
         )
+        # The auth app's CSRF protection needs a secret key; one per session unless the user set one.
+        env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
     # Its own process group, so Ctrl-C here stops the server and its workers together.
     proc = subprocess.Popen(cmd, start_new_session=True, env=env)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -182,6 +183,7 @@ def start(work: Path):
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),  # the auth app's CSRF key
         }
         server = subprocess.Popen(
             [

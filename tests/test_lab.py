@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
@@ -177,7 +177,7 @@ def test_reconcile_on_the_server_writes_only_what_it_lacks(lab_server, monkeypat
 def forget_on_server(database: str, run_id: str, after_step: int) -> int:
     """What a lost tracker buffer looks like: eval metrics and steps past `after_step` gone from the
     server's database under MLflow's feet."""
-    with psycopg2.connect(database) as db, db.cursor() as cur:
+    with psycopg.connect(database) as db, db.cursor() as cur:
         cur.execute(
             "DELETE FROM metrics WHERE run_uuid = %s AND (key LIKE 'eval/%%' OR step > %s)",
             (run_id, after_step),
