@@ -40,7 +40,8 @@ def user_errors_exit_2(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:  # every layer's "fix your input" error (contracts.errors)
-            err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
+            # soft_wrap: the message stays one line however long (scripts and tests read it whole)
+            err.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
