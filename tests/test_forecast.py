@@ -269,3 +269,20 @@ def test_report_at_a_tenth_of_the_target_shows_ratio_agreement_and_coverage(tmp_
     assert html.count("12.2x beyond the largest rung, benchmark coverage") == len(forecast_lines)
     low = [p for p in doc["predictions"] if p["calibrated_coverage"] < 0.8]
     assert ("intervals covered only" in out.output) == bool(low)
+
+
+@pytest.mark.parametrize("coverage, warns", [(0.62, True), (0.92, False), (None, False)])
+def test_console_warns_once_when_the_benchmark_coverage_at_the_ratio_is_below_80(tmp_path, coverage, warns):
+    from reports.console import summary
+    from reports.results import Forecast, Report, Series
+
+    def series(metric):
+        s = Series("depth", "frozen", metric, "synthetic", f"depth/{metric}", False, False, [], {})
+        s.forecast = Forecast("powerlaw", 22e9, "22B", None, 0.3, 0.2, 0.4, 0.01, 40.0, coverage, True, 40.0)
+        return s
+
+    report = Report("s", "params", 1e-3, 0, 0, "final", series=[series("abs_rel"), series("rmse")])
+    lines = [line for line in summary(report, tmp_path, "22B", "22B") if isinstance(line, str)]
+    warned = [line for line in lines if line.startswith("warning:")]
+    expected = "warning: 22B is 40x beyond the largest rung; at that distance the benchmark's 95% intervals"
+    assert warned == ([f"{expected} covered only 62% (docs/forecasting.md)"] if warns else [])

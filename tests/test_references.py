@@ -114,6 +114,7 @@ def test_remote_code_is_refused_unless_the_entry_trusts_it(tmp_path, monkeypatch
 def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_path):
     import pandas as pd
 
+    from reports.console import summary
     from reports.report import make_report
     from reports.results import Report
 
@@ -180,6 +181,35 @@ def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_pat
     # fits.json keeps them typed: read back, the same points and findings
     again = Report.load(tmp_path / "fits.json")
     assert again.references == res.references and again.reference_findings == res.reference_findings
+    printed = [line for line in summary(res, tmp_path, None, None) if isinstance(line, str)]
+    assert [line for line in printed if line.startswith("reference: ")] == [
+        f"reference: {f}" for f in res.reference_findings
+    ]
+
+
+def test_a_fits_json_with_references_as_columns_reads_back(tmp_path):
+    """Reports written between issue 25 and the typed pipeline kept references as columns."""
+    from reports.results import ReferencePoint, Report
+
+    doc = {"sweep": "s", "x": "params", "huber_delta": 1e-3, "bootstrap": 0, "seed": 0}
+    doc |= {"checkpoint": "final", "series": [], "reference_findings": ["a vs vmae (...): ..."]}
+    doc["references"] = {
+        "rung": ["vmae", "pixels"],
+        "params": [3e6, 0.0],
+        "task": ["depth", "depth"],
+        "mode": ["frozen", "frozen"],
+        "metric": ["abs_rel", "abs_rel"],
+        "dataset": ["synthetic", "synthetic"],
+        "value": [0.4, 0.7],
+        "se": [0.01, None],
+    }
+    report = Report.from_json(doc)
+    assert report.references == [
+        ReferencePoint("vmae", 3e6, "depth", "frozen", "abs_rel", "synthetic", 0.4, 0.01),
+        ReferencePoint("pixels", 0.0, "depth", "frozen", "abs_rel", "synthetic", 0.7, None),
+    ]
+    assert report.reference_findings == ["a vs vmae (...): ..."]
+    assert Report.from_json(report.to_json()).references == report.references  # now as records
 
 
 def test_reference_models_are_drawn_on_every_panel(tmp_path):
