@@ -244,35 +244,40 @@ def sync(spec: SpecArg, runs_dir: RunsOpt = None):
     sync_spec(load_spec(spec), runs_dir, say=lambda line: out.print(line, markup=False, highlight=False))
 
 
+# `sweep report`'s options, named here so the command reads as what it does.
+FitOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="auto | powerlaw | saturating | chinchilla (repeat or comma-separate). Default: the spec's "
+        "report.fits if it sets them, else auto: every size law backtested per series, the best selected"
+    ),
+]
+FromOpt = Annotated[Path | None, typer.Option("--from", help="fit results from a CSV/Parquet table instead")]
+PredictOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="register forecasts at a size (22B, 300M) or a rung name: predictions.json, hashed, "
+        "scored when it lands"
+    ),
+]
+CheckpointOpt = Annotated[
+    str, typer.Option(help="final | best: which checkpoint of a rung the size laws use")
+]
+
+
 @app.command()
 @user_errors_exit_2
 def report(
     spec: Annotated[
         Path | None, typer.Argument(help="the sweep's spec (default: the most recent sweep under runs/)")
     ] = None,
-    fit: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="auto | powerlaw | saturating | chinchilla (repeat or comma-separate). Default: the spec's "
-            "report.fits if it sets them, else auto: every size law backtested per series, the best selected"
-        ),
-    ] = None,
-    from_file: Annotated[
-        Path | None, typer.Option("--from", help="fit results from a CSV/Parquet table instead")
-    ] = None,
+    fit: FitOpt = None,
+    from_file: FromOpt = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="where to write the report files")] = None,
-    predict: Annotated[
-        str | None,
-        typer.Option(
-            help="register forecasts at a size (22B, 300M) or a rung name: predictions.json, hashed, "
-            "scored when it lands"
-        ),
-    ] = None,
+    predict: PredictOpt = None,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for intervals")] = 1000,
     huber_delta: Annotated[float, typer.Option(help="Huber loss delta (log space)")] = 1e-3,
-    checkpoint: Annotated[
-        str, typer.Option(help="final | best: which checkpoint of a rung the size laws use")
-    ] = "final",
+    checkpoint: CheckpointOpt = "final",
     seed: int = 0,
     runs_dir: RunsOpt = None,
 ):
@@ -286,25 +291,11 @@ def report(
     from reports.report import run_report
 
     s = load_spec(spec) if spec is not None else None
-    forms = [
-        f for item in fit or (s.report.fits if s is not None else ["auto"]) for f in item.split(",") if f
-    ]
     root = runs_root(runs_dir, s.storage if s is not None else None)
     check_reachable(root, write=False)
     say = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
-    request = report_request(
-        s,
-        root,
-        forms,
-        from_file,
-        out_dir,
-        predict,
-        say,
-        bootstrap=bootstrap,
-        huber_delta=huber_delta,
-        checkpoint=checkpoint,
-        seed=seed,
-    )
+    fitting = dict(bootstrap=bootstrap, huber_delta=huber_delta, checkpoint=checkpoint, seed=seed)
+    request = report_request(s, root, fit, from_file, out_dir, predict, say, **fitting)
     result = run_report(request, log=say)
     for item in summary(result, request.out_dir, predict, request.predict):
         out.print(item, highlight=False, soft_wrap=isinstance(item, str))
@@ -459,19 +450,27 @@ def ui(
     raise typer.Exit(code)
 
 
+# `sweep simulate`'s longer options.
+ClusterOpt = Annotated[
+    str, typer.Option(help="NxGxKIND (e.g. 128x8xH100), 'local' (this machine), or a cluster YAML file")
+]
+CalibrateOpt = Annotated[
+    str | None, typer.Option(help="a finished sweep's directory or spec: use its measured durations")
+]
+DecodeOpt = Annotated[
+    str, typer.Option(help="auto (real video: pre-cut clips) | clips | long | none: CPU decoding's limit")
+]
+
+
 @app.command()
 @user_errors_exit_2
 def simulate(
     spec: Annotated[Path, typer.Argument(help="sweep spec YAML")],
-    cluster: Annotated[
-        str, typer.Option(help="NxGxKIND (e.g. 128x8xH100), 'local' (this machine), or a cluster YAML file")
-    ],
+    cluster: ClusterOpt,
     failures: Annotated[str, typer.Option(help="none | llama3 | a rate per GPU-hour")] = "none",
     seeds: Annotated[int, typer.Option(min=1, help="repetitions (failures differ per seed)")] = 1,
     mfu: Annotated[str | None, typer.Option(help="MFU (default 0.4), or a `sweep bench --json` file")] = None,
-    calibrate: Annotated[
-        str | None, typer.Option(help="a finished sweep's directory or spec: use its measured durations")
-    ] = None,
+    calibrate: CalibrateOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     gantt: Annotated[Path | None, typer.Option(help="write a Gantt chart PNG of seed 0")] = None,
     recommend: Annotated[
@@ -479,27 +478,14 @@ def simulate(
     ] = True,
     only: Annotated[list[str] | None, typer.Option(help="simulate only these rungs (repeatable)")] = None,
     max_concurrent: Annotated[int | None, typer.Option(min=1, help="as `sweep run --max-concurrent`")] = None,
-    decode: Annotated[
-        str, typer.Option(help="auto (real video: pre-cut clips) | clips | long | none: CPU decoding's limit")
-    ] = "auto",
+    decode: DecodeOpt = "auto",
 ):
     """Run the sweep's own scheduling policy on a paper cluster, with failures: makespan, GPU-hours, Gantt."""
     from orchestrator.simulate.report import simulate_command
 
-    lines, data = simulate_command(
-        spec,
-        cluster,
-        failures,
-        seeds,
-        mfu,
-        calibrate,
-        gantt,
-        recommend,
-        only,
-        max_concurrent,
-        say=lambda line: err.print(line, markup=False, highlight=False),
-        decode=decode,
-    )
+    say = lambda line: err.print(line, markup=False, highlight=False)  # noqa: E731
+    options = (failures, seeds, mfu, calibrate, gantt, recommend, only, max_concurrent)
+    lines, data = simulate_command(spec, cluster, *options, say=say, decode=decode)
     if as_json:
         print(json.dumps(data, indent=2))
     else:

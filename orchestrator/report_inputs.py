@@ -17,18 +17,21 @@ from reports.report import ReportRequest
 def report_request(
     spec: SweepSpec | None,
     root: Path,
-    forms: list[str],
+    fits: list[str] | None,
     from_file: Path | None,
     out_dir: Path | None,
     predict: str | None,
     say: Callable[[str], None],
     **fitting,
 ) -> ReportRequest:
-    """The request for `sweep report`; syncs the sweep's MLflow record first. `fitting`: bootstrap,
-    huber_delta, checkpoint, seed."""
+    """The request for `sweep report`; syncs the sweep's MLflow record first. `fits`: the --fit
+    options (repeated or comma-separated; default the spec's report.fits, else auto); `fitting`:
+    bootstrap, huber_delta, checkpoint, seed."""
     from orchestrator.reconcile import sync_sweep
     from orchestrator.tracking import absolute_tracking_uri
 
+    default = spec.report.fits if spec is not None else ["auto"]
+    forms = [f for item in fits or default for f in item.split(",") if f]
     expand_forms(forms)  # an unknown form is an error before any work
     settings = dict(forms=forms, predict=predict, **fitting)
     if spec is not None:
