@@ -11,6 +11,7 @@ from reports import lr_search
 from reports.report import predict_from_fits
 from reports.results import Report
 from reports.tables import coverage_text
+from reports.uncertainty import LOW_COVERAGE
 
 
 def summary(report: Report, report_at: Path, predict: str | None, size: str | float | None) -> list:
@@ -22,8 +23,10 @@ def summary(report: Report, report_at: Path, predict: str | None, size: str | fl
         "figures scaling.png, compute.png; fits.json)"
     )
     out.append(_selection_table(report))
+    out += [f"reference: {line}" for line in report.reference_findings]
     if predict:
         out.append(_predictions_table(report, predict, size))
+        out += _low_coverage_warning(report)
         reg = report.registration
         if reg:
             out.append(f"registered: {reg.path} sha256 {reg.sha256} ({reg.created})")
@@ -31,6 +34,23 @@ def summary(report: Report, report_at: Path, predict: str | None, size: str | fl
         out.append(_forecasts_table(report))
     out.append(coverage_text(report.forecasts))
     return out
+
+
+def _low_coverage_warning(report: Report) -> list[str]:
+    """One line when a forecast reaches where the benchmark's 95% intervals covered under 80%."""
+    low = [
+        s.forecast
+        for s in report.series
+        if s.forecast and s.forecast.calibrated_coverage is not None
+        and s.forecast.calibrated_coverage < LOW_COVERAGE
+    ]  # fmt: skip
+    if not low:
+        return []
+    f = low[0]
+    return [
+        f"warning: {f.size} is {f.extrapolation_ratio:.0f}x beyond the largest rung; at that distance "
+        f"the benchmark's 95% intervals covered only {f.calibrated_coverage:.0%} (docs/forecasting.md)"
+    ]
 
 
 def _table(title: str, *columns: str) -> Table:

@@ -8,10 +8,12 @@ All of them draw from the typed results (reports.results), never from fits.json'
               every fitted size law (one line style each; the selected
               one with its 95% band), extrapolated (faint) to the next rung or the --predict
               target, registered forecasts as interval markers and their outcomes as stars;
-              frozen and finetune as two series. Panels sit in a near-square grid that
-              fits their count; each y-range shows its panel's points and forecasts (inside
-              [0, 1] for a bounded metric), and a trivial baseline far outside it is written at
-              the panel's edge with its value rather than stretching the axis.
+              frozen and finetune as two series; reference models (reports.references) as
+              labelled black markers at their sizes, a parameter-free one as a dashed line.
+              Panels sit in a near-square grid that fits their count; each y-range shows its
+              panel's points, references and forecasts (inside [0, 1] for a bounded metric), and
+              a trivial baseline far outside it is written at the panel's edge with its value
+              rather than stretching the axis.
 - compute:    the metric along every rung's checkpoints against training FLOPs (pretraining
               loss first), with the compute frontier.
 - chinchilla: loss against data seen per rung, with the fitted L(N, D) surface.
@@ -30,9 +32,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from reports import references  # noqa: E402
 from reports.collect import BASELINE_PREFIX  # noqa: E402
 from reports.fit import predict  # noqa: E402
-from reports.results import FormFit, Report, ScoredForecast, Series, panel_metrics, panel_order  # noqa: E402
+from reports.results import (  # noqa: E402
+    FormFit,
+    ReferencePoint,
+    Report,
+    ScoredForecast,
+    Series,
+    panel_metrics,
+    panel_order,
+)
 from reports.text import fmt, trend_text  # noqa: E402
 from reports.units import format_size  # noqa: E402
 
@@ -98,13 +109,14 @@ def _title(task: str, metric: str, hib: bool) -> str:
 
 @dataclass
 class Panel:
-    """One panel of the scaling figure: a task's headline metric, every mode's series, and the
-    trivial baselines (mode -> value). Reference models' points would join here."""
+    """One panel of the scaling figure: a task's headline metric, every mode's series, the
+    trivial baselines (mode -> value) and the reference models measured on those series."""
 
     task: str
     metric: str
     series: list[Series]
     baselines: dict[str, float] = field(default_factory=dict)
+    references: list[ReferencePoint] = field(default_factory=list)
 
     @property
     def bounded(self) -> bool:
@@ -116,12 +128,14 @@ def scaling_panels(report: Report, table: pd.DataFrame) -> list[Panel]:
     panels = []
     for task, metric in panel_metrics({(s.task, s.metric) for s in report.series}):
         base = table[(table["task"] == task) & (table["metric"] == BASELINE_PREFIX + metric)]
+        series = [s for s in report.series if (s.task, s.metric) == (task, metric)]
         panels.append(
             Panel(
                 task,
                 metric,
-                [s for s in report.series if (s.task, s.metric) == (task, metric)],
+                series,
                 {str(mode): float(b["value"].mean()) for mode, b in base.groupby("mode")},
+                [p for s in series for p in references.points(report.references, s)],
             )
         )
     return panels
@@ -136,6 +150,9 @@ def scaling_figure(report: Report, table: pd.DataFrame):
         shown = [_draw_series(ax, s, report) for s in panel.series]
         ticks = [x for xs, _ in shown for x in xs]
         ys = [y for _, vs in shown for y in vs]
+        if report.x == "params":  # a reference has a size, not a training budget on this ladder
+            ticks += references.draw(ax, panel.references)
+            ys += [v for p in panel.references for v in (p.value - (p.se or 0), p.value + (p.se or 0))]
         _size_ticks(ax, ticks)
         said = [(f"{s.mode}: " if len(panel.series) > 1 else "") + trend_text(s) for s in panel.series]
         resolved = all(s.trend is not None and s.trend.resolved for s in panel.series)

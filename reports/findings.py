@@ -49,6 +49,8 @@ def finding(s: Series, scored: list[ScoredForecast]) -> str:
             f"; forecast at {f.size}: {interval(f.value, f.lo, f.hi)} "
             f"({f.form}, backtest error {pct(f.backtest_error)})"
         )
+        if f.caveat:  # how far it can be trusted: ratio, benchmark coverage, form agreement
+            line += f" [{f.caveat}]"
     else:
         line += f"; selected {sel.form} (backtest error {pct(sel.errors[sel.form])})"
     for r in (r for r in scored if r.series == s.label and r.observed is not None):

@@ -50,7 +50,7 @@ def register_forecasts(report: Report, sizes: dict[str, float], out: Path, store
 def registration(report: Report) -> dict:
     """The forecasts document: one entry per series with a selected form."""
     preds = [
-        vars(s.forecast) | {"series": s.label, "task": s.task, "mode": s.mode, "metric": s.metric}
+        s.forecast.to_json() | {"series": s.label, "task": s.task, "mode": s.mode, "metric": s.metric}
         for s in report.series
         if s.forecast
     ]

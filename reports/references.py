@@ -11,12 +11,14 @@ so a reference is never a point of a size law. What the report does with them:
 - `findings`: per headline and reference, the first rung that beats it by more than 2 combined SE
   (sqrt(se_rung² + se_ref²)), or none; and where the selected law extrapolates, the size at which
   the ladder is forecast to match it, with the size range where its 95% interval reaches it.
+
+`reference_points` turns the rows into `results.ReferencePoint`s (Report.references, fits.json);
+everything after that reads the typed points and the typed series.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -31,6 +33,7 @@ from contracts.names import (
 )
 from contracts.tasks import BASELINE_PREFIX
 from reports.fit import predict
+from reports.results import ReferencePoint, Series
 from reports.units import format_size
 
 KIND = "kind"
@@ -82,49 +85,56 @@ def split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table[~is_ref].reset_index(drop=True), table[is_ref].reset_index(drop=True)
 
 
-@dataclass(frozen=True)
-class RefPoint:
-    name: str
-    params: float  # 0 or NaN: no parameters (pixels)
-    value: float
-    se: float
-
-
-def points(refs: pd.DataFrame, s: dict) -> list[RefPoint]:
-    """The references' values on series `s` (its task, mode, metric and dataset)."""
+def reference_points(refs: pd.DataFrame) -> list[ReferencePoint]:
+    """The references' own values (not their trivial `baseline_` rows, which are the ladder's to
+    show), each at its final step, as typed points for the report."""
     if refs.empty:
         return []
-    m = refs[
-        (refs["task"] == s["task"])
-        & (refs["mode"] == s["mode"])
-        & (refs["metric"] == s["metric"])
-        & (refs["dataset"] == s.get("dataset", "synthetic"))
-    ]
+    refs = refs[refs["metric"].notna() & ~refs["metric"].astype(str).str.startswith(BASELINE_PREFIX)]
+    last = refs.groupby(["rung", "task", "mode", "metric", "dataset"])["step"].transform("max")
+    refs = refs[(refs["step"] == last) | last.isna()]
     return [
-        RefPoint(str(r.rung), float(r.params), float(r.value), float(r.se) if pd.notna(r.se) else math.nan)
-        for r in m.itertuples()
+        ReferencePoint(
+            name=str(r.rung),
+            params=float(r.params) if pd.notna(r.params) and r.params > 0 else 0.0,
+            task=str(r.task or ""),
+            mode=str(r.mode),
+            metric=str(r.metric),
+            dataset=str(r.dataset),
+            value=float(r.value),
+            se=float(r.se) if "se" in refs and pd.notna(r.se) else None,
+        )
+        for r in refs.itertuples()
     ]
 
 
-def draw(ax, refs: pd.DataFrame, panel: list[dict]) -> list[float]:
-    """Each reference on this panel as a labelled marker with its error bar; returns their x values."""
+def points(refs: list[ReferencePoint], s: Series) -> list[ReferencePoint]:
+    """The references measured on series `s` (its task, mode, metric and dataset)."""
+    key = (s.task, s.mode, s.metric, s.dataset)
+    return [p for p in refs if (p.task, p.mode, p.metric, p.dataset) == key]
+
+
+def _se(v: float | None) -> float:
+    return v if v is not None and math.isfinite(v) else math.nan
+
+
+def draw(ax, refs: list[ReferencePoint]) -> list[float]:
+    """Each reference as a labelled marker with its error bar; returns their x values."""
     xs = []
-    for s in panel:
-        for i, p in enumerate(points(refs, s)):
-            yerr = [p.se] if math.isfinite(p.se) else None
-            if p.params > 0:
-                ax.errorbar(
-                    [p.params], [p.value], yerr=yerr, fmt=MARKERS[i % len(MARKERS)], color="k", mfc="white",
-                    ms=6, capsize=3, zorder=4, label=f"{p.name} (reference)",
-                )  # fmt: skip
-                ax.annotate(
-                    p.name, (p.params, p.value), textcoords="offset points", xytext=(4, 4), fontsize=6
-                )
-                xs.append(p.params)
-            else:  # no parameters: no place on a log axis, so a line across the panel
-                ax.axhline(p.value, ls="--", color="0.45", lw=1, label=f"{p.name} (reference, 0 params)")
-                if math.isfinite(p.se):
-                    ax.axhspan(p.value - p.se, p.value + p.se, color="0.45", alpha=0.1, lw=0)
+    for i, p in enumerate(refs):
+        se = _se(p.se)
+        yerr = [se] if math.isfinite(se) else None
+        if p.params > 0:
+            ax.errorbar(
+                [p.params], [p.value], yerr=yerr, fmt=MARKERS[i % len(MARKERS)], color="k", mfc="white",
+                ms=6, capsize=3, zorder=4, label=f"{p.name} (reference)",
+            )  # fmt: skip
+            ax.annotate(p.name, (p.params, p.value), textcoords="offset points", xytext=(4, 4), fontsize=6)
+            xs.append(p.params)
+        else:  # no parameters: no place on a log axis, so a line across the panel
+            ax.axhline(p.value, ls="--", color="0.45", lw=1, label=f"{p.name} (reference, 0 params)")
+            if math.isfinite(se):
+                ax.axhspan(p.value - se, p.value + se, color="0.45", alpha=0.1, lw=0)
     return xs
 
 
@@ -133,37 +143,34 @@ def better(a: float, b: float, hib: bool) -> float:
     return a - b if hib else b - a
 
 
-def first_rung_beating(s: dict, p: RefPoint) -> tuple[str, float] | None:
+def first_rung_beating(s: Series, p: ReferencePoint) -> tuple[str, float] | None:
     """The smallest rung whose value beats the reference by more than 2 combined SE, with that margin
     in combined SE; None when no rung does."""
-    pts = s["points"]
+    pts = s.points
     order = np.argsort(np.asarray(pts["params"], float))
     for i in order:
-        v, se = float(pts["value"][i]), pts.get("se", [math.nan] * len(pts["value"]))[i]
-        combined = math.sqrt(
-            (se if se is not None and math.isfinite(se) else 0) ** 2
-            + (p.se if math.isfinite(p.se) else 0) ** 2
-        )
-        margin = better(v, p.value, s["higher_is_better"])
+        v, se = float(pts["value"][i]), pts.get("se", [None] * len(pts["value"]))[i]
+        combined = math.sqrt(np.nan_to_num(_se(se)) ** 2 + np.nan_to_num(_se(p.se)) ** 2)
+        margin = better(v, p.value, s.higher_is_better)
         if combined > 0 and margin > 2 * combined:
             return str(pts["rung"][i]), margin / combined
     return None
 
 
-def match_size(s: dict, p: RefPoint) -> tuple[float, float, float] | None:
+def match_size(s: Series, p: ReferencePoint) -> tuple[float, float, float] | None:
     """Where the selected law extrapolates: the size at which its forecast reaches the reference's
     value, and the sizes where its interval's optimistic / pessimistic edge does (NaN: not within
     MAX_SIZE). None without a selected, improving size law."""
-    sel, trend = s.get("selection"), s.get("trend") or {}
-    if not sel or not trend.get("improving"):
+    if s.selection is None or s.trend is None or not s.trend.improving:
         return None
-    fit = next((e["fit"] for e in s["fits"] if e["form"] == sel["form"] and e["status"] == "fitted"), None)
-    if fit is None or sel["form"] == "chinchilla":
+    chosen = s.selected
+    if chosen is None or not chosen.fitted or chosen.form == "chinchilla":
         return None
-    hi_n = float(np.nanmax(np.asarray(s["points"]["params"], float)))
+    fit = chosen.fit
+    hi_n = float(np.nanmax(np.asarray(s.points["params"], float)))
     grid = np.geomspace(hi_n, MAX_SIZE, 400)
     value, lo, hi = predict(fit, grid)
-    hib = s["higher_is_better"]
+    hib = s.higher_is_better
 
     def reach(which: int) -> float:
         """The first size where curve `which` (0 value, 1 lo, 2 hi) reaches the reference, refined
@@ -188,12 +195,13 @@ def match_size(s: dict, p: RefPoint) -> tuple[float, float, float] | None:
     return reach(0), reach(pick[0]), reach(pick[1])
 
 
-def finding(s: dict, p: RefPoint, x: str = "params") -> str:
+def finding(s: Series, p: ReferencePoint, x: str = "params") -> str:
     """One sentence: which rung first beats the reference by > 2 combined SE, and where the ladder is
     forecast to match it."""
-    ref = f"{p.name} ({format_size(p.params) if p.params > 0 else 'no'} params, {p.value:.4g} ± {p.se:.2g})"
+    err = f" ± {p.se:.2g}" if math.isfinite(_se(p.se)) else ""
+    ref = f"{p.name} ({format_size(p.params) if p.params > 0 else 'no'} params, {p.value:.4g}{err})"
     beat = first_rung_beating(s, p)
-    line = f"{s['label']} vs {ref}: " + (
+    line = f"{s.label} vs {ref}: " + (
         f"{beat[0]} is the first rung to beat it by more than 2 combined SE ({beat[1]:.1f} SE)"
         if beat
         else "no rung beats it by more than 2 combined SE"
@@ -202,50 +210,44 @@ def finding(s: dict, p: RefPoint, x: str = "params") -> str:
     if m is not None and beat is None:
         n, a, b = m
         if math.isfinite(n):
-            lo, hi = sorted(x for x in (a, b) if math.isfinite(x)) or [math.nan, math.nan]
+            edges = sorted(v for v in (a, b) if math.isfinite(v))
+            lo, hi = (edges[0], edges[-1]) if edges else (math.nan, math.nan)
             rng = f" (interval reaches it from {format_size(lo)}" + (
                 f" to {format_size(hi)})" if hi != lo else ")"
             )
-            line += f"; the {s['selection']['form']} law forecasts the ladder to match it at {format_size(n)}"
+            line += f"; the {s.selection.form} law forecasts the ladder to match it at {format_size(n)}"
             line += rng if math.isfinite(lo) else ""
         else:
-            line += f"; the {s['selection']['form']} law does not reach it below {format_size(MAX_SIZE)}"
+            line += f"; the {s.selection.form} law does not reach it below {format_size(MAX_SIZE)}"
     return line
 
 
-def findings(series: list[dict], refs: pd.DataFrame, x: str = "params") -> list[str]:
+def findings(series: list[Series], refs: list[ReferencePoint], x: str = "params") -> list[str]:
     return [finding(s, p, x) for s in series for p in points(refs, s)]
 
 
 COMPARISON_HEADER = ["series", "model", "kind", "params", "value ± se", "rank"]
 
 
-def comparison_rows(series: list[dict], refs: pd.DataFrame) -> list[list[str]]:
-    """Per headline series: every rung's final value and every reference's, ranked best first."""
+def comparison_rows(series: list[Series], refs: list[ReferencePoint]) -> list[list[str]]:
+    """Per headline series with references: every rung's final value and every reference's,
+    ranked best first."""
     rows = []
     for s in series:
-        entries = [
-            (str(r), "rung", float(n), float(v), se)
-            for r, n, v, se in zip(
-                s["points"]["rung"],
-                s["points"]["params"],
-                s["points"]["value"],
-                s["points"].get("se", [math.nan] * len(s["points"]["rung"])),
-                strict=True,
-            )
-        ] + [(p.name, "reference", p.params, p.value, p.se) for p in points(refs, s)]
-        if not any(kind == "reference" for _, kind, *_ in entries):
+        mine = points(refs, s)
+        if not mine:
             continue
-        ranked = sorted(entries, key=lambda e: -e[3] if s["higher_is_better"] else e[3])
+        pts = s.points
+        ses = pts.get("se", [None] * len(pts["rung"]))
+        entries = [
+            (str(r), "rung", float(n), float(v), _se(se))
+            for r, n, v, se in zip(pts["rung"], pts["params"], pts["value"], ses, strict=True)
+        ] + [(p.name, "reference", p.params, p.value, _se(p.se)) for p in mine]
+        ranked = sorted(entries, key=lambda e: -e[3] if s.higher_is_better else e[3])
         rank = {id(e): i + 1 for i, e in enumerate(ranked)}
         for e in sorted(entries, key=lambda e: (e[1] != "rung", e[2])):
             name, kind, n, v, se = e
-            err = f" ± {se:.2g}" if se is not None and math.isfinite(se) else ""
-            size = format_size(n) if n and math.isfinite(n) and n > 0 else "0"
-            rows.append([s["label"], name, kind, size, f"{v:.4g}{err}", str(rank[id(e)])])
+            err = f" ± {se:.2g}" if math.isfinite(se) else ""
+            size = format_size(n) if math.isfinite(n) and n > 0 else "0"
+            rows.append([s.label, name, kind, size, f"{v:.4g}{err}", str(rank[id(e)])])
     return rows
-
-
-def baseline_free(refs: pd.DataFrame) -> pd.DataFrame:
-    """The references' own metrics (the trivial `baseline_` rows are the ladder's to show)."""
-    return refs[~refs["metric"].astype(str).str.startswith(BASELINE_PREFIX)] if not refs.empty else refs

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import figures, lr_search
+from reports import figures, lr_search, references
 from reports.findings import findings
 from reports.results import Report
 from reports.tables import (
@@ -59,6 +59,7 @@ def sections(report: Report, table: pd.DataFrame, figs: list[Path]) -> list[tupl
         *[("img", p) for p in lead],
         ("h2", "Findings"),
         ("ul", findings(report) or ["no series"]),
+        *reference_blocks(report),
     ]
     reg = report.registration
     if reg:
@@ -101,6 +102,24 @@ def sections(report: Report, table: pd.DataFrame, figs: list[Path]) -> list[tupl
         rows = [[fmt(v) for v in r] for r in wide.itertuples(index=False)]
         out += [("h2", "Final-checkpoint results"), ("table", list(map(str, wide.columns)), rows)]
     return out
+
+
+def reference_blocks(report: Report) -> list[tuple]:
+    """The headline series against the reference models: findings, then every rung and reference
+    ranked (nothing when the sweep has no references)."""
+    if not report.references:
+        return []
+    rows = references.comparison_rows(report.headline(), report.references)
+    out: list[tuple] = [
+        ("h2", "Reference models"),
+        (
+            "p",
+            "Frozen backbones evaluated beside the ladder with the same readouts; compared, never "
+            "fitted. A rung beats a reference when it is better by more than 2 combined standard errors.",
+        ),
+        ("ul", report.reference_findings or ["no headline series has a reference's value"]),
+    ]
+    return out + ([("table", references.COMPARISON_HEADER, rows)] if rows else [])
 
 
 def markdown(sweep: str, blocks: list[tuple]) -> str:

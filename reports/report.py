@@ -3,11 +3,13 @@
 The stages, one module each:
 
 1. collect         reports.collect    the results table, from MLflow or a CSV/Parquet file
+   references      reports.references reference models' rows split off: compared, never fitted
 2. select points   reports.points     one Series per (task, mode, metric, dataset); failed rungs named
 3. fit             reports.fitting    every requested form per series, size laws backtested
 4. select form     reports.selection  the best size law per series by backtest; trend; forecast
 5. forecasts       reports.forecasts  register the forecasts at --predict; score every stored one
-6. findings        reports.findings   one line per headline series; notes where a fit is weak
+6. findings        reports.findings   one line per headline series; notes where a fit is weak;
+                   reports.references the headline series against each reference model
 7. render          reports.render     fits.json, figures, report.md, report.html
 8. publish         reports.publish    the files and a new registration onto the sweep's MLflow run
 
@@ -25,7 +27,7 @@ import pandas as pd
 
 from contracts.spec import X_AXES
 from contracts.storage import working_copy
-from reports import lr_search
+from reports import lr_search, references
 from reports.collect import ReportError, collect_mlflow, normalize, read_table
 from reports.findings import headline_notes
 from reports.fit import predict
@@ -112,7 +114,8 @@ def fit_report(
     search_metric: str | None = None,
     log: Log = print,
 ) -> tuple[Report, pd.DataFrame, pd.DataFrame]:
-    """Stages 1-6 on `table`: the Report, the whole table, and the rows the laws were fitted on.
+    """Stages 1-6 on `table`: the Report, the whole table (reference rows included), and the
+    rows the laws were fitted on.
 
     `predict` (a size like 22B or a rung name) registers the selected forms' forecasts;
     `predictions_dir` is the store of registered forecasts, scored whenever their rung has
@@ -122,8 +125,9 @@ def fit_report(
     forms = expand_forms(fits)
     _check(x, checkpoint)
     table = read_table(table) if isinstance(table, str | Path) else normalize(table)
-    search = lr_search.analyse(table, search_metric)
-    fitted = lr_search.best_points_only(table, search)
+    ladder, refs = references.split(table)  # reference models are compared, never fitted
+    search = lr_search.analyse(ladder, search_metric)
+    fitted = lr_search.best_points_only(ladder, search)
     out = Path(out_dir)
     store = Path(predictions_dir) if predictions_dir is not None else out.parent / "predictions"
     sizes = fitted.groupby("rung")["params"].first().to_dict()
@@ -132,6 +136,7 @@ def fit_report(
     how = FitSettings(x, huber_delta, bootstrap, seed)
     sweep = str(fitted["sweep"].iloc[0]) if len(fitted) else ""
     report = Report(sweep, x, huber_delta, bootstrap, seed, checkpoint, target=target, lr_search=search)
+    report.references = references.reference_points(refs)
 
     points = select_points(fitted, checkpoint, report.notes)
     report.rungs = [{"rung": r, "params": float(p)} for r, p in points.rungs.items()]
@@ -147,6 +152,7 @@ def fit_report(
     register_forecasts(report, sizes, out, store)
     report.forecasts = score(store, report)
     headline_notes(report)
+    report.reference_findings = references.findings(report.headline(), report.references, x)
     return report, table, fitted
 
 

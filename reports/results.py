@@ -7,8 +7,9 @@ its `Forecast` at the --predict target. `Report.to_json()` writes fits.json (wit
 (schema 1: the same keys, no version).
 
 Later additions belong here as optional fields with a default, so older files still read:
-for example a forecast's extrapolation ratio or calibrated coverage on `Forecast`, or
-reference models' points on the figure as `Report.references`.
+a forecast's extrapolation ratio, form agreement and calibrated coverage on `Forecast`
+(issue 24), reference models' values as `Report.references` and what the ladder does against
+them as `Report.reference_findings` (issue 25).
 """
 
 from __future__ import annotations
@@ -142,6 +143,47 @@ class Forecast:
     lo: float
     hi: float
     backtest_error: float | None
+    # How far it can be trusted (reports.uncertainty): absent from reports before issue 24.
+    extrapolation_ratio: float | None = None  # target size / largest fitted rung
+    calibrated_coverage: float | None = None  # the benchmark's coverage at this ratio
+    forms_agree: bool | None = None
+    trusted_ratio: float | None = None  # the forms' intervals overlap up to this ratio
+    caveat: str | None = None  # the three above in one phrase, shown beside the forecast
+
+    def to_json(self) -> dict:
+        """Its fields; the later, optional ones only where known, so an older file reads back as it was."""
+        optional = {f.name for f in fields(self) if f.default is None}
+        return {k: v for k, v in vars(self).items() if v is not None or k not in optional}
+
+
+@dataclass
+class ReferencePoint:
+    """A reference model's value on one (task, mode, metric, dataset): evaluated beside the
+    ladder, never fitted (reports.references). params 0: no parameters (pixels); se None: unknown."""
+
+    name: str
+    params: float
+    task: str
+    mode: str
+    metric: str
+    dataset: str
+    value: float
+    se: float | None = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> ReferencePoint:
+        return cls(**_known(cls, d))
+
+
+def _reference_points(d: list | dict | None) -> list[ReferencePoint]:
+    """fits.json's references: a list of records; a file written while references were columns
+    (rung -> [...], params -> [...]) reads too."""
+    if not d:
+        return []
+    if isinstance(d, dict):
+        cols = {("name" if k == "rung" else k): v for k, v in d.items()}
+        d = [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    return [ReferencePoint.from_json(r) for r in d]
 
 
 @dataclass
@@ -174,8 +216,9 @@ class Series:
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["fits"] = [e.to_json() for e in self.fits]
-        for name in ("selection", "trend", "forecast"):
+        for name in ("selection", "trend"):
             d[name] = vars(d[name]) if d[name] is not None else None
+        d["forecast"] = self.forecast.to_json() if self.forecast else None
         return _without_none(d)
 
     @classmethod
@@ -269,6 +312,8 @@ class Report:
     lr_search: dict | None = None  # reports.lr_search.analyse: the LR grid's optima and law
     registration: Registration | None = None
     forecasts: ForecastScores = field(default_factory=ForecastScores)
+    references: list[ReferencePoint] = field(default_factory=list)  # reference models, never fitted
+    reference_findings: list[str] = field(default_factory=list)  # the headline series against them
     files: dict[str, Path] = field(default_factory=dict)  # written report files; not in fits.json
     schema: int = SCHEMA
 
@@ -277,6 +322,10 @@ class Report:
         d |= {"series": [s.to_json() for s in self.series]}
         d |= {"target": self.target.to_json() if self.target else None}
         d |= {"forecasts": self.forecasts.to_json()}
+        d |= {"references": [vars(r) for r in self.references]}
+        for name in ("references", "reference_findings"):  # a sweep without references: as before
+            if not d[name]:
+                del d[name]
         if self.registration is None:
             del d["registration"]
         else:
@@ -297,6 +346,7 @@ class Report:
             | {"series": [Series.from_json(s) for s in d["series"]]}
             | {"target": Target(**d["target"]) if d.get("target") else None}
             | {"registration": Registration(**reg | {"path": Path(reg["path"])}) if reg else None}
+            | {"references": _reference_points(d.get("references"))}
             | {
                 "forecasts": ForecastScores.from_json(d["forecasts"])
                 if d.get("forecasts")

@@ -1,5 +1,6 @@
 """Stage 4, select form: per series, the size law with the lowest backtest error; its trend;
-its forecast at the --predict target; and whether the forms disagree there."""
+its forecast at the --predict target (the forms averaged, reports.uncertainty); and whether
+the forms disagree there."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 
 import numpy as np
 
-from reports.fit import SIZE_LAWS, Fit, predict, select_form
+from reports.fit import SIZE_LAWS, Fit, FitError, predict, select_form
 from reports.results import Forecast, Selection, Series, Target, Trend
 from reports.text import fmt
+from reports.uncertainty import forecast_points
 
 
 def select(s: Series, target: Target | None, notes: list[str]) -> None:
@@ -25,14 +27,30 @@ def select(s: Series, target: Target | None, notes: list[str]) -> None:
     if target is None:
         return
     at = {e.form: [float(a[0]) for a in predict(e.fit, target.N)] for e in laws}
-    v, lo, hi = at[form]
-    s.forecast = Forecast(form, target.N, target.size, target.rung, v, lo, hi, errors[form])
+    try:
+        s.forecast = forecast(s, target, errors)
+    except FitError as e:  # the forms fitted one by one, but not again together: the selected one alone
+        v, lo, hi = at[form]
+        s.forecast = Forecast(form, target.N, target.size, target.rung, v, lo, hi, errors[form])
+        notes.append(f"{s.label}: forecast from {form} alone, the forms could not be averaged ({e})")
     s.at_target = at
     apart = [(a, b) for a in at for b in at if a < b and (at[a][2] < at[b][1] or at[b][2] < at[a][1])]
     if apart:
         text = " vs ".join(f"{k} {fmt(p[0])} [{fmt(p[1])}, {fmt(p[2])}]" for k, p in at.items())
         s.disagreement = f"forms disagree at {target.size} by more than their 95% intervals: {text}"
         notes.append(f"{s.label}: {s.disagreement}")
+
+
+def forecast(s: Series, target: Target, errors: dict[str, float | None]) -> Forecast:
+    """The forms averaged by a far-looking backtest (reports.uncertainty), with how far the
+    forecast reaches beyond the largest rung, whether the forms agree there and the benchmark's
+    coverage at that distance."""
+    u = forecast_points(s.points, target.N, higher_is_better=s.higher_is_better, bounded=s.bounded)
+    return Forecast(
+        u.form, target.N, target.size, target.rung, u.value, u.lo, u.hi, errors.get(u.form),
+        extrapolation_ratio=u.ratio, calibrated_coverage=u.coverage, forms_agree=u.forms_agree,
+        trusted_ratio=u.trusted_ratio, caveat=u.caveat(),
+    )  # fmt: skip
 
 
 def trend(f: Fit, hib: bool) -> Trend:

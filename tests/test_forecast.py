@@ -242,3 +242,47 @@ def test_report_through_mlflow_records_and_scores_forecasts(tmp_path, monkeypatc
     rows = fits["forecasts"]["rows"]
     assert len(rows) == 2 and all(r["observed"] is not None and r["sha256"] == sha for r in rows)
     assert fits["forecasts"]["scored"] == 2
+
+
+def test_report_at_a_tenth_of_the_target_shows_ratio_agreement_and_coverage(tmp_path, monkeypatch):
+    """Fitted on rungs up to 1/10 of the target, every forecast carries its extrapolation ratio,
+    whether the forms agree and the benchmark's coverage at that ratio, in predictions.json and
+    beside the forecast in report.md and report.html; below 80% coverage the console warns."""
+    monkeypatch.chdir(tmp_path)
+    table = ladder_table()
+    path = tmp_path / "ladder.csv"
+    table[table["params"] <= 1.8e9].to_csv(path, index=False)  # 20M ... 1.8B; 22B is 12x out
+    out = cli("--from", path, "--predict", "22B", "--bootstrap", 100, "--out", "rep")
+    assert out.exit_code == 0, out.output
+    doc = json.loads((tmp_path / "rep" / "predictions.json").read_text())
+    assert doc["predictions"]
+    for p in doc["predictions"]:
+        assert p["extrapolation_ratio"] == pytest.approx(22e9 / 1.8e9)
+        assert p["calibrated_coverage"] is not None and isinstance(p["forms_agree"], bool)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    forecast_lines = [line for line in md.splitlines() if "; forecast at 22B:" in line]
+    assert len(forecast_lines) == len(doc["predictions"])
+    for line in forecast_lines:  # beside each forecast: ratio, coverage, agreement
+        assert "12.2x beyond the largest rung, benchmark coverage" in line
+        assert "forms agree" in line or "form-limited" in line
+    assert html.count("12.2x beyond the largest rung, benchmark coverage") == len(forecast_lines)
+    low = [p for p in doc["predictions"] if p["calibrated_coverage"] < 0.8]
+    assert ("intervals covered only" in out.output) == bool(low)
+
+
+@pytest.mark.parametrize("coverage, warns", [(0.62, True), (0.92, False), (None, False)])
+def test_console_warns_once_when_the_benchmark_coverage_at_the_ratio_is_below_80(tmp_path, coverage, warns):
+    from reports.console import summary
+    from reports.results import Forecast, Report, Series
+
+    def series(metric):
+        s = Series("depth", "frozen", metric, "synthetic", f"depth/{metric}", False, False, [], {})
+        s.forecast = Forecast("powerlaw", 22e9, "22B", None, 0.3, 0.2, 0.4, 0.01, 40.0, coverage, True, 40.0)
+        return s
+
+    report = Report("s", "params", 1e-3, 0, 0, "final", series=[series("abs_rel"), series("rmse")])
+    lines = [line for line in summary(report, tmp_path, "22B", "22B") if isinstance(line, str)]
+    warned = [line for line in lines if line.startswith("warning:")]
+    expected = "warning: 22B is 40x beyond the largest rung; at that distance the benchmark's 95% intervals"
+    assert warned == ([f"{expected} covered only 62% (docs/forecasting.md)"] if warns else [])

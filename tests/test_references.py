@@ -114,7 +114,9 @@ def test_remote_code_is_refused_unless_the_entry_trusts_it(tmp_path, monkeypatch
 def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_path):
     import pandas as pd
 
+    from reports.console import summary
     from reports.report import make_report
+    from reports.results import Report
 
     sizes = [1e6, 4e6, 16e6, 64e6]
     rows = [  # depth AbsRel (lower is better) falling as a power law: 0.5 * (N / 1e6)^-0.25
@@ -158,9 +160,15 @@ def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_pat
         },
     ]
     res = make_report(pd.DataFrame(rows), tmp_path, fits=["powerlaw"], bootstrap=50, log=lambda _: None)
-    (series,) = res["series"]
-    assert set(series["points"]["rung"]) == {"r0", "r1", "r2", "r3"}  # references are never fitted
-    found = {line.split(" vs ")[1].split(" (")[0]: line for line in res["reference_findings"]}
+    (series,) = res.series
+    assert set(series.points["rung"]) == {"r0", "r1", "r2", "r3"}  # references are never fitted
+    assert [r["rung"] for r in res.rungs] == ["r0", "r1", "r2", "r3"]
+    assert {(p.name, p.params, p.value) for p in res.references} == {
+        ("near", 2e6, 0.40),
+        ("far", 1e9, 0.10),
+        ("pixels", 0.0, 0.70),
+    }
+    found = {line.split(" vs ")[1].split(" (")[0]: line for line in res.reference_findings}
     # near: r1 beats 0.40 by 0.046 > 2 * sqrt(2) * 0.01; r0 does not
     assert "r1 is the first rung to beat it" in found["near"]
     assert "r0 is the first rung" in found["pixels"]
@@ -168,6 +176,84 @@ def test_report_compares_the_ladder_with_references_without_fitting_them(tmp_pat
     assert "no rung beats it" in found["far"] and "forecasts the ladder to match it at 62" in found["far"]
     md = (tmp_path / "report.md").read_text()
     assert "## Reference models" in md and "| far | reference | 1B | 0.1 ± 0.01 | 1 |" in md
+    assert "| depth/abs_rel (frozen) | r0 | rung | 1M | 0.5 ± 0.01 | 6 |" in md
+    assert "<h2>Reference models</h2>" in (tmp_path / "report.html").read_text()
+    # fits.json keeps them typed: read back, the same points and findings
+    again = Report.load(tmp_path / "fits.json")
+    assert again.references == res.references and again.reference_findings == res.reference_findings
+    printed = [line for line in summary(res, tmp_path, None, None) if isinstance(line, str)]
+    assert [line for line in printed if line.startswith("reference: ")] == [
+        f"reference: {f}" for f in res.reference_findings
+    ]
+
+
+def test_a_fits_json_with_references_as_columns_reads_back(tmp_path):
+    """Reports written between issue 25 and the typed pipeline kept references as columns."""
+    from reports.results import ReferencePoint, Report
+
+    doc = {"sweep": "s", "x": "params", "huber_delta": 1e-3, "bootstrap": 0, "seed": 0}
+    doc |= {"checkpoint": "final", "series": [], "reference_findings": ["a vs vmae (...): ..."]}
+    doc["references"] = {
+        "rung": ["vmae", "pixels"],
+        "params": [3e6, 0.0],
+        "task": ["depth", "depth"],
+        "mode": ["frozen", "frozen"],
+        "metric": ["abs_rel", "abs_rel"],
+        "dataset": ["synthetic", "synthetic"],
+        "value": [0.4, 0.7],
+        "se": [0.01, None],
+    }
+    report = Report.from_json(doc)
+    assert report.references == [
+        ReferencePoint("vmae", 3e6, "depth", "frozen", "abs_rel", "synthetic", 0.4, 0.01),
+        ReferencePoint("pixels", 0.0, "depth", "frozen", "abs_rel", "synthetic", 0.7, None),
+    ]
+    assert report.reference_findings == ["a vs vmae (...): ..."]
+    assert Report.from_json(report.to_json()).references == report.references  # now as records
+
+
+def test_reference_models_are_drawn_on_every_panel(tmp_path):
+    import pandas as pd
+
+    from reports.figures import scaling_figure
+    from reports.references import split
+    from reports.report import make_report
+
+    rows = [
+        {
+            "rung": f"r{i}",
+            "params": n,
+            "task": task,
+            "metric": metric,
+            "value": v * (n / 1e6) ** -0.2,
+            "se": 0.01,
+        }
+        for i, n in enumerate([1e6, 4e6, 16e6, 64e6])
+        for task, metric, v in (("depth", "abs_rel", 0.5), ("tracking", "epe", 4.0))
+    ]
+    rows += [
+        {
+            "rung": name,
+            "params": n,
+            "task": task,
+            "metric": metric,
+            "value": v,
+            "se": 0.02,
+            "kind": "reference",
+        }
+        for name, n in (("vmae", 3e6), ("pixels", 0))
+        for task, metric, v in (("depth", "abs_rel", 0.45), ("tracking", "epe", 3.5))
+    ]
+    report = make_report(pd.DataFrame(rows), tmp_path, fits=["powerlaw"], bootstrap=20, log=lambda _: None)
+    ladder, refs = split(pd.read_parquet(tmp_path / "results.parquet"))  # it keeps every row
+    assert set(refs["rung"]) == {"vmae", "pixels"}
+    fig = scaling_figure(report, ladder)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 2
+    for ax in panels:
+        labels = ax.get_legend_handles_labels()[1]
+        assert "vmae (reference)" in labels and "pixels (reference, 0 params)" in labels, labels
+        assert "3M" in [t.get_text() for t in ax.get_xticklabels()]  # the reference's size is labelled
 
 
 def test_policy_wants_reference_evals_from_the_start_frozen_only(tmp_path):

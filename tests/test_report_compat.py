@@ -50,12 +50,29 @@ def test_the_pipeline_reproduces_every_number_of_the_old_report_and_registers_th
     assert new["schema"] == SCHEMA
     before = old("fits_before.json")
     _, diffs = differences(before, new)
-    # A registration is named by the hash of its document, which holds the date it was made.
-    dated = [d for d in diffs if d.split(":")[0].rsplit("/", 1)[-1] in ("sha256", "created")]
-    assert diffs == dated and len(dated) == 1 + 2 * 3  # registration/sha256; each pending row's two
+    # A registration is named by the hash of its document, which holds the date it was made; and
+    # since issue 24 a forecast's value and interval are the forms averaged (reports.uncertainty),
+    # with how far it reaches, whether the forms agree and the benchmark's coverage beside it.
+    dated = [d for d in diffs if _field(d) in ("sha256", "created")]
+    averaged = [d for d in diffs if _field(d) in ("value", "lo", "hi") and "forecast" in d]
+    added = [d for d in diffs if d.endswith("only in new") and "/forecast/" in d]
+    assert sorted(diffs) == sorted(dated + averaged + added)
+    assert len(dated) == 1 + 2 * 3 and len(added) == 5 * 3  # registration/sha256; each row's two
+    for s_old, s_new in zip(before["series"], new["series"], strict=True):
+        f_old, f_new = s_old["forecast"], s_new["forecast"]
+        assert f_new["form"] == f_old["form"] and f_new["backtest_error"] == f_old["backtest_error"]
+        assert abs(f_new["value"] / f_old["value"] - 1) < 0.02  # the same forecast, within 2%
+        assert f_new["lo"] <= f_old["lo"] and f_new["hi"] >= f_old["hi"]  # form doubt widens it
+        assert f_new["extrapolation_ratio"] > 1 and isinstance(f_new["forms_agree"], bool)
     registered = json.loads((tmp_path / "rep" / "predictions.json").read_text())
     n, diffs = differences(old("predictions.json")["predictions"], registered["predictions"])
-    assert diffs == [] and n > 30
+    averaged = [d for d in diffs if _field(d) in ("value", "lo", "hi") or d.endswith("only in new")]
+    assert diffs == averaged and n > 30
+
+
+def _field(diff: str) -> str:
+    """The last key of a `differences` line's path ("series/0/forecast/hi: ..." -> "hi")."""
+    return diff.split(":")[0].rsplit("/", 1)[-1]
 
 
 def test_sweep_report_from_a_file_scores_an_old_store_as_the_old_code_did(tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(tmp_path)
     assert report.returncode == 0, report.stdout + report.stderr
     out = tmp_path / "runs" / "refs" / "report"
     fits = json.loads((out / "fits.json").read_text())
-    assert set(fits["references"]["rung"]) == {"vmae", "dino"}  # never a point of a fitted series
+    assert {r["name"] for r in fits["references"]} == {"vmae", "dino"}  # never a point of a fitted series
     assert all(p not in {"vmae", "dino"} for s_ in fits["series"] for p in s_["points"]["rung"])
     md = (out / "report.md").read_text()
     assert "## Reference models" in md
@@ -115,16 +115,19 @@ def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(tmp_path)
         assert f"| {name} | reference |" in md  # in the ladder-vs-references table
         assert any(f" vs {name} (" in f for f in fits["reference_findings"])
 
-    from reports.figures import scaling_figure
+    import pandas as pd
 
-    table = __import__("pandas").read_parquet(out / "results.parquet")
-    fig = scaling_figure(
-        fits, table[table.get("kind", "rung") != REFERENCE_ROLE] if "kind" in table else table
-    )
-    for ax in fig.axes:
-        if ax.get_title():
-            labels = ax.get_legend_handles_labels()[1]
-            assert "vmae (reference)" in labels and "dino (reference)" in labels, labels
+    from reports.figures import scaling_figure
+    from reports.references import split
+    from reports.results import Report
+
+    ladder, _ = split(pd.read_parquet(out / "results.parquet"))  # results.parquet keeps every row
+    fig = scaling_figure(Report.load(out / "fits.json"), ladder)
+    evals = [ax for ax in fig.axes if ax.get_title().split("\n")[0] in ("depth", "action")]
+    assert len(evals) == 2  # the pretraining loss panel has no reference to draw
+    for ax in evals:
+        labels = ax.get_legend_handles_labels()[1]
+        assert "vmae (reference)" in labels and "dino (reference)" in labels, labels
 
     again = subprocess.run(
         [*SWEEP, "run", str(spec), "--num-cpus", "2"], cwd=tmp_path, capture_output=True, text=True, env=env
