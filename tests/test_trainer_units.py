@@ -328,6 +328,7 @@ def test_status_json_reads_queued_until_the_rank0_worker_starts(live_driver):
 
     [row] = status_json(spec_path, runs)
     assert row == {
+        "kind": "rung",  # `sweep status --json` lists reference models too (issue 25), as kind "reference"
         "rung": paths.key,
         "state": "queued",
         "step": 5,
