@@ -2,10 +2,15 @@
 `sweep run` until the sweep completes, then check that nothing was lost or done twice.
 
     python benchmarks/chaos.py --kills 10 --seed 7 --kinds driver,train_worker,eval,tracker
+    python benchmarks/chaos.py --kills 3 --kinds train_worker,eval,tracker --in-order  # each kind once
+
+Kinds are drawn from the seed, and a kind absent for a while is swapped for a live one; with
+--in-order the kills go through the kinds in the given order (cycling), each waiting until one of its
+kind is alive, so every kind is hit (only the delays are drawn).
 
 Kinds: driver (the `sweep run` process; the sweep is then run again), train_worker (a
 ray::RayTrainWorker: Ray Train restarts the group from its checkpoint), eval (a
-ray::_eval_task worker: the driver retries the eval), tracker (the ray::Tracker actor: Ray
+ray::eval_task worker: the driver retries the eval), tracker (the ray::Tracker actor: Ray
 restarts it and the driver reconciles MLflow from disk).
 
 Checks, against an uninterrupted run of the same spec: every rung trained to its last step
@@ -42,7 +47,7 @@ SWEEP = [sys.executable, "-m", "orchestrator"]
 KINDS = {
     "driver": None,
     "train_worker": "ray::RayTrainWorker",
-    "eval": "ray::_eval_task",
+    "eval": "ray::eval_task",  # orchestrator.raycluster.eval_task (a reference's is reference_eval_task)
     "tracker": "ray::Tracker",
 }
 # Kills that can interrupt an eval in flight (its record then counts a second attempt).
@@ -62,8 +67,7 @@ pretraining:
   cpu_workers: 2
 ladder:
   - {{name: a, width: 16, depth: 1, mlp: 32, heads: 2}}
-  - {{name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: {steps_b}}}
-evals:
+{rung_b}evals:
   tasks: [depth, action]
   checkpoints: all
   readout: {{width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}}
@@ -128,10 +132,19 @@ def running_evals(work: Path) -> set[str]:
 
 
 def chaos(
-    work: Path, kills: int, kinds: list[str], seed: int, max_runs: int, delay: tuple[float, float]
+    work: Path,
+    kills: int,
+    kinds: list[str],
+    seed: int,
+    max_runs: int,
+    delay: tuple[float, float],
+    in_order: bool = False,
 ) -> dict:
     rng = random.Random(seed)
-    plan = [(rng.choice(kinds), rng.uniform(*delay), rng.random()) for _ in range(kills)]
+    plan = [
+        (kinds[i % len(kinds)] if in_order else rng.choice(kinds), rng.uniform(*delay), rng.random())
+        for i in range(kills)
+    ]
     made, runs, outputs = [], 0, []
     t0 = time.time()
     while runs < max_runs:
@@ -153,7 +166,7 @@ def chaos(
                 found = targets(proc, kind)
                 if not found:
                     waited = time.time() - since - plan[len(made)][1]
-                    if waited < FALLBACK_AFTER_S:
+                    if in_order or waited < FALLBACK_AFTER_S:
                         continue
                     # None of that kind for a while (no evals left, training over): kill another kind that
                     # is alive, the driver last (only the driver is alive while Ray starts).
@@ -286,9 +299,14 @@ def check(base: Path, work: Path, made: list[dict]) -> list[str]:
     return problems
 
 
-def prepare(work: Path, steps_a: int, steps_b: int) -> None:
+RUNG_B = "  - {{name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: {steps_b}}}\n"
+
+
+def prepare(work: Path, steps_a: int, steps_b: int | None) -> None:
+    """The spec: rungs a and b, or rung a alone when steps_b is None."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "spec.yaml").write_text(textwrap.dedent(SPEC.format(steps_a=steps_a, steps_b=steps_b)))
+    rung_b = RUNG_B.format(steps_b=steps_b) if steps_b is not None else ""
+    (work / "spec.yaml").write_text(textwrap.dedent(SPEC.format(steps_a=steps_a, rung_b=rung_b)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,14 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kinds", default="driver,train_worker,eval,tracker")
     ap.add_argument("--work", type=Path, default=Path("runs-chaos"))
-    ap.add_argument("--steps", default="24,48", help="steps of rung a and rung b")
+    ap.add_argument("--steps", default="24,48", help="steps of rung a and rung b (one number: rung a alone)")
     ap.add_argument("--delay", default="3,12", help="seconds between kills: drawn uniformly in [lo, hi]")
     ap.add_argument("--max-runs", type=int, default=20)
+    ap.add_argument(
+        "--in-order", action="store_true", help="kill the kinds in the given order, each once per cycle"
+    )
     args = ap.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
     if bad := [k for k in kinds if k not in KINDS]:
         ap.error(f"unknown kinds {bad}; choose from {', '.join(KINDS)}")
-    steps_a, steps_b = map(int, args.steps.split(","))
+    steps_a, steps_b = (list(map(int, args.steps.split(","))) + [None])[:2]
     lo, hi = map(float, args.delay.split(","))
     base, work = args.work.resolve() / "baseline", args.work.resolve() / "chaos"
     for d in (base, work):
@@ -320,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         say(f"the uninterrupted run failed ({code}): see {base / 'run.log'}")
         return 1
-    kinds_text = ", ".join(kinds)
+    kinds_text = ", ".join(kinds) + (" in that order" if args.in_order else "")
     say(f"baseline in {time.time() - t0:.0f}s; chaos: {args.kills} kills of {kinds_text}, seed {args.seed}")
-    result = chaos(work, args.kills, kinds, args.seed, args.max_runs, (lo, hi))
+    result = chaos(work, args.kills, kinds, args.seed, args.max_runs, (lo, hi), args.in_order)
     sync = subprocess.run([*SWEEP, "sync", "spec.yaml"], cwd=work, env=env(), capture_output=True, text=True)
     last = sync.stdout.strip().splitlines()[-1] if sync.stdout.strip() else sync.stderr
     say(f"sweep sync after the last run: {last}")
