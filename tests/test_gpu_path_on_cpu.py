@@ -1,13 +1,14 @@
 """The parts of the GPU path that run on CPU, trained for real: bf16, activation checkpointing, ZeRO-2.
 
 Each variant is one 2-worker rung (Ray Train + DeepSpeed over gloo), trained once in this
-module and compared step by step with the fp32 / ZeRO-3 / no-checkpointing reference trained
-here too, from the same seed and the same data.
+module (two at a time) and compared step by step with the fp32 / ZeRO-3 / no-checkpointing
+reference trained here too, from the same seed and the same data.
 """
 
 import json
 import os
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,7 @@ def cluster(tmp_path_factory):
     if ray.is_initialized():  # not so in file order (conftest's cluster starts later); it needs its hook
         ray.shutdown()
     env_vars = {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_V2_ENABLED": "1"}
-    init_local_ray(2, {"env_vars": env_vars, "worker_process_setup_hook": count_checkpoint_calls})
+    init_local_ray(4, {"env_vars": env_vars, "worker_process_setup_hook": count_checkpoint_calls})
     yield calls
     ray.shutdown()
 
@@ -121,26 +122,25 @@ def export_vs_probe(run_dir: Path) -> float:
     return (mine - probe["features"]).abs().max().item()
 
 
-# The reference is fp32, ZeRO-3, no activation checkpointing; each variant changes one of these.
+# The reference is fp32, ZeRO-3, no activation checkpointing; bf16 changes the precision, and
+# act_ckpt_zero2 the other two: each of those leaves fp32's arithmetic (and so the losses) alone,
+# so one rung checks both, each against the reference.
 VARIANTS = {
     "reference": "precision: fp32\nzero_stage: 3\n",
     "bf16": "precision: bf16\n",
-    "act_ckpt": "precision: fp32\nactivation_checkpointing: true\n",
-    "zero2": "precision: fp32\nzero_stage: 2\n",
+    "act_ckpt_zero2": "precision: fp32\nzero_stage: 2\nactivation_checkpointing: true\n",
 }
 
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
-    """`runs(name)`: the variant's run dir, trained on first use, once for the module."""
-    trained: dict[str, Path] = {}
-
-    def run(name: str) -> Path:
-        if name not in trained:
-            trained[name] = train(tmp_path_factory.mktemp(name), VARIANTS[name])
-        return trained[name]
-
-    return run
+    """`runs(name)`: the variant's run dir; every variant is trained once for the module, two at a
+    time (the module's cluster has 4 CPUs: two 2-worker rungs)."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(train, roots[name], VARIANTS[name]) for name in VARIANTS}
+        trained = {name: f.result() for name, f in futures.items()}
+    return trained.__getitem__
 
 
 def test_reference_trains_and_exports_exactly(runs, cluster):
@@ -171,24 +171,26 @@ def test_bf16_on_cpu_trains_close_to_fp32_and_exports(runs):
 
 
 def test_activation_checkpointing_engages_and_changes_no_loss(runs, cluster):
-    ref, ac = runs("reference"), runs("act_ckpt")
+    ref, ac = runs("reference"), runs("act_ckpt_zero2")
     # Each rank checkpoints each of the encoder's 2 blocks in every training forward: 8 steps x
     # 2 micro-batches x 2 blocks; the eval-mode probe forward at the final save does not.
     assert checkpoint_calls(cluster, ac) == [STEPS * 2 * 2] * 2
     # Recomputing a block in backward repeats the same fp32 ops on the same inputs: measured
     # bitwise equal; 1e-5 relative leaves room for a kernel that picks another reduction order.
+    # (This rung also runs ZeRO-2, which changes no loss either: test_zero2_matches_zero3.)
     diff = max_rel_diff(losses(ac), losses(ref))
     assert diff < 1e-5, f"activation checkpointing changed the losses by {diff:.2e} (relative)"
 
 
 def test_zero2_matches_zero3(runs):
-    ref, z2 = runs("reference"), runs("zero2")
+    ref, z2 = runs("reference"), runs("act_ckpt_zero2")
     # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 about half of them.
     assert local_elements(z2) == [1.0, 1.0]
     assert all(0.4 <= share <= 0.6 for share in local_elements(ref))
     # The same fp32 arithmetic, partitioned and reduced differently: measured bitwise equal over
     # these 8 steps (1.2e-7 relative at one step of 12 in a longer run; fp32's unit roundoff is
-    # 6e-8), so 1e-5 relative is fp32 agreement with margin.
+    # 6e-8), so 1e-5 relative is fp32 agreement with margin. (This rung also checkpoints
+    # activations, which repeats the same fp32 ops: test_activation_checkpointing_...)
     diff = max_rel_diff(losses(z2), losses(ref))
     assert diff < 1e-5, f"ZeRO-2 vs ZeRO-3 losses differ by {diff:.2e} (relative)"
     assert export_vs_probe(z2) < 1e-5  # the stage-2 checkpoint consolidates to the same export

@@ -54,21 +54,28 @@ evals: {tasks: []}
 """
 
 
-def train(root: Path, spec_text: str = SPEC, on_start=None) -> tuple[int, Path]:
-    """Run `sweep train`'s code path in-process with `root` as the working directory. -> the exit
-    code and the rung's run directory (under runs/, or on the spec's `storage:`)."""
+def sweep(root: Path, spec_text: str = SPEC, only=None, on_start=None) -> tuple[int, dict[str, Path]]:
+    """Run `sweep train`'s code path in-process with `root` as the working directory, for the rungs
+    named in `only` (default: the ladder), which train concurrently. -> the exit code and each rung's
+    run directory by rung name (under runs/, or on the spec's `storage:`)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "spec.yaml").write_text(textwrap.dedent(spec_text))
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        sweep = open_sweep(Path("spec.yaml"), train_only=True)
+        sw = open_sweep(Path("spec.yaml"), only=only, train_only=True)
         if on_start:
-            on_start(sweep)
-        code = sweep.run(None)
+            on_start(sw)
+        code = sw.run(None)
     finally:
         os.chdir(cwd)
-    return code, RungPaths.for_rung(sweep.rungs[0], sweep.root).root
+    return code, {r.name: RungPaths.for_rung(r, sw.root).root for r in sw.rungs}
+
+
+def train(root: Path, spec_text: str = SPEC, on_start=None, only=None) -> tuple[int, Path]:
+    """`sweep` for one rung: the exit code and the (first) rung's run directory."""
+    code, dirs = sweep(root, spec_text, only, on_start)
+    return code, next(iter(dirs.values()))
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -92,12 +99,58 @@ def val_losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
+# μP (per-matrix LRs: optimiser param groups over ZeRO-3 partitioned parameters), with the rung
+# `tiny` scaled from the base `narrow`, which is never trained here.
+MUP_SPEC = SPEC.replace(
+    "  cpu_workers: 2\n", "  cpu_workers: 2\n  scaling: {base: narrow, lr: {rule: mup}}\n"
+).replace("ladder:\n", "ladder:\n  - {name: narrow, width: 16, depth: 2, mlp: 32, heads: 1}\n")
+# `killed`: tiny's twin (the same config under another name, so the same hash and the same losses).
+TWIN_SPEC = MUP_SPEC.replace(
+    "\nevals:", "\n  - {name: killed, width: 32, depth: 2, mlp: 64, heads: 2}\nevals:"
+)
+
+
+def kill_rank1(rung: str, killed: dict, said: list | None = None):
+    """An `on_start` that SIGKILLs `rung`'s rank-1 worker once the rung has a checkpoint, recording
+    its pid and the newest checkpoint step then in `killed` (and the driver's progress lines in `said`)."""
+
+    def on_start(sweep):
+        key = next(r.key for r in sweep.rungs if r.name == rung)
+        run_dir = sweep.root / "pt" / key
+        if said is not None:
+            sweep.say = said.append
+
+        def watch():
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                rank1 = run_dir / "workers" / "rank1.json"
+                if ckpt.list_steps(run_dir) and rank1.exists():
+                    pid = json.loads(rank1.read_text())["pid"]
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"], killed["after"] = pid, ckpt.list_steps(run_dir)[-1].step
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    return on_start
+
+
 @pytest.fixture(scope="module")
-def reference(ray_cluster, tmp_path_factory):
+def twins(ray_cluster, tmp_path_factory):
+    """One sweep training the μP rung `tiny` uninterrupted (the reference every test here compares
+    with) and, concurrently, its twin `killed`, whose rank-1 worker is SIGKILLed after its first
+    checkpoint."""
     root = tmp_path_factory.mktemp("reference")
-    code, run_dir = train(root)
+    killed, said = {}, []
+    code, dirs = sweep(root, TWIN_SPEC, only=["tiny", "killed"], on_start=kill_rank1("killed", killed, said))
     assert code == 0
-    return root, run_dir
+    return {"root": root, "tiny": dirs["tiny"], "killed": dirs["killed"], "kill": killed, "said": said}
+
+
+@pytest.fixture(scope="module")
+def reference(twins):
+    return twins["root"], twins["tiny"]
 
 
 def test_zero3_partitions_parameters_and_loss_goes_down(reference):
@@ -162,37 +215,25 @@ def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
     assert val == val_losses(run_dir) and sorted(val) == [4, 8, 12] and val[12] < val[4]
 
 
-def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(reference, tmp_path):
-    _, ref_dir = reference
-    killed = {}
-    said = []
-
-    def killer(sweep):
-        run_dir = sweep.root / "pt" / sweep.rungs[0].key
-        sweep.say = said.append  # the driver's progress lines
-
-        def watch():
-            deadline = time.time() + 240
-            while time.time() < deadline:
-                rank1 = run_dir / "workers" / "rank1.json"
-                if ckpt.list_steps(run_dir) and rank1.exists():
-                    pid = json.loads(rank1.read_text())["pid"]
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"], killed["after"] = pid, ckpt.list_steps(run_dir)[-1].step
-                    return
-                time.sleep(0.05)
-
-        threading.Thread(target=watch, daemon=True).start()
-
-    code, run_dir = train(tmp_path, on_start=killer)
-    assert code == 0
+def test_a_killed_worker_of_a_mup_rung_is_restarted_by_ray_and_resumes_bitwise(twins):
+    """μP's per-matrix LRs are optimiser param groups over ZeRO-3 partitioned parameters: a killed
+    worker resumes from the checkpoint with the same losses as a run never interrupted."""
+    root, ref_dir, run_dir, killed, said = (twins[k] for k in ("root", "tiny", "killed", "kill", "said"))
+    spec = load_spec(root / "spec.yaml")
+    tiny = spec.rung("tiny")
+    assert tiny.model.mup is not None and tiny.model.mup.encoder.width == 16
+    assert spec.rung("killed").hash == tiny.hash  # twins: compared bitwise, so the same config
     assert killed and killed["after"] < 12, killed
     rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
     assert (
         rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
     )  # a new worker resumed from a checkpoint
-    assert losses(run_dir) == losses(ref_dir)  # bitwise: same loss at every step
+    assert (
+        losses(run_dir) == losses(ref_dir) and len(losses(ref_dir)) == 12
+    )  # bitwise: same loss at every step
     assert val_losses(run_dir) == val_losses(ref_dir) and len(val_losses(ref_dir)) == 3  # and held-out loss
+    export = load_encoder(RungPaths(run_dir).checkpoint(12))[0]
+    assert export.cfg.mup is not None  # the export rebuilds the μP encoder evals will read
 
     # The restart is visible: a progress line, the rung's MLflow run, `sweep status`.
     restarts = [line for line in said if "worker died" in line]
@@ -203,11 +244,11 @@ def test_killed_worker_is_restarted_by_ray_and_losses_match_uninterrupted(refere
     assert len(restarts) == 1 and re.fullmatch(pattern, restarts[0]), said
     died, resumed = map(int, re.fullmatch(pattern, restarts[0]).groups())
     assert resumed == rank1["start_step"] and resumed <= died < 12
-    client, run = rung_run(tmp_path, run_dir)
+    client, run = rung_run(root, run_dir)
     history = partial(client.get_metric_history, run.info.run_id)
     assert run.data.tags[RESTARTS_TAG] == "1"
     assert [(m.step, m.value) for m in history(RESTARTS_METRIC)] == [(died, 1.0)]
-    [row] = status_rows(load_spec(tmp_path / "spec.yaml"), tmp_path / "runs")
+    [row] = [r for r in status_rows(spec, root / "runs") if r["rung"] == run_dir.name]
     assert row["restarts"] == 1 and row["state"] == "done"
     # One value per step, though the steps after the checkpoint were trained twice.
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -227,24 +268,9 @@ def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(re
     curve is bitwise the one of an uninterrupted run (the local reference)."""
     _, ref_dir = reference
     killed = {}
-
-    def killer(sweep):
-        run_dir = sweep.root / "pt" / sweep.rungs[0].key
-
-        def watch():
-            deadline = time.time() + 240
-            while time.time() < deadline:
-                rank1 = run_dir / "workers" / "rank1.json"
-                if rank1.exists() and ckpt.list_steps(run_dir):
-                    pid = json.loads(rank1.read_text())["pid"]
-                    os.kill(pid, signal.SIGKILL)
-                    killed["pid"], killed["after"] = pid, ckpt.list_steps(run_dir)[-1].step
-                    return
-                time.sleep(0.1)
-
-        threading.Thread(target=watch, daemon=True).start()
-
-    code, run_dir = train(tmp_path, on_s3("killed"), on_start=killer)
+    code, run_dir = train(
+        tmp_path, on_s3("killed", MUP_SPEC), on_start=kill_rank1("tiny", killed), only=["tiny"]
+    )
     assert code == 0 and str(run_dir).startswith(f"s3://{BUCKET}/killed/pt/")
     assert killed and killed["after"] < 12, killed
     rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
@@ -266,14 +292,27 @@ def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(re
     assert rung["name"] == "tiny"
 
 
-def test_on_s3_an_upload_that_keeps_failing_fails_the_rung_naming_bucket_and_key(ray_cluster, s3, tmp_path):
+# Two rungs that fail, on a store, with no restarts: `tiny`, whose uploads at step 8 are refused
+# every time, and `boom`, whose learning rate diverges.
+FAILING_SPEC = SPEC.replace("cpu_workers: 2\n", "cpu_workers: 2\n  max_failures: 0\n").replace(
+    "\nevals:", "\n  - {name: boom, width: 32, depth: 2, mlp: 64, heads: 2, lr: 1.0e+30}\nevals:"
+)
+
+
+@pytest.fixture(scope="module")
+def failing(ray_cluster, s3, tmp_path_factory):
+    """One sweep training both of FAILING_SPEC's rungs concurrently. -> its exit code, run dirs by name."""
     s3.clear()
-    s3.fail("/refused/pt/", "step_00000008/deepspeed/zero_pp_rank_0", times=10**6)
-    no_restarts = SPEC.replace("cpu_workers: 2\n", "cpu_workers: 2\n  max_failures: 0\n")
+    s3.fail("/refused/pt/tiny-", "step_00000008/deepspeed/zero_pp_rank_0", times=10**6)
     try:
-        code, run_dir = train(tmp_path, on_s3("refused", no_restarts))
+        return sweep(tmp_path_factory.mktemp("failing"), on_s3("refused", FAILING_SPEC))
     finally:
         s3.clear()
+
+
+def test_on_s3_an_upload_that_keeps_failing_fails_the_rung_naming_bucket_and_key(failing):
+    code, dirs = failing
+    run_dir = dirs["tiny"]
     assert code == 1
     reason = json.loads((run_dir / "status.json").read_text())["reason"]
     assert f"bucket '{BUCKET}'" in reason and "key 'refused/pt/" in reason, reason
@@ -292,7 +331,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(referen
     victim = next(p for p in (RungPaths(run_dir).checkpoint(8) / "deepspeed").rglob("*") if p.is_file())
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (run_dir / "metrics.jsonl").unlink()
-    code, run_dir = train(root)
+    code, run_dir = train(root, MUP_SPEC, only=["tiny"])
     assert code == 0
     resume = json.loads((run_dir / "resume.json").read_text())
     assert resume["step"] == 4
@@ -300,8 +339,9 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(referen
     assert losses(run_dir) == {s: v for s, v in losses(ref_dir).items() if s > 4}
 
 
-def test_diverging_learning_rate_ends_failed_with_nan_reason(ray_cluster, tmp_path):
-    code, run_dir = train(tmp_path, SPEC.replace("lr: 3.0e-3", "lr: 1.0e+30"))
+def test_diverging_learning_rate_ends_failed_with_nan_reason(failing):
+    code, dirs = failing
+    run_dir = dirs["boom"]
     assert code == 1
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "failed"
@@ -318,7 +358,7 @@ def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
     _, run_dir = reference
     spec = tmp_path / "eval.yaml"
     spec.write_text(
-        textwrap.dedent(SPEC).replace(
+        textwrap.dedent(MUP_SPEC).replace(
             "evals: {tasks: []}",
             "evals: {tasks: [depth], readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, "
             "train_clips: 16, val_clips: 8, test_clips: 8}}",
@@ -331,54 +371,3 @@ def test_sweep_eval_runs_on_a_pretraining_export(reference, tmp_path):
     assert "abs_rel" in result.output and "trivial baseline" in result.output
     missing = CliRunner().invoke(app, ["eval", str(tmp_path / "nope"), "--task", "depth"])
     assert missing.exit_code == 2 and "no encoder export" in missing.output
-
-
-MUP_SPEC = SPEC.replace(
-    "  cpu_workers: 2\n", "  cpu_workers: 2\n  scaling: {base: narrow, lr: {rule: mup}}\n"
-).replace("ladder:\n", "ladder:\n  - {name: narrow, width: 16, depth: 2, mlp: 32, heads: 1}\n")
-
-
-def train_only(root: Path, rung: str, on_start=None) -> Path:
-    """Train one rung of MUP_SPEC in-process (like `sweep train --rung`)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "spec.yaml").write_text(textwrap.dedent(MUP_SPEC))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        sweep = open_sweep(Path("spec.yaml"), Path("runs"), only=[rung], train_only=True)
-        if on_start:
-            on_start(sweep)
-        assert sweep.run(None) == 0
-    finally:
-        os.chdir(cwd)
-    return root / "runs" / "pt" / sweep.rungs[0].key
-
-
-def test_mup_rung_trains_under_zero3_and_resumes_bitwise_after_a_worker_kill(ray_cluster, tmp_path):
-    """μP's per-matrix LRs are optimiser param groups over ZeRO-3 partitioned parameters: a killed
-    worker resumes from the checkpoint with the same losses as a run never interrupted."""
-    (tmp_path / "s.yaml").write_text(textwrap.dedent(MUP_SPEC))
-    tiny = load_spec(tmp_path / "s.yaml").rung("tiny")
-    assert tiny.model.mup is not None and tiny.model.mup.encoder.width == 16
-    reference = train_only(tmp_path / "ref", "tiny")
-    killed = {}
-
-    def killer(sweep):
-        run_dir = sweep.root / "pt" / sweep.rungs[0].key
-
-        def watch():
-            deadline = time.time() + 240
-            while time.time() < deadline and not killed:
-                rank1 = run_dir / "workers" / "rank1.json"
-                if ckpt.list_steps(run_dir) and rank1.exists():
-                    killed["pid"] = json.loads(rank1.read_text())["pid"]
-                    os.kill(killed["pid"], signal.SIGKILL)
-                time.sleep(0.05)
-
-        threading.Thread(target=watch, daemon=True).start()
-
-    resumed = train_only(tmp_path / "killed", "tiny", on_start=killer)
-    assert killed and json.loads((resumed / "workers" / "rank1.json").read_text())["pid"] != killed["pid"]
-    assert losses(resumed) == losses(reference) and len(losses(reference)) == 12
-    export = load_encoder(RungPaths(resumed).checkpoint(12))[0]
-    assert export.cfg.mup is not None  # the export rebuilds the μP encoder evals will read
