@@ -1,5 +1,10 @@
 """An LR grid as a sweep axis, for real: each grid point is a rung (own hash, directory, MLflow run),
-trained and evaluated like any rung; a rerun does nothing new; `sweep report` ranks the grid."""
+trained and evaluated like any rung; a rerun does nothing new; `sweep report` ranks the grid.
+
+The grid is the spec's smallest (2 LRs) and every rung is submitted at once: each Ray Train fit costs
+~20 s of start-up on a 2-core machine, so 5 fits instead of 7 is most of this test's time. Where an
+optimum lies inside a 3-point grid (the parabola, the law, the warnings) is tested on tables in
+test_transfer.py; 6 steps of training could not place it reliably here anyway."""
 
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ pretraining:
   steps: 6
   checkpoint_interval: 6
   cpu_workers: 1
+  val_clips: 0
 ladder:
   - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
   - {name: b, width: 32, depth: 1, mlp: 64, heads: 2}
@@ -39,19 +45,19 @@ evals:
   tasks: [depth]
   checkpoints: final
   readout: {width: 16, heads: 2, epochs: 1, batch_size: 8, train_clips: 8, val_clips: 8, test_clips: 8}
-search: {lr: [1.0e-3, 3.0e-3, 1.0e-2], rungs: [a, b], metric: depth/abs_rel}
+search: {lr: [1.0e-3, 1.0e-2], rungs: [a, b], metric: depth/abs_rel}
 """
 
 
-def test_a_three_point_grid_on_two_rungs_runs_reruns_and_is_reported(ray_cluster, tmp_path, monkeypatch):
+def test_a_two_point_grid_on_two_rungs_runs_reruns_and_is_reported(ray_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("grid.yaml").write_text(textwrap.dedent(SPEC))
     spec = load_spec("grid.yaml")
     names = [r.name for r in spec.rungs()]
-    assert names == ["a-lr1e-3", "a-lr3e-3", "a-lr1e-2", "b-lr1e-3", "b-lr3e-3", "b-lr1e-2", "c"]
-    assert len({r.key for r in spec.rungs()}) == 7
+    assert names == ["a-lr1e-3", "a-lr1e-2", "b-lr1e-3", "b-lr1e-2", "c"]
+    assert len({r.key for r in spec.rungs()}) == 5
 
-    assert open_sweep(Path("grid.yaml"), Path("runs"), max_concurrent=4).run(None) == 0
+    assert open_sweep(Path("grid.yaml"), Path("runs"), max_concurrent=5).run(None) == 0
     dirs = [RungPaths.for_rung(r, Path("runs")) for r in spec.rungs()]
     assert all(p.eval_record(6, "depth", "frozen").exists() for p in dirs)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
@@ -68,7 +74,7 @@ def test_a_three_point_grid_on_two_rungs_runs_reruns_and_is_reported(ray_cluster
         if p.is_file() and ("checkpoints" in p.parts or "evals" in p.parts)
     }
     t0 = time.time()
-    assert open_sweep(Path("grid.yaml"), Path("runs"), max_concurrent=4).run(None) == 0
+    assert open_sweep(Path("grid.yaml"), Path("runs"), max_concurrent=5).run(None) == 0
     after = {
         str(p): p.stat().st_mtime_ns
         for d in dirs
