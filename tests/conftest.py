@@ -181,3 +181,102 @@ def lab_server(tmp_path_factory):
     import lab_server
 
     yield from lab_server.start(tmp_path_factory.mktemp("lab-server"))
+
+
+# One mini sweep shared by tests/test_dashboard.py, tests/test_sweep_references.py and
+# tests/test_sweep_evaldata.py (issue 28): each used to run its own `sweep run` + `sweep report` (~100 s
+# apiece on 2 cores, mostly Ray and fit start-up). Its spec covers what all three check: a two-rung
+# ladder evaluated at every checkpoint (the dashboard's metric history), two tiny transformers reference
+# models (test_sweep_references) and box tracking read from a GOT-10k fixture (test_sweep_evaldata).
+# The fixture also runs the rerun that must do nothing new, so no test mutates the store the others read
+# (the dashboard's `sweep ui` only serves it), and the modules can run in any order, or alone.
+MINI = "mini"
+MINI_RUNGS = ("micro1", "micro2")
+MINI_REFS = ("vmae", "dino")
+MINI_TASKS = ("depth", "action", "box_tracking")
+MINI_SPEC = """\
+name: mini
+data: {frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {objects: 2, points: 8}}
+pretraining:
+  mask_ratio: 0.5
+  decoder: {width: 16, depth: 1, mlp: 32, heads: 2}
+  optimizer: {lr: 2.0e-3}
+  schedule: {warmup_steps: 4}
+  batch_size: 8
+  steps: 16
+  checkpoint_interval: 8
+  cpu_workers: 1
+ladder:
+  - {name: micro1, width: 16, depth: 1, mlp: 32, heads: 2}
+  # micro2 checkpoints once (step 16): micro1 alone shows metrics logged at every checkpoint's step
+  - {name: micro2, width: 32, depth: 1, mlp: 64, heads: 2, checkpoint_interval: 16}
+evals:
+  tasks: [depth, action, box_tracking]
+  checkpoints: all
+  readout: {width: 16, heads: 2, epochs: 1, batch_size: 4, train_clips: 8, val_clips: 4, test_clips: 4}
+  data:
+    box_tracking: {format: got10k, path: ROOT/GOT-10k}
+references:
+  - {name: vmae, source: hf, id: ROOT/models/videomae}
+  - {name: dino, source: hf, id: ROOT/models/dinov2}
+"""
+GOT10K_BOXES = [[30, 10, 20, 15]] * 6
+
+
+def tiny_models(root):
+    """A tiny VideoMAE (video) and DINOv2 (image) model saved to `root`: references with no network."""
+    transformers = pytest.importorskip("transformers")
+    small = dict(hidden_size=16, num_hidden_layers=3, num_attention_heads=2)
+    transformers.VideoMAEModel(
+        transformers.VideoMAEConfig(
+            image_size=16, patch_size=8, num_frames=4, tubelet_size=2, intermediate_size=32, **small
+        )
+    ).save_pretrained(root / "videomae")
+    transformers.Dinov2Model(
+        transformers.Dinov2Config(image_size=16, patch_size=8, mlp_ratio=2, **small)
+    ).save_pretrained(root / "dinov2")
+
+
+def write_got10k(root):
+    """GOT-10k's layout: train/ and val/ sequence folders of 00000001.jpg ..., groundtruth.txt,
+    absence.label."""
+    import numpy as np
+    from PIL import Image
+
+    for split, n in (("train", 3), ("val", 1)):
+        for k in range(n):
+            seq = root / split / f"GOT-10k_{split}_{k + 1:06d}"
+            seq.mkdir(parents=True)
+            for t in range(6):
+                Image.fromarray(np.full((40, 80, 3), 30 * t + k, np.uint8)).save(seq / f"{t + 1:08d}.jpg")
+            boxes = "\n".join(",".join(map(str, b)) for b in GOT10K_BOXES)
+            (seq / "groundtruth.txt").write_text(boxes + "\n")
+            (seq / "absence.label").write_text("0\n" * 6)
+
+
+@pytest.fixture(scope="session")
+def mini_sweep(tmp_path_factory):
+    """The shared mini sweep, finished and reported, then run again (the rerun's result is for
+    test_sweep_references to check). Yields its directory (cwd of every command: runs/ and
+    runs/mlflow.db are under it), the spec's path, the offline env, and the three commands' results."""
+    root = tmp_path_factory.mktemp("mini-sweep")
+    tiny_models(root / "models")
+    write_got10k(root / "GOT-10k")
+    spec = root / "spec.yaml"
+    spec.write_text(MINI_SPEC.replace("ROOT", str(root)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    sweep = [sys.executable, "-m", "orchestrator"]
+    cmd = [*sweep, "run", str(spec), "--num-cpus", "3"]
+    run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = subprocess.run(
+        [*sweep, "report", str(spec), "--fit", "powerlaw", "--bootstrap", "20"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stdout + report.stderr
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=900)
+    return {"root": root, "spec": spec, "env": env, "run": run, "report": report, "again": again}

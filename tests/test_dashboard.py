@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -17,33 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 from browser import chromium, shot, wait_for_text
+from conftest import MINI, MINI_REFS, MINI_RUNGS
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-pytestmark = [pytest.mark.slow, pytest.mark.minutes]  # the module's sweep + report: ~80 s
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]  # the shared sweep + report, if first: ~2 min
 SWEEP = [sys.executable, "-m", "orchestrator"]
-RUNGS = ("micro1", "micro2")
-
-SPEC = """\
-name: dash
-data: {frames: 8, resolution: 32, tubelet: [2, 8, 8]}
-pretraining:
-  mask_ratio: 0.75
-  decoder: {width: 32, depth: 1, mlp: 64, heads: 2}
-  optimizer: {lr: 2.0e-3}
-  schedule: {warmup_steps: 4}
-  batch_size: 8
-  steps: 16
-  checkpoint_interval: 8
-  cpu_workers: 2
-ladder:
-  - {name: micro1, width: 48, depth: 3, mlp: 192, heads: 2}
-  - {name: micro2, width: 96, depth: 4, mlp: 384, heads: 4}
-evals:
-  tasks: [depth, action]
-  checkpoints: all
-  readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}
-"""
+RUNGS = MINI_RUNGS
+NAME = MINI  # the session's shared mini sweep (conftest.mini_sweep): two rungs and two reference models
 
 
 def free_port() -> int:
@@ -115,23 +95,15 @@ class UI:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A finished tiny sweep with its report, and `sweep ui` serving its store."""
-    root = tmp_path_factory.mktemp("dash")
-    (root / "spec.yaml").write_text(textwrap.dedent(SPEC))
-    run = subprocess.run([*SWEEP, "run", "spec.yaml"], cwd=root, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout + run.stderr
-    report = subprocess.run(
-        [*SWEEP, "report", "--fit", "powerlaw", "--bootstrap", "100"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert report.returncode == 0, report.stdout + report.stderr
+def served(mini_sweep):
+    """The session's finished mini sweep with its report (conftest.mini_sweep), and `sweep ui` serving its
+    store."""
+    root = mini_sweep["root"]
+    for done in (mini_sweep["run"], mini_sweep["report"]):
+        assert done.returncode == 0, done.stdout + done.stderr
     ui = UI(root, "spec.yaml")
     url = ui.url
-    exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=dash")["experiment"]
+    exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={NAME}")["experiment"]
     runs = get(
         f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
     )["runs"]
@@ -149,7 +121,9 @@ def by_role(runs: list[dict], role: str) -> list[dict]:
 
 def test_rest_one_parent_and_one_child_per_rung_with_params_and_metrics(served):
     parents, children = by_role(served["runs"], "sweep"), by_role(served["runs"], "rung")
-    assert len(parents) == 1 and len(served["runs"]) == 1 + len(RUNGS)
+    refs = by_role(served["runs"], "reference")
+    assert len(parents) == 1 and len(served["runs"]) == 1 + len(RUNGS) + len(MINI_REFS)
+    assert len(refs) == len(MINI_REFS)  # the shared sweep's references: child runs, but no rung's
     assert sorted(r["info"]["run_name"].split("-")[0] for r in children) == list(RUNGS)
     for run in children:
         t = tags(run)
@@ -175,8 +149,9 @@ def test_rest_one_parent_and_one_child_per_rung_with_params_and_metrics(served):
             "eval/action/top1",
         } <= metrics
         assert any(k.startswith("system/") for k in metrics)
+    micro1 = next(r for r in children if r["info"]["run_name"].startswith("micro1-"))  # checkpoints: 8, 16
     history = get(
-        f"{served['url']}/api/2.0/mlflow/metrics/get-history?run_id={children[0]['info']['run_id']}"
+        f"{served['url']}/api/2.0/mlflow/metrics/get-history?run_id={micro1['info']['run_id']}"
         "&metric_key=eval/depth/abs_rel"
     )["metrics"]
     assert sorted(m["step"] for m in history) == [8, 16]  # logged at the checkpoints' steps
@@ -189,14 +164,14 @@ def test_browser_shows_every_rung_its_eval_metrics_and_the_report(served, tmp_pa
     names = [r["info"]["run_name"] for r in by_role(served["runs"], "rung")]
     # The link `sweep ui` prints is what a person clicks: it must open the runs table, not MLflow 3's GenAI
     # overview of traces, which is empty for a sweep.
-    printed = re.search(r"sweep 'dash': (\S+)", served["ui"].output())
+    printed = re.search(rf"sweep '{NAME}': (\S+)", served["ui"].output())
     assert printed and printed.group(1).startswith(f"{url}/#/experiments/{exp}"), served["ui"].output()
     with chromium(tmp_path) as d:
         d.get(printed.group(1))
-        wait_for_text(d, "dash", "Run Name", "matching runs", what="the runs table at the printed link")
+        wait_for_text(d, NAME, "Run Name", "matching runs", what="the runs table at the printed link")
         # Rung runs are nested under the sweep's run: expand it as a person would.
         parent_cell = (
-            "//a[normalize-space()='dash' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
+            f"//a[normalize-space()='{NAME}' and contains(@href,'/runs/')]/ancestor::*[@role='gridcell'][1]"
             "//button"
         )
         WebDriverWait(d, 60).until(lambda drv: drv.find_elements(By.XPATH, parent_cell))
@@ -267,5 +242,15 @@ def test_sigterm_stops_the_server_too(served):
     ui = UI(served["root"], "spec.yaml")
     assert ui.server, "no MLflow server process found under sweep ui"
     assert ui.stop(signal.SIGTERM, group=False) == 0
+    # The port is free again: nothing listens on it. SO_REUSEADDR lets the bind past the TIME_WAIT that
+    # the server's own close of a /health connection may leave (seen once under load), never past a
+    # listener; /proc/net/tcp says the same without binding (state 0A = LISTEN).
+    listening = [
+        line.split()[1]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if line.split()[3] == "0A" and line.split()[1].endswith(f":{ui.port:04X}")
+    ]
+    assert listening == [], listening
     with socket.socket() as s:
-        s.bind(("127.0.0.1", ui.port))  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", ui.port))

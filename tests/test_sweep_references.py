@@ -1,15 +1,14 @@
 """A mini sweep with reference models end to end on real Ray and MLflow: one tiny transformers video
-model and one image model, saved to a temp dir (no network), evaluated beside a one-rung ladder,
+model and one image model, saved to a temp dir (no network), evaluated beside a two-rung ladder,
 logged as child runs, listed by `sweep status`, drawn and tabled by `sweep report`; a rerun does
-nothing new."""
+nothing new. The sweep is the session's shared one (conftest.mini_sweep)."""
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from conftest import MINI, MINI_TASKS
 from mlflow.tracking import MlflowClient
 
 from contracts.layout import ReferencePaths, read_json
@@ -19,61 +18,24 @@ from contracts.spec import load_spec
 pytestmark = pytest.mark.slow
 SWEEP = [sys.executable, "-m", "orchestrator"]
 
-SPEC = """\
-name: refs
-data: {frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {objects: 2, points: 8}}
-pretraining:
-  mask_ratio: 0.5
-  decoder: {width: 16, depth: 1, mlp: 32, heads: 2}
-  batch_size: 8
-  steps: 4
-  checkpoint_interval: 4
-  cpu_workers: 1
-ladder:
-  - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
-evals:
-  tasks: [depth, action]
-  checkpoints: final
-  readout: {width: 16, heads: 2, epochs: 1, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}
-references:
-  - {name: vmae, source: hf, id: MODELS/videomae}
-  - {name: dino, source: hf, id: MODELS/dinov2}
-"""
 
-
-def tiny_models(root):
-    transformers = pytest.importorskip("transformers")
-    small = dict(hidden_size=16, num_hidden_layers=3, num_attention_heads=2)
-    transformers.VideoMAEModel(
-        transformers.VideoMAEConfig(
-            image_size=16, patch_size=8, num_frames=4, tubelet_size=2, intermediate_size=32, **small
-        )
-    ).save_pretrained(root / "videomae")
-    transformers.Dinov2Model(
-        transformers.Dinov2Config(image_size=16, patch_size=8, mlp_ratio=2, **small)
-    ).save_pretrained(root / "dinov2")
-
-
-def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(tmp_path):
-    tiny_models(tmp_path / "models")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(textwrap.dedent(SPEC).replace("MODELS", str(tmp_path / "models")))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run(
-        [*SWEEP, "run", str(spec), "--num-cpus", "2"], cwd=tmp_path, capture_output=True, text=True, env=env
-    )
+def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(mini_sweep):
+    """The shared mini sweep (conftest.mini_sweep): a two-rung ladder beside two references, evaluated on
+    depth, action and box tracking."""
+    tmp_path, spec = mini_sweep["root"], mini_sweep["spec"]
+    run = mini_sweep["run"]
     assert run.returncode == 0, run.stdout + run.stderr
 
     s = load_spec(spec)
     refs = s.reference_configs()
     for ref in refs:
-        for task in ("depth", "action"):
+        for task in MINI_TASKS:
             rec = read_json(ReferencePaths.for_reference(ref, tmp_path / "runs").eval_record(task, "frozen"))
             assert rec["state"] == "done" and rec["logged"] and rec["starts"] == 1, rec
             assert rec["reference"]["num_params"] > 0
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("refs").experiment_id
+    exp = client.get_experiment_by_name(MINI).experiment_id
     runs = client.search_runs([exp])
     parent = next(r for r in runs if r.data.tags[ROLE_TAG] == "sweep")
     logged = {r.data.params["reference"]: r for r in runs if r.data.tags[ROLE_TAG] == REFERENCE_ROLE}
@@ -95,17 +57,11 @@ def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(tmp_path)
     rows = {r["rung"]: r for r in json.loads(status.stdout)}
     for ref in refs:
         assert rows[ref.key]["kind"] == "reference" and rows[ref.key]["state"] == "done"
-        assert rows[ref.key]["evals_done"] == rows[ref.key]["evals_total"] == 2
+        assert rows[ref.key]["evals_done"] == rows[ref.key]["evals_total"] == len(MINI_TASKS)
 
-    report = subprocess.run(
-        [*SWEEP, "report", str(spec), "--bootstrap", "20"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    report = mini_sweep["report"]
     assert report.returncode == 0, report.stdout + report.stderr
-    out = tmp_path / "runs" / "refs" / "report"
+    out = tmp_path / "runs" / MINI / "report"
     fits = json.loads((out / "fits.json").read_text())
     assert {r["name"] for r in fits["references"]} == {"vmae", "dino"}  # never a point of a fitted series
     assert all(p not in {"vmae", "dino"} for s_ in fits["series"] for p in s_["points"]["rung"])
@@ -129,9 +85,7 @@ def test_reference_models_are_evaluated_logged_listed_drawn_and_tabled(tmp_path)
         labels = ax.get_legend_handles_labels()[1]
         assert "vmae (reference)" in labels and "dino (reference)" in labels, labels
 
-    again = subprocess.run(
-        [*SWEEP, "run", str(spec), "--num-cpus", "2"], cwd=tmp_path, capture_output=True, text=True, env=env
-    )
+    again = mini_sweep["again"]  # `sweep run` again on the finished sweep
     assert again.returncode == 0, again.stdout + again.stderr
     for ref in refs:
         rec = read_json(ReferencePaths.for_reference(ref, tmp_path / "runs").eval_record("depth", "frozen"))
