@@ -314,14 +314,14 @@ def two_nodes(s3, tmp_path_factory):
         )
         yield TwoNodes(address, env)
     finally:
+        # SIGKILL each node's process group (`ray start` and the GCS, raylet and workers it started):
+        # a SIGTERMed worker node whose head is gone waited out a 30 s timeout here, every run.
         for p in reversed(nodes):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in nodes:
             try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(30)
 
 
 @pytest.mark.minutes
