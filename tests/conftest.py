@@ -11,6 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
+# Ray gives its dashboard 60 s to start (read when `ray` is first imported, so set here, before any
+# test imports it). In one CI run the dashboard of test_gpu_path_on_cpu's cluster spent 57 s listing
+# its modules (0.4-1.4 s in every other start of that run) and the module's setup failed; this only
+# makes a slow start wait longer, it changes nothing that is tested.
+os.environ.setdefault("RAY_DASHBOARD_STARTUP_TIMEOUT_S", "300")
 
 BUCKET = "sweep4d-test"
 
