@@ -22,6 +22,7 @@ its stop (reconcile, MLflow's finish, Ray's shutdown) is DRIVER_STOP_S.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
@@ -151,7 +152,9 @@ def _durations(spec, rungs, sweep, chosen, eval_slots) -> Measured:
                 if (r.key, t, mode) not in evals:
                     same = [v for (k, tt, mm), v in evals.items() if tt == t and mm == mode]
                     evals[(r.key, t, mode)] = mean(same) if same else mean(evals.values() or [0.0])
-    recorded = "driver_started" in sweep
+    # sweep.json holds the latest driver's start: after a rerun it is later than the first
+    # submission it must be measured against, so fall back to the measured default then.
+    recorded = sweep.get("driver_started", math.inf) <= first_submit
     start = PROCESS_START_S + first_submit - sweep["driver_started"] if recorded else DRIVER_START_S
     wall = start + (last_end - first_submit) + DRIVER_STOP_S
     durations = Durations(costs, evals, overhead_s=start, stop_s=DRIVER_STOP_S)
