@@ -233,7 +233,11 @@ def test_a_malformed_calibration_directory_is_one_line_and_exit_2(tmp_path):
 # ------------------------------------------------------------------ calibration
 
 
-def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_path):
+# The driver's start before its first submission: the process's start (7 s) + 10 s from sweep.json's
+# driver_started (990) to the submission (1000); after a rerun, driver_started (2000) is the rerun's,
+# later than the submission, and the measured default driver start (25 s) stands in for it.
+@pytest.mark.parametrize(("driver_started", "start_s"), [(990.0, 17.0), (2000.0, 25.0)])
+def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_path, driver_started, start_s):
     """A made-up finished run on the 2-CPU machine: each duration the records give is read back,
     and the simulated sweep ends when the real one did."""
     spec = spec_with(
@@ -243,7 +247,7 @@ def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_pa
     [rung] = spec.rungs()
     runs = tmp_path / "runs"
     paths = RungPaths.for_rung(rung, runs)
-    write_json(runs / "sim" / "sweep.json", {"driver_started": 990.0, "started": 995.0})
+    write_json(runs / "sim" / "sweep.json", {"driver_started": driver_started, "started": 995.0})
     write_json(paths.info, {"key": rung.key, "config": {"batch_size": 8}})
     # Submitted at 1000, rank 0 up at 1030 (start-up 30 s), 100 steps of 0.5 s (16 clips/s at
     # batch 8) and two 5 s saves to 1090, done at 1092.
@@ -268,8 +272,8 @@ def test_a_calibrated_simulation_of_a_serial_run_reproduces_its_wall_time(tmp_pa
     assert (c.startup_s, c.step_s, c.save_s, c.final_extra_s) == (30.0, 0.5, 5.0, 2.0)
     # The 3 s wait held both CPUs: 6 CPU-seconds, spread over the two evals.
     assert setup.durations.evals[(rung.key, "depth", "frozen")] == 23.0
-    # The process's start (7 s) + 10 s to the submission, the last eval's end 125 s later, 5 s stop.
-    assert setup.measured.wall_s == 7 + 10 + 125 + 5
+    # The driver's start to the submission, the last eval's end 125 s later, 5 s stop.
+    assert setup.measured.wall_s == start_s + 125 + 5
     [result] = run_seeds(setup, 1)
     assert result.makespan_s == setup.measured.wall_s
 
