@@ -131,6 +131,28 @@ def running_evals(work: Path) -> set[str]:
     }
 
 
+def kill_plan(
+    kills: int, kinds: list[str], seed: int, delay: tuple[float, float], in_order: bool
+) -> list[tuple[str, float, float]]:
+    """(kind, seconds after the previous kill, a uniform draw that picks the victim) per kill."""
+    rng = random.Random(seed)
+    return [
+        (kinds[i % len(kinds)] if in_order else rng.choice(kinds), rng.uniform(*delay), rng.random())
+        for i in range(kills)
+    ]
+
+
+def stand_in(
+    proc: subprocess.Popen, kinds: list[str], planned: str, waited: float, pick: float
+) -> str | None:
+    """None of the planned kind for a while (no evals left, training over): another kind that is alive,
+    the driver last (only the driver is alive while Ray starts); None when nothing may stand in yet."""
+    others = [k for k in kinds if k not in (planned, "driver") and targets(proc, k)]
+    if not others:
+        others = [k for k in kinds if k == "driver" and waited >= 2 * FALLBACK_AFTER_S]
+    return others[int(pick * len(others))] if others else None
+
+
 def chaos(
     work: Path,
     kills: int,
@@ -140,11 +162,7 @@ def chaos(
     delay: tuple[float, float],
     in_order: bool = False,
 ) -> dict:
-    rng = random.Random(seed)
-    plan = [
-        (kinds[i % len(kinds)] if in_order else rng.choice(kinds), rng.uniform(*delay), rng.random())
-        for i in range(kills)
-    ]
+    plan = kill_plan(kills, kinds, seed, delay, in_order)
     made, runs, outputs = [], 0, []
     t0 = time.time()
     while runs < max_runs:
@@ -168,15 +186,8 @@ def chaos(
                     waited = time.time() - since - plan[len(made)][1]
                     if in_order or waited < FALLBACK_AFTER_S:
                         continue
-                    # None of that kind for a while (no evals left, training over): kill another kind that
-                    # is alive, the driver last (only the driver is alive while Ray starts).
-                    others = [k for k in kinds if k not in (kind, "driver") and targets(proc, k)]
-                    if not others:
-                        others = [k for k in kinds if k == "driver" and waited >= 2 * FALLBACK_AFTER_S]
-                    if not others:
-                        continue
-                    kind = others[int(pick * len(others))]
-                    found = targets(proc, kind)
+                    kind = stand_in(proc, kinds, kind, waited, pick)
+                    found = targets(proc, kind) if kind else []
                     if not found:
                         continue
                 victim = found[int(pick * len(found))]
