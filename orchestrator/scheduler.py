@@ -151,6 +151,10 @@ class Sweep:
                 self._open_tracking()
                 self.reconcile()  # what a crash of the last driver kept from MLflow
                 return self._loop(display)
+            except KeyboardInterrupt:  # before the loop started, or a second Ctrl-C while flushing
+                by = "SIGTERM" if self.stop_signal else "the user"
+                self.say(f"interrupted by {by}; the next run reconciles MLflow with the disk")
+                return 143 if self.stop_signal else 130
             except Exception:
                 # Said now: once Ray shuts down, a rung thread still inside Ray Train makes Ray's core
                 # worker end the process (exit 1) before this exception would reach the terminal.
@@ -253,27 +257,33 @@ class Sweep:
                 if actions.finished:
                     break
                 time.sleep(TICK_S)
+            # Inside the try: a kill while closing (all evals done, runs being finished) still flushes
+            # and says so, instead of escaping as a bare KeyboardInterrupt (exit 130, nothing said).
+            return self._close()
         except KeyboardInterrupt:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the flush short
-            by = "SIGTERM" if self.stop_signal else "the user"
-            self.say(
-                f"interrupted by {by}: stopping launches, cancelling evals, flushing MLflow; "
-                "rungs resume from their last checkpoint next time"
-            )
-            for job in self.jobs.values():
-                if job.ref is not None:
-                    ray.cancel(job.ref, force=True)
-                    path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
-                    write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
-            self.references.interrupt(ray)
-            for rr in self.runs.values():
-                if rr.state == "running":
-                    rr.state, rr.reason = "interrupted", f"interrupted by {by}"
-                    self._status(rr)
-            ray.get(self.tracker.flush.remote())
-            self.reconcile()  # points a worker wrote to disk but had not sent yet
-            return 143 if self.stop_signal else 130
-        return self._close()
+            return self._interrupted(ray)
+
+    def _interrupted(self, ray) -> int:
+        """Ctrl-C or SIGTERM: cancel evals, mark running rungs, flush and reconcile MLflow."""
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the flush short
+        by = "SIGTERM" if self.stop_signal else "the user"
+        self.say(
+            f"interrupted by {by}: stopping launches, cancelling evals, flushing MLflow; "
+            "rungs resume from their last checkpoint next time"
+        )
+        for job in self.jobs.values():
+            if job.ref is not None:
+                ray.cancel(job.ref, force=True)
+                path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
+                write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
+        self.references.interrupt(ray)
+        for rr in self.runs.values():
+            if rr.state == "running":
+                rr.state, rr.reason = "interrupted", f"interrupted by {by}"
+                self._status(rr)
+        ray.get(self.tracker.flush.remote())
+        self.reconcile()  # points a worker wrote to disk but had not sent yet
+        return 143 if self.stop_signal else 130
 
     def _start_rung(self, rr: RungRun) -> None:
         rr.state, rr.submitted = "running", time.time()
