@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_pretrain import MUP_SPEC, reference_fit
+from test_pretrain import MUP_SPEC, fit, reference_fit
 
 from contracts.layout import RungPaths
 from contracts.spec import load_spec
 from models.export import load_encoder
 from models.mae import normalize_video
 from orchestrator import checkpoint as ckpt
-from orchestrator.pretrain import fit_rung
 from orchestrator.scheduler import init_local_ray
 
 pytestmark = pytest.mark.slow
@@ -62,15 +61,11 @@ def cluster(tmp_path_factory):
 
 def train(root: Path, pretraining: str = "") -> Path:
     """Train the reference's rung, with `pretraining` lines added to the spec's section, through
-    `fit_rung` (what a sweep runs for each rung, less MLflow); its run dir."""
-    spec = root / "spec.yaml"
-    spec.write_text(
-        MUP_SPEC.replace("  cpu_workers: 2\n", "  cpu_workers: 2\n" + textwrap.indent(pretraining, "  "))
+    `fit_rung` (test_pretrain.fit: what a sweep runs for each rung, less MLflow); its run dir."""
+    return fit(
+        root,
+        MUP_SPEC.replace("  cpu_workers: 2\n", "  cpu_workers: 2\n" + textwrap.indent(pretraining, "  ")),
     )
-    rung = load_spec(spec).rung("tiny")
-    outcome = fit_rung(rung, root / "runs")
-    assert outcome.ok and outcome.step == STEPS, outcome
-    return RungPaths.for_rung(rung, root / "runs").root
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -120,16 +115,17 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
-    """`runs(name)`: the variant's run dir. The reference first (a sweep: test_pretrain's tests read its
-    MLflow run), then both variants at once (the module's cluster has 4 CPUs: two 2-worker rungs)."""
-    ref_root, ref_dir = reference_fit(tmp_path_factory, cluster)
+    """`runs(name)`: the variant's run dir; the reference and each variant are trained once for the
+    module, two at a time (the module's cluster has 4 CPUs: two 2-worker rungs)."""
+    roots = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
+    with ThreadPoolExecutor(2) as pool:
+        reference = pool.submit(reference_fit, tmp_path_factory, cluster)
+        futures = {name: pool.submit(train, roots[name], VARIANTS[name]) for name in VARIANTS}
+        trained = {name: f.result() for name, f in futures.items()}
+        ref_root, trained["reference"] = reference.result()
     rung = load_spec(ref_root / "spec.yaml").rung("tiny")
     assert (rung.precision, rung.zero_stage, rung.activation_checkpointing) == ("fp32", 3, False)
     assert rung.steps == STEPS and rung.model.mup is not None
-    roots = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
-    with ThreadPoolExecutor(2) as pool:
-        futures = {name: pool.submit(train, roots[name], VARIANTS[name]) for name in VARIANTS}
-        trained = {name: f.result() for name, f in futures.items()} | {"reference": ref_dir}
     return trained.__getitem__
 
 

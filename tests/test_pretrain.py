@@ -140,15 +140,25 @@ def kill_rank1(rung: str, killed: dict, said: list | None = None):
 _REFERENCES: dict = {}
 
 
+def fit(root: Path, spec_text: str = MUP_SPEC, rung: str = "tiny") -> Path:
+    """Train (or resume) `rung` through `fit_rung`, what a sweep runs for each rung, less the sweep
+    around it (its MLflow store and tracker actor cost a start-up: ~30 s a sweep on 2 cores).
+    Ray must be up. -> its run dir, root/runs/<sweep>/<key>."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.yaml").write_text(textwrap.dedent(spec_text))
+    config = load_spec(root / "spec.yaml").rung(rung)
+    outcome = fit_rung(config, root / "runs")
+    assert outcome.ok and outcome.step == config.steps, outcome
+    return RungPaths.for_rung(config, root / "runs").root
+
+
 def reference_fit(tmp_path_factory, calls: Path | None = None) -> tuple[Path, Path]:
-    """The reference (Ray must be up): one sweep training MUP_SPEC's `tiny`. -> its root, run dir."""
+    """The reference: MUP_SPEC's `tiny`, trained through `fit`. -> its root, run dir."""
     if calls is None and _REFERENCES:
         return next(iter(_REFERENCES.values()))
     if calls not in _REFERENCES:
         root = tmp_path_factory.mktemp("reference")
-        code, run_dir = train(root, MUP_SPEC, only=["tiny"])
-        assert code == 0
-        _REFERENCES[calls] = root, run_dir
+        _REFERENCES[calls] = root, fit(root)
     return _REFERENCES[calls]
 
 
@@ -195,8 +205,10 @@ def rung_run(root: Path, run_dir: Path):
     return client, runs[0]
 
 
-def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
-    root, run_dir = reference
+def test_mlflow_child_run_holds_params_and_per_step_metrics(killed_on_s3):
+    """The sweep's MLflow run of a rung (the S3 kill's: the only sweep here that trains one to the end;
+    its restart is checked by test_on_s3_a_killed_worker_...)."""
+    root, run_dir = killed_on_s3["root"], killed_on_s3["run_dir"]
     client, run = rung_run(root, run_dir)
     assert run.info.run_name.startswith("tiny-") and run.data.tags[STATUS_TAG] == "finished"
     p = run.data.params
@@ -223,16 +235,28 @@ def on_s3(prefix: str, spec_text: str = SPEC) -> str:
     return spec_text.replace("name: pt\n", f"name: pt\nstorage: s3://{BUCKET}/{prefix}\n")
 
 
-def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(reference, s3, tmp_path):
+@pytest.fixture(scope="module")
+def killed_on_s3(ray_cluster, s3, tmp_path_factory):
+    """One sweep training MUP_SPEC's `tiny` on the store, whose rank-1 worker is SIGKILLed once the
+    rung has a checkpoint."""
+    root = tmp_path_factory.mktemp("killed-on-s3")
+    killed, said = {}, []
+    code, run_dir = train(
+        root, on_s3("killed", MUP_SPEC), on_start=kill_rank1("tiny", killed, said), only=["tiny"]
+    )
+    local = sorted(p.name for p in (root / "runs").iterdir())  # before any test opens the MLflow store
+    return {"root": root, "code": code, "run_dir": run_dir, "kill": killed, "said": said, "local": local}
+
+
+def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(reference, killed_on_s3):
     """Run directories on a store (no shared disk): every rank uploads its own shards, a SIGKILLed
     worker's group resumes from the newest checkpoint whose manifest the store holds, and the loss
     curve is bitwise the one of an uninterrupted run (the local reference). The rung is μP: its
     per-matrix LRs are optimiser param groups over ZeRO-3 partitioned parameters, and they resume too.
     The restart is visible: a progress line, the rung's MLflow run, `sweep status`."""
     ref_root, ref_dir = reference
-    killed, said = {}, []
-    code, run_dir = train(
-        tmp_path, on_s3("killed", MUP_SPEC), on_start=kill_rank1("tiny", killed, said), only=["tiny"]
+    tmp_path, code, run_dir, killed, said = (
+        killed_on_s3[k] for k in ("root", "code", "run_dir", "kill", "said")
     )
     assert code == 0 and str(run_dir).startswith(f"s3://{BUCKET}/killed/pt/")
     spec = load_spec(tmp_path / "spec.yaml")
@@ -255,7 +279,7 @@ def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(re
     waits = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"] for r in waits if CKPT_WAIT_METRIC in r} >= {12}
     # Nothing of the run on local disk but the tracking DB (caches live under SWEEP4D_CACHE).
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+    assert killed_on_s3["local"] == ["mlflow.db"]
     # The export evals read, streamed from the store into the cache: it rebuilds the μP encoder.
     encoder, rung = load_encoder(local_copy(RungPaths(run_dir).export(12)))
     assert rung["name"] == "tiny" and encoder.cfg.mup is not None
@@ -322,13 +346,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(referen
     victim = next(p for p in (RungPaths(run_dir).checkpoint(8) / "deepspeed").rglob("*") if p.is_file())
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (run_dir / "metrics.jsonl").unlink()
-    # Through `fit_rung` (what a sweep runs for each rung, less MLflow and its tracker): resuming is the
-    # fit's, and the sweep around it costs a start-up.
-    (root / "spec.yaml").write_text(textwrap.dedent(MUP_SPEC))
-    rung = load_spec(root / "spec.yaml").rung("tiny")
-    assert RungPaths.for_rung(rung, root / "runs").root == run_dir
-    outcome = fit_rung(rung, root / "runs")
-    assert outcome.ok and outcome.step == 12, outcome
+    assert fit(root) == run_dir  # resuming is the fit's: no sweep around it
     resume = json.loads((run_dir / "resume.json").read_text())
     assert resume["step"] == 4
     assert any("step_00000008" in w and "corrupt" in w for w in resume["warnings"])
