@@ -2,7 +2,8 @@
 
 Each variant is one 2-worker rung (Ray Train + DeepSpeed over gloo), trained once in this
 module (two at a time) and compared step by step with the fp32 / ZeRO-3 / no-checkpointing
-reference trained here too, from the same seed and the same data.
+reference, from the same seed and the same data. The reference is tests/test_pretrain.py's μP rung
+`tiny` (`reference_fit`): trained here, on this module's cluster, it serves that module too.
 """
 
 import json
@@ -14,35 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_pretrain import MUP_SPEC, fit, reference_fit
 
 from contracts.layout import RungPaths
 from contracts.spec import load_spec
 from models.export import load_encoder
 from models.mae import normalize_video
 from orchestrator import checkpoint as ckpt
-from orchestrator.pretrain import fit_rung
 from orchestrator.scheduler import init_local_ray
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8
-SPEC = f"""\
-name: gpupath
-data: {{frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {{objects: 2, points: 8}}}}
-pretraining:
-  mask_ratio: 0.5
-  decoder: {{width: 16, depth: 1, mlp: 32, heads: 2}}
-  optimizer: {{lr: 3.0e-3}}
-  schedule: {{warmup_steps: 2}}
-  batch_size: 8
-  micro_batch_size: 2
-  steps: {STEPS}
-  checkpoint_interval: {STEPS}
-  cpu_workers: 2
-ladder:
-  - {{name: tiny, width: 32, depth: 2, mlp: 64, heads: 2}}
-evals: {{tasks: []}}
-"""
+# tests/test_pretrain.py's μP spec: its rung `tiny` is the reference, with the precision, ZeRO stage and
+# activation checkpointing of the defaults on CPU (fp32, 3, off).
+STEPS = 12
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +60,12 @@ def cluster(tmp_path_factory):
 
 
 def train(root: Path, pretraining: str = "") -> Path:
-    """Train the rung, with `pretraining` lines added to the spec's section, through
-    `fit_rung` (what a sweep runs for each rung, less MLflow); its run dir."""
-    spec = root / "spec.yaml"
-    spec.write_text(
-        SPEC.replace("  cpu_workers: 2\n", "  cpu_workers: 2\n" + textwrap.indent(pretraining, "  "))
+    """Train the reference's rung, with `pretraining` lines added to the spec's section, through
+    `fit_rung` (test_pretrain.fit: what a sweep runs for each rung, less MLflow); its run dir."""
+    return fit(
+        root,
+        MUP_SPEC.replace("  cpu_workers: 2\n", "  cpu_workers: 2\n" + textwrap.indent(pretraining, "  ")),
     )
-    rung = load_spec(spec).rungs()[0]
-    outcome = fit_rung(rung, root / "runs")
-    assert outcome.ok and outcome.step == STEPS, outcome
-    return RungPaths.for_rung(rung, root / "runs").root
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -126,7 +108,6 @@ def export_vs_probe(run_dir: Path) -> float:
 # act_ckpt_zero2 the other two: each of those leaves fp32's arithmetic (and so the losses) alone,
 # so one rung checks both, each against the reference.
 VARIANTS = {
-    "reference": "precision: fp32\nzero_stage: 3\n",
     "bf16": "precision: bf16\n",
     "act_ckpt_zero2": "precision: fp32\nzero_stage: 2\nactivation_checkpointing: true\n",
 }
@@ -134,12 +115,17 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def runs(cluster, tmp_path_factory):
-    """`runs(name)`: the variant's run dir; every variant is trained once for the module, two at a
-    time (the module's cluster has 4 CPUs: two 2-worker rungs)."""
+    """`runs(name)`: the variant's run dir; the reference and each variant are trained once for the
+    module, two at a time (the module's cluster has 4 CPUs: two 2-worker rungs)."""
     roots = {name: tmp_path_factory.mktemp(name) for name in VARIANTS}
     with ThreadPoolExecutor(2) as pool:
+        reference = pool.submit(reference_fit, tmp_path_factory, cluster)
         futures = {name: pool.submit(train, roots[name], VARIANTS[name]) for name in VARIANTS}
         trained = {name: f.result() for name, f in futures.items()}
+        ref_root, trained["reference"] = reference.result()
+    rung = load_spec(ref_root / "spec.yaml").rung("tiny")
+    assert (rung.precision, rung.zero_stage, rung.activation_checkpointing) == ("fp32", 3, False)
+    assert rung.steps == STEPS and rung.model.mup is not None
     return trained.__getitem__
 
 
@@ -157,14 +143,15 @@ def test_bf16_on_cpu_trains_close_to_fp32_and_exports(runs):
     assert all(torch.isfinite(torch.tensor(loss)))
     assert loss[-1] < 0.8 * loss[0]
     # Same seed, data and initial weights (drawn in fp32, then rounded: models.mae.fp32_draws);
-    # only the arithmetic differs. Measured: at most 0.16% apart over the 8 steps (0.1% at
+    # only the arithmetic differs. Measured: at most 0.19% apart over the 12 steps (0.13% at
     # step 1, the forward alone); bf16's unit roundoff is 2^-8 = 0.4%. With weights drawn in
-    # bf16 (before fp32_draws) the runs started 3.4% apart and reached 4.9%: 1% catches that.
+    # bf16 (before fp32_draws) the runs of an 8-step rung (not μP) started 3.4% apart and
+    # reached 4.9%: 1% catches that.
     gap = max_rel_diff(loss, losses(ref))
     assert gap < 1e-2, f"bf16 vs fp32 losses differ by {gap:.2%}"
     # The export holds the fp32 master weights, consolidated from the sealed checkpoint; the
     # probe is the bf16 engine's forward of those weights rounded to bf16. Features reach ~3 in
-    # size: measured 0.017 apart (a few bf16 roundings of 3 x 2^-8). Not 0: the engine did
+    # size: measured 0.023 apart (a few bf16 roundings of 3 x 2^-8). Not 0: the engine did
     # compute in bf16 (the fp32 reference matches its export exactly).
     diff = export_vs_probe(bf16)
     assert 1e-4 < diff < 0.05, f"bf16 engine vs fp32 export features differ by {diff}"
@@ -172,11 +159,13 @@ def test_bf16_on_cpu_trains_close_to_fp32_and_exports(runs):
 
 def test_activation_checkpointing_engages_and_changes_no_loss(runs, cluster):
     ref, ac = runs("reference"), runs("act_ckpt_zero2")
-    # Each rank checkpoints each of the encoder's 2 blocks in every training forward: 8 steps x
-    # 2 micro-batches x 2 blocks; the eval-mode probe forward at the final save does not.
+    # Each rank checkpoints each of the encoder's 2 blocks in every training forward: 12 steps x
+    # 2 micro-batches x 2 blocks; the eval-mode forwards (the held-out loss at each checkpoint,
+    # the probe at the final save) do not.
     assert checkpoint_calls(cluster, ac) == [STEPS * 2 * 2] * 2
     # Recomputing a block in backward repeats the same fp32 ops on the same inputs: measured
-    # bitwise equal; 1e-5 relative leaves room for a kernel that picks another reduction order.
+    # bitwise equal (with ZeRO-3, 8 steps); 1e-5 relative leaves room for a kernel that picks
+    # another reduction order. This rung, with ZeRO-2 too, measured 1.2e-7 relative at most.
     # (This rung also runs ZeRO-2, which changes no loss either: test_zero2_matches_zero3.)
     diff = max_rel_diff(losses(ac), losses(ref))
     assert diff < 1e-5, f"activation checkpointing changed the losses by {diff:.2e} (relative)"
@@ -187,9 +176,9 @@ def test_zero2_matches_zero3(runs):
     # ZeRO-2 keeps whole parameters on every rank; ZeRO-3 about half of them.
     assert local_elements(z2) == [1.0, 1.0]
     assert all(0.4 <= share <= 0.6 for share in local_elements(ref))
-    # The same fp32 arithmetic, partitioned and reduced differently: measured bitwise equal over
-    # these 8 steps (1.2e-7 relative at one step of 12 in a longer run; fp32's unit roundoff is
-    # 6e-8), so 1e-5 relative is fp32 agreement with margin. (This rung also checkpoints
+    # The same fp32 arithmetic, partitioned and reduced differently: measured 1.2e-7 relative at
+    # most over these 12 steps (bitwise equal over 8 steps of a rung without μP; fp32's unit
+    # roundoff is 6e-8), so 1e-5 relative is fp32 agreement with margin. (This rung also checkpoints
     # activations, which repeats the same fp32 ops: test_activation_checkpointing_...)
     diff = max_rel_diff(losses(z2), losses(ref))
     assert diff < 1e-5, f"ZeRO-2 vs ZeRO-3 losses differ by {diff:.2e} (relative)"

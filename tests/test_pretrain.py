@@ -30,6 +30,7 @@ from contracts.spec import load_spec
 from contracts.storage import local_copy
 from models.export import load_encoder
 from orchestrator import checkpoint as ckpt
+from orchestrator.pretrain import fit_rung
 from orchestrator.scheduler import open_sweep
 from orchestrator.status import status_rows
 
@@ -104,10 +105,6 @@ def val_losses(run_dir: Path) -> dict[int, float]:
 MUP_SPEC = SPEC.replace(
     "  cpu_workers: 2\n", "  cpu_workers: 2\n  scaling: {base: narrow, lr: {rule: mup}}\n"
 ).replace("ladder:\n", "ladder:\n  - {name: narrow, width: 16, depth: 2, mlp: 32, heads: 1}\n")
-# `killed`: tiny's twin (the same config under another name, so the same hash and the same losses).
-TWIN_SPEC = MUP_SPEC.replace(
-    "\nevals:", "\n  - {name: killed, width: 32, depth: 2, mlp: 64, heads: 2}\nevals:"
-)
 
 
 def kill_rank1(rung: str, killed: dict, said: list | None = None):
@@ -136,21 +133,38 @@ def kill_rank1(rung: str, killed: dict, said: list | None = None):
     return on_start
 
 
-@pytest.fixture(scope="module")
-def twins(ray_cluster, tmp_path_factory):
-    """One sweep training the μP rung `tiny` uninterrupted (the reference every test here compares
-    with) and, concurrently, its twin `killed`, whose rank-1 worker is SIGKILLed after its first
-    checkpoint."""
-    root = tmp_path_factory.mktemp("reference")
-    killed, said = {}, []
-    code, dirs = sweep(root, TWIN_SPEC, only=["tiny", "killed"], on_start=kill_rank1("killed", killed, said))
-    assert code == 0
-    return {"root": root, "tiny": dirs["tiny"], "killed": dirs["killed"], "kill": killed, "said": said}
+# The μP rung `tiny` trained once, uninterrupted, for the session: the reference every test here
+# compares with, and tests/test_gpu_path_on_cpu.py's fp32 / ZeRO-3 / no-checkpointing reference (one
+# fit fewer in the suite). By the directory its cluster's workers count activation checkpointing in
+# (that module's cluster; None: conftest's): the gpu-path module needs a run whose workers were counted.
+_REFERENCES: dict = {}
+
+
+def fit(root: Path, spec_text: str = MUP_SPEC, rung: str = "tiny") -> Path:
+    """Train (or resume) `rung` through `fit_rung`, what a sweep runs for each rung, less the sweep
+    around it (its MLflow store and tracker actor cost a start-up: ~30 s a sweep on 2 cores).
+    Ray must be up. -> its run dir, root/runs/<sweep>/<key>."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.yaml").write_text(textwrap.dedent(spec_text))
+    config = load_spec(root / "spec.yaml").rung(rung)
+    outcome = fit_rung(config, root / "runs")
+    assert outcome.ok and outcome.step == config.steps, outcome
+    return RungPaths.for_rung(config, root / "runs").root
+
+
+def reference_fit(tmp_path_factory, calls: Path | None = None) -> tuple[Path, Path]:
+    """The reference: MUP_SPEC's `tiny`, trained through `fit`. -> its root, run dir."""
+    if calls is None and _REFERENCES:
+        return next(iter(_REFERENCES.values()))
+    if calls not in _REFERENCES:
+        root = tmp_path_factory.mktemp("reference")
+        _REFERENCES[calls] = root, fit(root)
+    return _REFERENCES[calls]
 
 
 @pytest.fixture(scope="module")
-def reference(twins):
-    return twins["root"], twins["tiny"]
+def reference(ray_cluster, tmp_path_factory):
+    return reference_fit(tmp_path_factory)
 
 
 def test_zero3_partitions_parameters_and_loss_goes_down(reference):
@@ -191,8 +205,10 @@ def rung_run(root: Path, run_dir: Path):
     return client, runs[0]
 
 
-def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
-    root, run_dir = reference
+def test_mlflow_child_run_holds_params_and_per_step_metrics(killed_on_s3):
+    """The sweep's MLflow run of a rung (the S3 kill's: the only sweep here that trains one to the end;
+    its restart is checked by test_on_s3_a_killed_worker_...)."""
+    root, run_dir = killed_on_s3["root"], killed_on_s3["run_dir"]
     client, run = rung_run(root, run_dir)
     assert run.info.run_name.startswith("tiny-") and run.data.tags[STATUS_TAG] == "finished"
     p = run.data.params
@@ -215,25 +231,58 @@ def test_mlflow_child_run_holds_params_and_per_step_metrics(reference):
     assert val == val_losses(run_dir) and sorted(val) == [4, 8, 12] and val[12] < val[4]
 
 
-def test_a_killed_worker_of_a_mup_rung_is_restarted_by_ray_and_resumes_bitwise(twins):
-    """μP's per-matrix LRs are optimiser param groups over ZeRO-3 partitioned parameters: a killed
-    worker resumes from the checkpoint with the same losses as a run never interrupted."""
-    root, ref_dir, run_dir, killed, said = (twins[k] for k in ("root", "tiny", "killed", "kill", "said"))
-    spec = load_spec(root / "spec.yaml")
+def on_s3(prefix: str, spec_text: str = SPEC) -> str:
+    return spec_text.replace("name: pt\n", f"name: pt\nstorage: s3://{BUCKET}/{prefix}\n")
+
+
+@pytest.fixture(scope="module")
+def killed_on_s3(ray_cluster, s3, tmp_path_factory):
+    """One sweep training MUP_SPEC's `tiny` on the store, whose rank-1 worker is SIGKILLed once the
+    rung has a checkpoint."""
+    root = tmp_path_factory.mktemp("killed-on-s3")
+    killed, said = {}, []
+    code, run_dir = train(
+        root, on_s3("killed", MUP_SPEC), on_start=kill_rank1("tiny", killed, said), only=["tiny"]
+    )
+    local = sorted(p.name for p in (root / "runs").iterdir())  # before any test opens the MLflow store
+    return {"root": root, "code": code, "run_dir": run_dir, "kill": killed, "said": said, "local": local}
+
+
+def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(reference, killed_on_s3):
+    """Run directories on a store (no shared disk): every rank uploads its own shards, a SIGKILLed
+    worker's group resumes from the newest checkpoint whose manifest the store holds, and the loss
+    curve is bitwise the one of an uninterrupted run (the local reference). The rung is μP: its
+    per-matrix LRs are optimiser param groups over ZeRO-3 partitioned parameters, and they resume too.
+    The restart is visible: a progress line, the rung's MLflow run, `sweep status`."""
+    ref_root, ref_dir = reference
+    tmp_path, code, run_dir, killed, said = (
+        killed_on_s3[k] for k in ("root", "code", "run_dir", "kill", "said")
+    )
+    assert code == 0 and str(run_dir).startswith(f"s3://{BUCKET}/killed/pt/")
+    spec = load_spec(tmp_path / "spec.yaml")
     tiny = spec.rung("tiny")
     assert tiny.model.mup is not None and tiny.model.mup.encoder.width == 16
-    assert spec.rung("killed").hash == tiny.hash  # twins: compared bitwise, so the same config
+    # The reference's config (its hash names both directories): compared bitwise.
+    assert run_dir.name == ref_dir.name == tiny.key
+    assert load_spec(ref_root / "spec.yaml").rung("tiny").hash == tiny.hash
     assert killed and killed["after"] < 12, killed
     rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
-    assert (
-        rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
-    )  # a new worker resumed from a checkpoint
-    assert (
-        losses(run_dir) == losses(ref_dir) and len(losses(ref_dir)) == 12
-    )  # bitwise: same loss at every step
+    assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4  # a new worker resumed from a ckpt
+    assert losses(run_dir) == losses(ref_dir) and len(losses(ref_dir)) == 12  # bitwise: at every step
     assert val_losses(run_dir) == val_losses(ref_dir) and len(val_losses(ref_dir)) == 3  # and held-out loss
-    export = load_encoder(RungPaths(run_dir).checkpoint(12))[0]
-    assert export.cfg.mup is not None  # the export rebuilds the μP encoder evals will read
+    assert [f.step for f in ckpt.list_steps(run_dir)] == [4, 8, 12]
+    assert all(ckpt.verify(f.path) is None for f in ckpt.list_steps(run_dir))
+    manifest = ckpt.read_manifest(RungPaths(run_dir).checkpoint(12))
+    shards = {ckpt.rank_of(rel) for rel in manifest["files"]} - {None}
+    assert shards == {0, 1}  # both ranks' shards, each uploaded by its own rank
+    # How long a checkpoint step waited for the previous upload: logged at the later checkpoints.
+    waits = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in waits if CKPT_WAIT_METRIC in r} >= {12}
+    # Nothing of the run on local disk but the tracking DB (caches live under SWEEP4D_CACHE).
+    assert killed_on_s3["local"] == ["mlflow.db"]
+    # The export evals read, streamed from the store into the cache: it rebuilds the μP encoder.
+    encoder, rung = load_encoder(local_copy(RungPaths(run_dir).export(12)))
+    assert rung["name"] == "tiny" and encoder.cfg.mup is not None
 
     # The restart is visible: a progress line, the rung's MLflow run, `sweep status`.
     restarts = [line for line in said if "worker died" in line]
@@ -244,11 +293,11 @@ def test_a_killed_worker_of_a_mup_rung_is_restarted_by_ray_and_resumes_bitwise(t
     assert len(restarts) == 1 and re.fullmatch(pattern, restarts[0]), said
     died, resumed = map(int, re.fullmatch(pattern, restarts[0]).groups())
     assert resumed == rank1["start_step"] and resumed <= died < 12
-    client, run = rung_run(root, run_dir)
+    client, run = rung_run(tmp_path, run_dir)
     history = partial(client.get_metric_history, run.info.run_id)
     assert run.data.tags[RESTARTS_TAG] == "1"
     assert [(m.step, m.value) for m in history(RESTARTS_METRIC)] == [(died, 1.0)]
-    [row] = [r for r in status_rows(spec, root / "runs") if r["rung"] == run_dir.name]
+    [row] = [r for r in status_rows(spec) if r["rung"] == run_dir.name]
     assert row["restarts"] == 1 and row["state"] == "done"
     # One value per step, though the steps after the checkpoint were trained twice.
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -256,40 +305,6 @@ def test_a_killed_worker_of_a_mup_rung_is_restarted_by_ray_and_resumes_bitwise(t
     for key in ("train/loss", "train/lr", "train/clips_per_s"):
         assert sorted(m.step for m in history(key)) == list(range(1, 13)), key
     assert sorted((m.step, m.value) for m in history(VAL_LOSS_METRIC)) == sorted(val_losses(ref_dir).items())
-
-
-def on_s3(prefix: str, spec_text: str = SPEC) -> str:
-    return spec_text.replace("name: pt\n", f"name: pt\nstorage: s3://{BUCKET}/{prefix}\n")
-
-
-def test_on_s3_a_killed_worker_resumes_bitwise_and_nothing_is_written_locally(reference, s3, tmp_path):
-    """Run directories on a store (no shared disk): every rank uploads its own shards, a SIGKILLed
-    worker's group resumes from the newest checkpoint whose manifest the store holds, and the loss
-    curve is bitwise the one of an uninterrupted run (the local reference)."""
-    _, ref_dir = reference
-    killed = {}
-    code, run_dir = train(
-        tmp_path, on_s3("killed", MUP_SPEC), on_start=kill_rank1("tiny", killed), only=["tiny"]
-    )
-    assert code == 0 and str(run_dir).startswith(f"s3://{BUCKET}/killed/pt/")
-    assert killed and killed["after"] < 12, killed
-    rank1 = json.loads((run_dir / "workers" / "rank1.json").read_text())
-    assert rank1["pid"] != killed["pid"] and rank1["start_step"] >= 4
-    assert losses(run_dir) == losses(ref_dir)  # bitwise
-    assert val_losses(run_dir) == val_losses(ref_dir)
-    assert [f.step for f in ckpt.list_steps(run_dir)] == [4, 8, 12]
-    assert all(ckpt.verify(f.path) is None for f in ckpt.list_steps(run_dir))
-    manifest = ckpt.read_manifest(RungPaths(run_dir).checkpoint(12))
-    shards = {ckpt.rank_of(rel) for rel in manifest["files"]} - {None}
-    assert shards == {0, 1}  # both ranks' shards, each uploaded by its own rank
-    # How long a checkpoint step waited for the previous upload: logged at the later checkpoints.
-    waits = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert {r["step"] for r in waits if CKPT_WAIT_METRIC in r} >= {12}
-    # Nothing of the run on local disk but the tracking DB (caches live under SWEEP4D_CACHE).
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
-    # The export evals read, streamed from the store into the cache.
-    encoder, rung = load_encoder(local_copy(RungPaths(run_dir).export(12)))
-    assert rung["name"] == "tiny"
 
 
 # Two rungs that fail, on a store, with no restarts: `tiny`, whose uploads at step 8 are refused
@@ -331,8 +346,7 @@ def test_truncated_latest_checkpoint_falls_back_to_previous_with_warning(referen
     victim = next(p for p in (RungPaths(run_dir).checkpoint(8) / "deepspeed").rglob("*") if p.is_file())
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     (run_dir / "metrics.jsonl").unlink()
-    code, run_dir = train(root, MUP_SPEC, only=["tiny"])
-    assert code == 0
+    assert fit(root) == run_dir  # resuming is the fit's: no sweep around it
     resume = json.loads((run_dir / "resume.json").read_text())
     assert resume["step"] == 4
     assert any("step_00000008" in w and "corrupt" in w for w in resume["warnings"])
