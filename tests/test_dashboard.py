@@ -41,10 +41,13 @@ def get(url: str, body: dict | None = None) -> dict:
 
 
 class UI:
-    """`sweep ui` running as a subprocess; its output goes to a file so the test can read what it printed."""
+    """`sweep ui` running as a subprocess; its output goes to a file so the test can read what it printed.
+    Started, it is waited for (`wait`) unless `wait=False`: two can start side by side on two cores."""
 
-    def __init__(self, cwd: Path, *args: str):
+    def __init__(self, cwd: Path, *args: str, wait: bool = True, not_port: int | None = None):
         self.port, self.log = free_port(), cwd / f"ui-{time.monotonic_ns()}.log"
+        while self.port == not_port:  # another UI's port, not bound yet while both start
+            self.port = free_port()
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [*SWEEP, "ui", "--port", str(self.port), *args],
@@ -54,6 +57,11 @@ class UI:
                 start_new_session=True,
             )
         self.url = f"http://127.0.0.1:{self.port}"
+        self.server: list[psutil.Process] = []
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
         deadline = time.time() + 120
         while time.time() < deadline:
             assert self.proc.poll() is None, self.output()
@@ -69,6 +77,18 @@ class UI:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Whatever is left of it, at once (a test that would have stopped it did not run or failed)."""
+        server = self.server
+        if not server:  # killed before it answered: its server, if it got that far
+            with contextlib.suppress(psutil.NoSuchProcess):
+                server = psutil.Process(self.proc.pid).children(recursive=True)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for p in server:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
     def stop(self, sig: int = signal.SIGINT, group: bool = True) -> int:
         """SIGINT to the process group is what Ctrl-C in a terminal sends; SIGTERM alone is what `kill`
@@ -87,28 +107,53 @@ class UI:
             )
             return code
         finally:  # leave nothing running on a shared machine, whatever failed
-            if self.proc.poll() is None:
-                self.proc.kill()
-            for p in self.server:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    p.kill()
+            self.kill()
 
 
 @pytest.fixture(scope="module")
 def served(mini_sweep):
     """The session's finished mini sweep with its report (conftest.mini_sweep), and `sweep ui` serving its
-    store."""
+    store. Beside it, started at the same time (each start is one process after another, ~10 s of one
+    core), the second `sweep ui` that test_sigterm_stops_the_server_too kills, and, once the first
+    serves, the `sweep ui` on its port that test_taken_port_is_exit_2_with_a_message reads: they run
+    while the other tests do instead of one after another."""
     root = mini_sweep["root"]
     for done in (mini_sweep["run"], mini_sweep["report"]):
         assert done.returncode == 0, done.stdout + done.stderr
-    ui = UI(root, "spec.yaml")
-    url = ui.url
-    exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={NAME}")["experiment"]
-    runs = get(
-        f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100}
-    )["runs"]
-    yield {"root": root, "url": url, "ui": ui, "exp": exp["experiment_id"], "runs": runs}
-    assert ui.stop() == 0  # Ctrl-C stops `sweep ui` and the server with it
+    ui = UI(root, "spec.yaml", wait=False)
+    spare = UI(root, "spec.yaml", wait=False, not_port=ui.port)
+    taken = None
+    try:
+        ui.wait()
+        taken = subprocess.Popen(
+            [*SWEEP, "ui", "spec.yaml", "--port", str(ui.port)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        spare.wait()
+        url = ui.url
+        exp = get(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name={NAME}")["experiment"]
+        runs = get(
+            f"{url}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp["experiment_id"]], "max_results": 100},
+        )["runs"]
+        yield {
+            "root": root,
+            "url": url,
+            "ui": ui,
+            "spare": spare,
+            "taken": taken,
+            "exp": exp["experiment_id"],
+            "runs": runs,
+        }
+        assert ui.stop() == 0  # Ctrl-C stops `sweep ui` and the server with it
+    finally:  # leave nothing running on a shared machine, whatever failed or was not run
+        for u in (ui, spare):
+            u.kill()
+        if taken is not None and taken.poll() is None:
+            taken.kill()
 
 
 def tags(run: dict) -> dict:
@@ -215,16 +260,12 @@ def test_server_binds_to_loopback_only(served):
 
 
 def test_taken_port_is_exit_2_with_a_message(served):
+    """`sweep ui` on the port the served UI holds (started by the fixture once that UI answered)."""
     port = served["url"].rsplit(":", 1)[1]
-    proc = subprocess.run(
-        [*SWEEP, "ui", "spec.yaml", "--port", port],
-        cwd=served["root"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2 and f"port {port}" in proc.stderr and "in use" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    proc = served["taken"]
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and f"port {port}" in stderr and "in use" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_missing_store_is_exit_2_naming_the_path(tmp_path):
@@ -239,7 +280,7 @@ def test_missing_store_is_exit_2_naming_the_path(tmp_path):
 def test_sigterm_stops_the_server_too(served):
     """`kill PID` (a service manager, `timeout`, a CI runner) must not orphan the MLflow server on its
     port."""
-    ui = UI(served["root"], "spec.yaml")
+    ui = served["spare"]  # a second `sweep ui` on the same store, started beside the fixture's
     assert ui.server, "no MLflow server process found under sweep ui"
     assert ui.stop(signal.SIGTERM, group=False) == 0
     # The port is free again: nothing listens on it. SO_REUSEADDR lets the bind past the TIME_WAIT that
