@@ -72,13 +72,15 @@ def eval_records(run_dir: Path) -> dict[str, dict]:
     }
 
 
-def wait_for(cond, timeout: float, what: str, proc=None):
+def wait_for(cond, timeout: float, what: str, proc=None, log: Path | None = None):
+    """Poll `cond`; fail if `proc` (whose output is its stdout pipe, or `log`) exits first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if cond():
             return
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{proc.stdout.read()}")
+            out = log.read_text() if log is not None else proc.stdout.read()
+            raise AssertionError(f"sweep exited ({proc.returncode}) before {what}:\n{out}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -122,17 +124,84 @@ def test_unschedulable_rung_exits_2_before_starting_anything(ray_cluster, tmp_pa
     assert result.exit_code == 2 and "rung a needs 64 workers" in result.output
 
 
+RESTARTED = "the tracker actor was restarted; reconciling MLflow with the disk"
+
+
+def start_sweep(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """A `sweep run` in its own process group, its output (unbuffered) in `log`: readable while it runs
+    and after a SIGKILL, and never a full pipe that blocks the driver."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def train_loss_steps(tmp_path: Path, run_id: str) -> list[int]:
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+
+
 @pytest.mark.minutes
-def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
-    spec = write_spec(tmp_path)
+def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resumes(tmp_path):
+    """One sweep's life, stopped three ways, each checked where no later reconcile can hide it (three
+    driver runs, three fits and ten evals, where three tests took five runs, five fits and more evals):
+    1. SIGTERM while rung a's evals run: the driver flushes and reconciles MLflow and exits 143.
+    2. The rerun (rung b too) is SIGKILLed once rung a is evaluated and rung b has sealed a checkpoint.
+    3. The rerun after the SIGKILL resumes without duplicates: nothing retrained or re-evaluated, rung b
+       from a checkpoint sealed before the kill. Mid rung b its tracker actor is SIGKILLed: Ray restarts
+       it and the driver reconciles MLflow with the disk, seen restoring what was taken from MLflow just
+       before, and the run finishes: one MLflow run per rung, every step once, MLflow equal to the disk."""
+    # Evals of 2 CPUs: in run 1 (2 CPUs) they run one at a time after rung a trains, so when the driver
+    # logs the first, others are still queued or running (two depth readouts of ~2 s each, a 1 s tick
+    # apart at least) and the SIGTERM lands mid-sweep by construction (checked: an eval interrupted).
+    spec = write_spec(tmp_path, SPEC.replace("evals:\n", "evals:\n  cpus: 2\n"))
     dirs = rung_dirs(tmp_path, spec)
     s = load_spec(spec)
-    cmd = [*SWEEP, "run", str(spec), "--max-concurrent", "1", "--num-cpus", "3"]
+
+    # ---- 1. SIGTERM, rung a alone on 2 CPUs.
+    term_cmd = [*SWEEP, "run", str(spec), "--only", "a", "--num-cpus", "2"]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        term_cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
-        # Kill the driver once rung a is trained and evaluated and rung b has sealed its first checkpoint.
+
+        def trained_and_some_evals_logged():
+            recs = eval_records(dirs["a"])
+            return (dirs["a"] / "checkpoints" / "step_00000016" / "manifest.json").exists() and sum(
+                r["state"] == "done" and r.get("logged", False) for r in recs.values()
+            ) >= 1
+
+        wait_for(trained_and_some_evals_logged, 400, "rung a trained and an eval logged", proc)
+        proc.send_signal(signal.SIGTERM)  # a `kill`: the same flushing path as Ctrl-C
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, out
+    assert any(r["state"] == "interrupted" for r in eval_records(dirs["a"]).values()), out
+    assert "interrupted by SIGTERM" in out and "reconciled" in out, out
+    assert_mlflow_equals_disk(tmp_path, {"a": dirs["a"]})  # before any rerun: the buffer was flushed
+    a_rank0 = (dirs["a"] / "workers" / "rank0.json").read_text()
+    _, runs = mlflow_runs(tmp_path)
+    a_run = next(r.info.run_id for r in runs if r.info.run_name.startswith("a-"))
+
+    # ---- 2. The rerun: rung a's evals the SIGTERM left, and rung b (two more CPUs for an eval while b
+    # trains). Its driver is SIGKILLed once rung a is evaluated and rung b has sealed its first checkpoint.
+    cmd = [*SWEEP, "run", str(spec), "--max-concurrent", "1", "--num-cpus", "4"]
+    proc = start_sweep(cmd, tmp_path, tmp_path / "killed-run.log")
+    try:
+
         def a_done_b_started():
             recs = eval_records(dirs["a"])
             return (
@@ -141,7 +210,9 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
                 and (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
             )
 
-        wait_for(a_done_b_started, 400, "rung a done and rung b checkpointed", proc)
+        wait_for(
+            a_done_b_started, 400, "rung a done and rung b checkpointed", proc, tmp_path / "killed-run.log"
+        )
         during = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
         assert during[dirs["a"].name]["state"] == "done" and during[dirs["a"].name]["evals_done"] == 4
         assert during[dirs["b"].name]["state"] == "running"
@@ -159,7 +230,6 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     )
     after_kill = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert after_kill[dirs["b"].name]["state"] == "interrupted"
-    a_rank0 = (dirs["a"] / "workers" / "rank0.json").read_text()
     a_evals = eval_records(dirs["a"])
     killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
     assert killed_at < 48
@@ -167,17 +237,68 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
         int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")
     ]
     # The killed driver's tracker buffer held rung a's eval metrics and its last training steps (issue 18).
-    _, runs = mlflow_runs(tmp_path)
-    a_run = next(r.info.run_id for r in runs if r.info.run_name.startswith("a-"))
     assert forget_in_mlflow(tmp_path, a_run, after_step=5) > 0
 
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    # 2 tasks x 2 checkpoints x (metric + baseline per task) eval points, steps 6..16 of training.
-    restored = f"[{dirs['a'].name}] restored "
-    assert restored in rerun.stdout and " 11 training steps" in rerun.stdout, rerun.stdout
-    assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained
+    # ---- 3. The rerun after the SIGKILL, its tracker killed mid rung b.
+    log = tmp_path / "rerun.log"
+    started = time.time()
+    proc = start_sweep(cmd, tmp_path, log)
+    try:
+
+        def b_resumed_mid_rung():
+            prog = read_json(dirs["b"] / "progress.json") or {}
+            resumed = read_json(dirs["b"] / "resume.json") or {}
+            return (
+                resumed.get("time", 0) > started  # b resumed in this run
+                and prog.get("time", 0) > started  # and trained a step past its checkpoint
+                and resumed["step"] < prog["step"] < 48
+                and ray_children(proc.pid, "ray::Tracker")
+            )
+
+        wait_for(b_resumed_mid_rung, 400, "rung b resumed and mid-way", proc, log)
+        [tracker] = ray_children(proc.pid, "ray::Tracker")
+        tracker_killed_at = read_json(dirs["b"] / "progress.json")["step"]
+        # What a lost tracker buffer looks like, made certain: rung a's eval metrics and its training steps
+        # past 5 gone from MLflow as the tracker dies. The start's reconcile is over (b trains), so only
+        # the restart's can restore them before the end's.
+        assert forget_in_mlflow(tmp_path, a_run, after_step=5) > 0
+        tracker.kill()  # SIGKILL: its buffer of unflushed metrics dies with it
+        wait_for(
+            lambda: "reconciled 2 rung(s)" in log.read_text().partition(RESTARTED)[2],
+            300,
+            "the tracker-restart reconcile",
+            proc,
+            log,
+        )
+        # MLflow right after the restart's reconcile: rung a whole again, rung b every step trained before
+        # the tracker died, each once.
+        assert_mlflow_equals_disk(tmp_path, {"a": dirs["a"]})
+        b_run = next(r.info.run_id for r in mlflow_runs(tmp_path)[1] if r.info.run_name.startswith("b-"))
+        b_held = train_loss_steps(tmp_path, b_run)
+        assert len(b_held) == len(set(b_held)) and set(range(1, tracker_killed_at + 1)) <= set(b_held)
+        proc.wait(900)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    assert proc.returncode == 0, out
+
+    # The start's reconcile restored what the SIGKILL lost (the forgotten points: 2 tasks x 2 checkpoints
+    # x (metric + baseline per task) eval points, steps 6..16 of training), the restart's what the tracker
+    # kill lost: each is seen doing it, in its own block of lines.
+    def a_repairs(block: str) -> list[str]:
+        return [ln for ln in block.splitlines() if ln.startswith(f"[{dirs['a'].name}] restored ")]
+
+    at_start = a_repairs(out.partition("reconciled 2 rung(s)")[0])
+    assert len(at_start) == 1 and " 11 training steps" in at_start[0], out
+    assert RESTARTED in out, out
+    at_restart = a_repairs(out.partition(RESTARTED)[2].partition("reconciled 2 rung(s)")[0])
+    assert len(at_restart) == 1 and " 11 training steps" in at_restart[0], out
+    assert len(ray_children(os.getpid(), "ray::Tracker")) == 0
+    assert (dirs["a"] / "workers" / "rank0.json").read_text() == a_rank0  # not retrained since the SIGTERM
     assert eval_records(dirs["a"]) == a_evals  # not re-evaluated
+    recs = eval_records(dirs["a"])
+    assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
     resume = json.loads((dirs["b"] / "resume.json").read_text())
     assert 16 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
     assert resume["step"] in sealed_before_rerun  # from a checkpoint sealed before the kill
@@ -186,14 +307,17 @@ def test_driver_sigkill_then_rerun_resumes_without_duplicates(tmp_path):
     assert all(r["attempts"] == 1 for r in b_evals.values())
     after = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert all(r["state"] == "done" and r["evals_done"] == r["evals_total"] for r in after.values())
+    # Every step once on disk through the driver kill, the resume and the tracker kill.
+    steps = [json.loads(line)["step"] for line in (dirs["b"] / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 49))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sw")
     runs = client.search_runs([exp.experiment_id])
     roles = sorted(r.data.tags[ROLE_TAG] for r in runs)
     assert roles == ["rung", "rung", "sweep"]  # exactly one MLflow run per rung, ever
-    b_run = next(r for r in runs if r.info.run_name.startswith("b-"))
-    depth = client.get_metric_history(b_run.info.run_id, "eval/depth/abs_rel")
+    assert train_loss_steps(tmp_path, b_run) == list(range(1, 49))  # every step once in MLflow too
+    depth = client.get_metric_history(b_run, "eval/depth/abs_rel")
     assert sorted({m.step for m in depth}) == list(range(16, 49, 16))
     for name, d in dirs.items():  # every eval metric at every checkpoint step, once, as on disk
         run_id = next(r.info.run_id for r in runs if r.info.run_name.startswith(f"{name}-"))
@@ -378,76 +502,3 @@ def ray_children(pid: int, title: str) -> list:
         except psutil.Error:
             continue
     return found
-
-
-def test_killing_the_tracker_mid_rung_loses_nothing(tmp_path):
-    spec = write_spec(tmp_path, SPEC.replace("steps: 48", "steps: 24"))
-    dirs = {"b": rung_dirs(tmp_path, spec)["b"]}
-    cmd = [*SWEEP, "run", str(spec), "--only", "b", "--num-cpus", "3"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-
-        def mid_rung():
-            prog = read_json(dirs["b"] / "progress.json") or {}
-            return 6 <= prog.get("step", 0) < 20 and ray_children(proc.pid, "ray::Tracker")
-
-        wait_for(mid_rung, 400, "rung b mid-way", proc)
-        [tracker] = ray_children(proc.pid, "ray::Tracker")
-        tracker.kill()  # SIGKILL: its buffer of unflushed metrics dies with it
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, out
-    assert "the tracker actor was restarted; reconciling MLflow with the disk" in out, out
-    assert len(ray_children(os.getpid(), "ray::Tracker")) == 0
-    steps = [json.loads(line)["step"] for line in (dirs["b"] / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 25))
-    assert_mlflow_equals_disk(tmp_path, dirs)
-    _, runs = mlflow_runs(tmp_path)
-    assert sorted(r.data.tags[ROLE_TAG] for r in runs) == ["rung", "sweep"]
-    b_run = runs[[r.data.tags[ROLE_TAG] for r in runs].index("rung")]
-    assert sorted(
-        m.step
-        for m in MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}").get_metric_history(
-            b_run.info.run_id, "train/loss"
-        )
-    ) == list(range(1, 25))
-
-
-@pytest.mark.minutes
-def test_sigterm_flushes_mlflow_and_the_rerun_finishes(tmp_path):
-    # Evals of 2 CPUs on a 2-CPU cluster run one at a time after a trains: when the first is logged, three
-    # are still queued or running, so the kill lands mid-sweep by construction (checked below: an eval
-    # was interrupted), never after the sweep ended.
-    spec = write_spec(tmp_path, SPEC.replace("evals:\n", "evals:\n  cpus: 2\n"))
-    dirs = {"a": rung_dirs(tmp_path, spec)["a"]}
-    cmd = [*SWEEP, "run", str(spec), "--only", "a", "--num-cpus", "2"]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-
-        def trained_and_some_evals_logged():
-            recs = eval_records(dirs["a"])
-            return (dirs["a"] / "checkpoints" / "step_00000016" / "manifest.json").exists() and sum(
-                r["state"] == "done" and r.get("logged", False) for r in recs.values()
-            ) >= 1
-
-        wait_for(trained_and_some_evals_logged, 400, "rung a trained and an eval logged", proc)
-        proc.send_signal(signal.SIGTERM)  # a `kill`: the same flushing path as Ctrl-C
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 143, out
-    assert any(r["state"] == "interrupted" for r in eval_records(dirs["a"]).values()), out
-    assert "interrupted by SIGTERM" in out and "reconciled" in out, out
-    assert_mlflow_equals_disk(tmp_path, dirs)  # before any rerun: the buffer was flushed, nothing missing
-    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    recs = eval_records(dirs["a"])
-    assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
-    assert_mlflow_equals_disk(tmp_path, dirs)
