@@ -24,7 +24,7 @@ from orchestrator.scheduler import RungRun, Sweep, check_schedulable, eval_steps
 from orchestrator.status import rung_state
 from orchestrator.tracking import Tracker
 from orchestrator.training import sinks
-from orchestrator.training.engine import deepspeed_config, lr_factor, note_restart
+from orchestrator.training.engine import deepspeed_config, lr_factor, note_restart, skip_shared_memory_op
 from orchestrator.training.sinks import MetricSinks, keep_steps_upto
 
 BASE = {
@@ -98,6 +98,16 @@ def test_deepspeed_config_accumulates_to_the_global_batch_on_cpu():
     zero = cfg["zero_optimization"]
     assert zero["stage"] == 2 and zero["overlap_comm"] is False
     assert zero["stage3_param_persistence_threshold"] == 0  # every parameter partitioned on CPU
+
+
+def test_cpu_workers_skip_deepspeeds_shared_memory_op():
+    """DeepSpeed's CPU backend builds this op (a minute of compiling) only for inference all-reduce."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.comm.torch import build_shm_op
+
+    assert get_accelerator().create_op_builder("ShareMemCommBuilder").NAME == "deepspeed_shm_comm"
+    skip_shared_memory_op()
+    assert build_shm_op() is None  # not built, not loaded (it returns the loaded module otherwise)
 
 
 def test_deepspeed_config_on_gpus_is_bf16_and_overlaps_communication():

@@ -111,6 +111,17 @@ class Start:
     restart: dict | None  # set when Ray Train restarted this fit's worker group (rank 0 only)
 
 
+def skip_shared_memory_op() -> None:
+    """Keep DeepSpeed's CPU backend from loading its C++ shared-memory op. It serves only
+    `inference_all_reduce` (tensor-parallel inference), never ZeRO-3 training, yet its first load
+    compiles it for about a minute (~/.cache/torch_extensions), and again whenever the `ninja` on
+    PATH changes (the venv's and the system's record different hashes). Marking it incompatible
+    before `init_distributed` skips the load, and the probe of every other op's compiler with it."""
+    import deepspeed.ops
+
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
+
+
 def start_worker(config: dict) -> Worker:
     import deepspeed
     import ray.train as train
@@ -123,6 +134,7 @@ def start_worker(config: dict) -> Worker:
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(rung.cpus_per_worker)
+        skip_shared_memory_op()
     deepspeed.init_distributed(dist_backend="nccl" if gpu else "gloo")  # reuses the group Ray Train set up
     paths = RungPaths(root_of(config["run_dir"]))
     return Worker(rung, paths, ctx.get_world_rank(), ctx.get_world_size(), device)
