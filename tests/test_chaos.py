@@ -12,9 +12,9 @@ is a timeline (seconds since it started: cluster up, each kill, each restart, th
 shows it.
 
 Driver kills are not made here (each costs a `sweep run` rerun and its Ray start-up); they are checked
-by tests/test_sweep.py: test_driver_sigkill_then_rerun_resumes_without_duplicates (SIGKILL mid-rung,
-the rerun resumes from a sealed checkpoint, nothing retrained or re-evaluated, one MLflow run per rung,
-MLflow equal to the disk) and test_sigterm_flushes_mlflow_and_the_rerun_finishes; that a new fit resumed
+by tests/test_sweep.py::test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resumes
+(a SIGTERM flushes; a SIGKILL mid-rung, then the rerun resumes from a sealed checkpoint, nothing retrained
+or re-evaluated, one MLflow run per rung, MLflow equal to the disk); that a new fit resumed
 from a checkpoint trains bitwise as an uninterrupted one by tests/test_pretrain.py::
 test_truncated_latest_checkpoint_falls_back_to_previous_with_warning.
 """
