@@ -157,10 +157,13 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
        from a checkpoint sealed before the kill. Mid rung b its tracker actor is SIGKILLed: Ray restarts
        it and the driver reconciles MLflow with the disk, seen restoring what was taken from MLflow just
        before, and the run finishes: one MLflow run per rung, every step once, MLflow equal to the disk."""
-    # Evals of 2 CPUs: in run 1 (2 CPUs) they run one at a time after rung a trains, so when the driver
-    # logs the first, others are still queued or running (two depth readouts of ~2 s each, a 1 s tick
-    # apart at least) and the SIGTERM lands mid-sweep by construction (checked: an eval interrupted).
-    spec = write_spec(tmp_path, SPEC.replace("evals:\n", "evals:\n  cpus: 2\n"))
+    # Evals of 2 CPUs: in run 1 (2 CPUs) they run one at a time after rung a trains, and each depth
+    # readout trains 8 epochs (~6 s; action's takes ~0.05 s). So when the driver logs the first eval, the
+    # second depth readout has seconds to run (the driver's tick is 1 s; at 2 epochs all four evals were
+    # once logged in one tick) and the SIGTERM lands mid-sweep by construction (checked: an eval
+    # interrupted).
+    evals = "evals:\n  cpus: 2\n  task_readout: {depth: {epochs: 8}}\n"
+    spec = write_spec(tmp_path, SPEC.replace("evals:\n", evals))
     dirs = rung_dirs(tmp_path, spec)
     s = load_spec(spec)
 
