@@ -29,21 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.layout import RungPaths, SweepPaths, read_json, read_jsonl, write_json
-from contracts.names import (
-    FAILURE_TAG,
-)
+from contracts.names import FAILURE_TAG
 from contracts.spec import RungConfig, SpecError, SweepSpec, load_spec
 from contracts.storage import check_reachable, runs_root
 from orchestrator import checkpoint as ckpt
 from orchestrator import policy, references
-from orchestrator.policy import (  # noqa: F401  (check_schedulable, eval_steps: their old home)
-    EvalKey,
-    RungState,
-    SweepState,
-    check_schedulable,
-    eval_steps,
-    select_rungs,
-)
+from orchestrator.policy import EvalKey, RungState, SweepState, check_schedulable, eval_steps, select_rungs  # noqa: F401  (check_schedulable, eval_steps: their old home)
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
 from orchestrator.raycluster import (
@@ -257,9 +248,7 @@ class Sweep:
                 if actions.finished:
                     break
                 time.sleep(TICK_S)
-            # Inside the try: a kill while closing (all evals done, runs being finished) still flushes
-            # and says so, instead of escaping as a bare KeyboardInterrupt (exit 130, nothing said).
-            return self._close()
+            return self._close()  # inside the try: a kill while closing flushes and says so too
         except KeyboardInterrupt:
             return self._interrupted(ray)
 
