@@ -135,3 +135,22 @@ def test_emergence_form_recovers_a_logistic_from_chance_and_forecasts_its_rise()
     assert abs(f.value - law(2e10)) / law(2e10) < 0.05 and f.lo <= law(2e10) <= f.hi
     without = forecast(SIZES, law(SIZES), 2e10, **kw, forms=("powerlaw", "saturating", EMERGENCE))
     assert EMERGENCE not in {x.form for x in without.forms}  # no chance level, no emergence form
+
+
+def test_every_ladder_names_its_source_and_the_held_out_ladders_are_in_the_benchmark():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import forecast_benchmark as bench
+
+    from reports.collect import read_table
+
+    readme = (bench.LADDERS / "README.md").read_text()
+    names = sorted(p.stem for p in bench.LADDERS.glob("*.csv"))
+    assert len(names) >= 4 and set(bench.HELD_OUT) <= set(names)
+    for name in names:
+        assert f"| `{name}` |" in readme, f"{name}: no source row in benchmarks/ladders/README.md"
+        df = read_table(bench.LADDERS / f"{name}.csv")
+        chance = df["chance"].dropna()
+        assert ((chance >= 0) & (chance < 1)).all() and df.loc[chance.index, "bounded"].all()
+    qwen = read_table(bench.LADDERS / "qwen2.5.csv")
+    assert qwen.groupby(["task", "mode", "metric"]).ngroups == 22
+    assert (qwen["params"] <= qwen["params"].max() / 10).groupby(qwen["task"]).sum().eq(4).all()
