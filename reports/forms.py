@@ -169,3 +169,72 @@ def _fit_theta(form: Form, cols, logq, w, s, delta, starts, polish: int = 3) -> 
                 best = res
         out[t] = best.x
     return out
+
+
+# --------------------------------------------------------------------- emergence
+
+EMERGENCE_EPS = 0.005  # least share of the way from chance to 1 that the logit is taken of
+
+
+@dataclass
+class Emergence:
+    """An accuracy that leaves chance: acc = c + (1 − c)·σ(a + b·ln N), the logistic in log N
+    between the chance level c (fixed, the task's guessing accuracy) and 1.
+
+    Near chance the logit climbs linearly in log N while the accuracy hardly moves, then the
+    accuracy rises steeply: the emergence that a power law in the error, fitted on near-chance
+    rungs, does not see. Far out it is a power law in 1 − acc again (exponent b). Fitted by
+    weighted least squares of the logit, each rung weighted by (u(1 − u))² (u the share of the
+    way from chance to 1), which is the delta method for an accuracy of constant noise, so the
+    noisy logits of near-chance rungs count little; b ≥ 0 (more parameters never hurt). Draws
+    are Student-t, as for `reports.uncertainty.LogLinear`.
+    """
+
+    coef: np.ndarray  # a, b of the logit in ln N
+    cov: np.ndarray  # of coef, per unit residual variance
+    s2: float  # residual variance of the logit per unit weight
+    df: int
+    chance: float
+    w_mean: float  # the fitted rungs' mean raw weight (weights are divided by it)
+
+    @classmethod
+    def fit(cls, N, y, chance: float) -> Emergence:
+        x, (z, w_raw) = np.log(np.asarray(N, float)), _logit_share(y, chance)
+        w = w_raw / w_raw.mean()
+        X = np.stack([np.ones_like(x), x], 1)
+        A = X.T @ (w[:, None] * X)
+        coef = np.linalg.solve(A, X.T @ (w * z)) if np.linalg.cond(A) < 1e12 else np.array([z.mean(), 0.0])
+        if coef[1] < 0:  # a falling accuracy: flat at the weighted mean
+            coef = np.array([float(np.sum(w * z) / w.sum()), 0.0])
+        df = len(x) - 2
+        s2 = float(np.sum(w * (X @ coef - z) ** 2) / max(df, 1))
+        return cls(coef, np.linalg.pinv(A), s2, df, float(chance), float(w_raw.mean()))
+
+    def accuracy(self, N) -> np.ndarray:
+        z = self.coef[0] + self.coef[1] * np.log(np.asarray(N, float))
+        return self.chance + (1.0 - self.chance) / (1.0 + np.exp(-z))
+
+    def log_q(self, N) -> np.ndarray:
+        """log(1 − acc), the error-like quantity the other forms are fitted on."""
+        return self._log_q(self.coef[0] + self.coef[1] * np.log(np.asarray(N, float)))
+
+    def draws(self, N: float, n: int, rng) -> np.ndarray:
+        if self.df <= 0:
+            return np.empty(0)
+        x = np.array([1.0, math.log(N)])
+        z = float(x @ self.coef)
+        u = 1.0 / (1.0 + math.exp(-z))
+        w = max((u * (1.0 - u)) ** 2, 1e-12) / self.w_mean  # as the fitted rungs' weights
+        s2 = self.s2 * self.df / rng.chisquare(self.df, n)
+        var = s2 * (x @ self.cov @ x + 1.0 / w)
+        return self._log_q(z + np.sqrt(var) * rng.standard_normal(n))
+
+    def _log_q(self, z) -> np.ndarray:
+        # 1 − acc = (1 − c)·σ(−z); log σ(−z) = −softplus(z), stable for large |z|
+        return math.log(1.0 - self.chance) - np.logaddexp(0.0, z)
+
+
+def _logit_share(y, chance: float) -> tuple[np.ndarray, np.ndarray]:
+    """The logit of u = (acc − c) / (1 − c), clipped into (0, 1), and its weight (u(1 − u))²."""
+    u = np.clip((np.asarray(y, float) - chance) / (1.0 - chance), EMERGENCE_EPS, 1.0 - EMERGENCE_EPS)
+    return np.log(u / (1.0 - u)), (u * (1.0 - u)) ** 2

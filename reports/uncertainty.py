@@ -39,7 +39,7 @@ from reports.fit import (
     fitted_quantity,
     predict,
 )
-from reports.forms import _FORMS
+from reports.forms import _FORMS, Emergence
 from reports.law import _cols
 
 CALIBRATION_FILE = Path(__file__).with_name("forecast_calibration.json")
@@ -47,8 +47,12 @@ RATIO_BINS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e12)  # extrapolation ratio
 KAPPA_FLOOR = 0.03  # least log-space error per unit of ln(ratio): tuned on the tuning ladders only
 BOOTSTRAP = 200
 LOGLINEAR = "loglinear"
+EMERGENCE = "emergence"  # logistic in log N from the chance level (reports.forms.Emergence)
+CLOSED_FORMS = (LOGLINEAR, EMERGENCE)  # fitted in closed form, with Student-t draws
 # Averaged by default. Adding LOGLINEAR made the tuning ladders' median error at R = 10 worse
-# (7.9% -> 11.4% on Pythia), so it is offered, not used (docs/forecasting.md).
+# (7.9% -> 11.4% on Pythia), so it is offered, not used (docs/forecasting.md). So is EMERGENCE:
+# on the tuning ladders it moved the median error at R = 10 from 7.1% to 6.5% but at R = 5
+# from 4.7% to 7.8%, and widened the intervals (session 9, docs/forecasting.md).
 FORMS_AVERAGED = SIZE_LAWS
 LOW_COVERAGE = 0.80  # below this benchmark coverage at its ratio, a forecast is flagged
 
@@ -116,7 +120,7 @@ class Forecast:
         )
 
 
-def far_backtest(form: str, N, y, *, higher_is_better=False, bounded=False, se=None):
+def far_backtest(form: str, N, y, *, higher_is_better=False, bounded=False, se=None, chance=None):
     """Log errors of every later rung from fits on each cutoff, and how far each reached:
     (errors, ln ratios), both flat arrays (empty with fewer than MIN_RUNGS + 1 rungs)."""
     N, y = np.asarray(N, float), np.asarray(y, float)
@@ -124,9 +128,9 @@ def far_backtest(form: str, N, y, *, higher_is_better=False, bounded=False, se=N
     cuts = rungs[MIN_RUNGS - 1 : -1]
     if cuts.size == 0:
         return np.empty(0), np.empty(0)
-    q, _ = fitted_quantity("powerlaw" if form == LOGLINEAR else form, y, higher_is_better, bounded)
-    if form == LOGLINEAR:
-        fits = [LogLinear.fit(N[N <= c], y[N <= c], higher_is_better, bounded) for c in cuts]
+    q, _ = fitted_quantity("powerlaw" if form in CLOSED_FORMS else form, y, higher_is_better, bounded)
+    if form in CLOSED_FORMS:
+        fits = [_closed_fit(form, N[N <= c], y[N <= c], higher_is_better, bounded, chance) for c in cuts]
         predict_log_q = [f.log_q for f in fits]
     else:
         mask = np.stack([N <= c for c in cuts])
@@ -180,6 +184,21 @@ class LogLinear:
         return np.log(np.maximum(q, 1e-6))
 
 
+def _closed_fit(form: str, N, y, hib: bool, bounded: bool, chance: float | None) -> LogLinear | Emergence:
+    if form == LOGLINEAR:
+        return LogLinear.fit(N, y, hib, bounded)
+    return Emergence.fit(N, y, float(chance))
+
+
+def _closed_usable(form: str, N, hib: bool, bounded: bool, chance: float | None) -> bool:
+    """A closed-form form needs MIN_RUNGS rungs; the emergence form an accuracy with a chance level."""
+    if np.unique(N).size < MIN_RUNGS:
+        return False
+    if form == EMERGENCE:
+        return hib and bounded and chance is not None and 0.0 <= chance < 1.0
+    return form == LOGLINEAR
+
+
 def _log_q(f: Fit, N) -> np.ndarray:
     return _FORMS[f.form].model(np.asarray(f.theta), _cols(f.form, np.asarray(N, float), None, f.x0))[0]
 
@@ -201,9 +220,13 @@ def forecast(
     se=None,
     bootstrap=BOOTSTRAP,
     seed=0,
-    forms: tuple[str, ...] = FORMS_AVERAGED,
+    forms: tuple[str, ...] | None = None,
+    chance: float | None = None,
 ) -> Forecast:
-    """The averaged forecast at `target` with an interval that carries form uncertainty."""
+    """The averaged forecast at `target` with an interval that carries form uncertainty.
+    `chance`: an accuracy's guessing level, which the emergence form needs (None: not used)."""
+    forms = FORMS_AVERAGED if forms is None else forms
+    chance = None if chance is None or not math.isfinite(chance) else float(chance)
     N, y = np.asarray(N, float).ravel(), np.asarray(y, float).ravel()
     se = None if se is None else np.asarray(se, float).ravel()
     kw = {"higher_is_better": higher_is_better, "bounded": bounded, "se": se}
@@ -220,13 +243,14 @@ def forecast(
     rho_t = math.log(max(ratio, 1.0 + 1e-9))
     centre = {form: float(_log_q(f, [target])[0]) for form, f in fits.items()}
     boot = {form: _boot_log_q(f, target) for form, f in fits.items()}
-    ll = None
-    if LOGLINEAR in forms and np.unique(N).size >= MIN_RUNGS:
-        ll = LogLinear.fit(N, y, higher_is_better, bounded)
-        centre[LOGLINEAR], boot[LOGLINEAR] = float(ll.log_q([target])[0]), ll.draws(target, bootstrap, rng)
+    closed = {}
+    for form in (f for f in forms if f in CLOSED_FORMS):
+        if _closed_usable(form, N, higher_is_better, bounded, chance):
+            m = closed[form] = _closed_fit(form, N, y, higher_is_better, bounded, chance)
+            centre[form], boot[form] = float(m.log_q([target])[0]), m.draws(target, bootstrap, rng)
     scaled = {}
     for form in centre:
-        e, rho = far_backtest(form, N, y, **kw)
+        e, rho = far_backtest(form, N, y, **kw, chance=chance)
         if e.size:
             w = np.minimum(rho / rho_t, 1.0)
             scaled[form] = float(np.sqrt(np.sum(w * (e / rho) ** 2) / np.sum(w)))
@@ -259,11 +283,12 @@ def forecast(
             FormForecast(k, math.nan, *(float(a[0]) for a in predict(f, n)[1:]), 0.0, None)
             for k, f in fits.items()
         ]
-        if ll is not None and ll.df > 0:
-            lo_hi = _to_metric(
-                next(iter(fits.values())), np.exp(np.percentile(ll.draws(n, bootstrap, rng), tail_q))
-            )
-            out.append(FormForecast(LOGLINEAR, math.nan, float(min(lo_hi)), float(max(lo_hi)), 0.0, None))
+        for k, m in closed.items():
+            if m.df > 0:
+                lo_hi = _to_metric(
+                    next(iter(fits.values())), np.exp(np.percentile(m.draws(n, bootstrap, rng), tail_q))
+                )
+                out.append(FormForecast(k, math.nan, float(min(lo_hi)), float(max(lo_hi)), 0.0, None))
         return out
 
     trusted = ratio if agree else _trusted_ratio(intervals, N.max(), target)
@@ -277,7 +302,7 @@ def forecast(
 
 
 def forecast_points(
-    points: dict, target: float, *, higher_is_better: bool, bounded: bool, seed=0
+    points: dict, target: float, *, higher_is_better: bool, bounded: bool, seed=0, chance: float | None = None
 ) -> Forecast:
     """`forecast` from a report series' points (columns params, value and, where known, se)."""
     N, y = np.asarray(points["params"], float), np.asarray(points["value"], float)
@@ -285,7 +310,14 @@ def forecast_points(
     ok = np.isfinite(N) & np.isfinite(y) & (N > 0)
     se = se[ok] if np.all(np.isfinite(se[ok]) & (se[ok] > 0)) else None
     return forecast(
-        N[ok], y[ok], target, higher_is_better=higher_is_better, bounded=bounded, se=se, seed=seed
+        N[ok],
+        y[ok],
+        target,
+        higher_is_better=higher_is_better,
+        bounded=bounded,
+        se=se,
+        seed=seed,
+        chance=chance,
     )
 
 

@@ -115,3 +115,42 @@ def test_benchmark_runs_on_the_chinchilla_ladder():
     (r,) = rows
     assert r.ratio > 5 and r.error_like and r.actual == pytest.approx(2.2044, abs=1e-3)
     assert r.rel_error < 0.05 and r.inside
+
+
+def test_emergence_form_recovers_a_logistic_from_chance_and_forecasts_its_rise():
+    from reports.forms import Emergence
+    from reports.uncertainty import EMERGENCE
+
+    a, b, c = -28.0, 1.4, 0.25  # near chance on the first rungs (1% of the way to 1 at 2e7)
+    law = lambda n: c + (1 - c) / (1 + np.exp(-(a + b * np.log(n))))  # noqa: E731
+    m = Emergence.fit(SIZES, law(SIZES), chance=c)
+    assert m.coef == pytest.approx([a, b], rel=1e-6)
+    assert m.accuracy(2e10) == pytest.approx(law(2e10), rel=1e-6)
+    assert np.exp(m.log_q([2e10]))[0] == pytest.approx(1 - law(2e10), rel=1e-6)
+    falling = Emergence.fit(SIZES, law(SIZES)[::-1], chance=c)
+    assert falling.coef[1] == 0.0  # more parameters never hurt: no falling logistic
+    kw = {"higher_is_better": True, "bounded": True}
+    f = forecast(SIZES, law(SIZES), 2e10, **kw, forms=("powerlaw", "saturating", EMERGENCE), chance=c)
+    assert EMERGENCE in {x.form for x in f.forms} and f.form == EMERGENCE
+    assert abs(f.value - law(2e10)) / law(2e10) < 0.05 and f.lo <= law(2e10) <= f.hi
+    without = forecast(SIZES, law(SIZES), 2e10, **kw, forms=("powerlaw", "saturating", EMERGENCE))
+    assert EMERGENCE not in {x.form for x in without.forms}  # no chance level, no emergence form
+
+
+def test_every_ladder_names_its_source_and_the_held_out_ladders_are_in_the_benchmark():
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import forecast_benchmark as bench
+
+    from reports.collect import read_table
+
+    readme = (bench.LADDERS / "README.md").read_text()
+    names = sorted(p.stem for p in bench.LADDERS.glob("*.csv"))
+    assert len(names) >= 4 and set(bench.HELD_OUT) <= set(names)
+    for name in names:
+        assert f"| `{name}` |" in readme, f"{name}: no source row in benchmarks/ladders/README.md"
+        df = read_table(bench.LADDERS / f"{name}.csv")
+        chance = df["chance"].dropna()
+        assert ((chance >= 0) & (chance < 1)).all() and df.loc[chance.index, "bounded"].all()
+    qwen = read_table(bench.LADDERS / "qwen2.5.csv")
+    assert qwen.groupby(["task", "mode", "metric"]).ngroups == 22
+    assert (qwen["params"] <= qwen["params"].max() / 10).groupby(qwen["task"]).sum().eq(4).all()

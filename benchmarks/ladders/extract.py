@@ -4,7 +4,9 @@
 
 PATH is a git directory of github.com/EleutherAI/pythia (any clone; the commit used is in the
 README). Chinchilla comes from tests/data; Cerebras-GPT's rows are transcribed below from its
-model card. Every table is written as a results table `sweep report --from FILE` reads.
+model card, Qwen2.5's from its technical report's base-model tables. Every table is written as a
+results table `sweep report --from FILE` reads, with a `chance` column: the accuracy of guessing
+(1 / options for multiple choice, 0 for generated answers), empty where unknown or mixed.
 """
 
 from __future__ import annotations
@@ -60,6 +62,38 @@ CEREBRAS_5SHOT = """
 6.7B 0.444 0.736 0.590 0.591 0.667 0.314 0.270
 13B  0.514 0.768 0.674 0.655 0.743 0.398 0.318
 """
+# Qwen2.5 technical report (arXiv 2412.15115), base models: Table 5 (0.5B, 1.5B, 3B), Table 4
+# (7B), Table 3 (14B, 32B), Table 2 (72B), in percent. Per row: task, shots, metric, chance,
+# then the 7 sizes. Chance: 1/options for multiple choice, 0 for generated answers, "-" unknown.
+QWEN_PARAMS = [0.5e9, 1.5e9, 3e9, 7e9, 14e9, 32e9, 72e9]  # nominal sizes, as for Pythia and OPT
+QWEN25 = """
+mmlu 5 acc 0.25 55.9 60.9 65.6 74.2 79.7 83.3 86.1
+mmlu_pro 5 acc 0.1 21.6 28.5 34.6 45.0 51.2 55.1 58.1
+mmlu_redux 5 acc 0.25 51.8 58.5 63.7 71.1 76.6 82.0 82.8
+bbh 3 acc - 36.5 45.1 56.3 70.4 78.2 84.5 86.3
+arc_challenge 25 acc 0.25 43.7 54.7 56.5 63.7 67.3 70.4 70.9
+truthfulqa 0 acc - 40.2 46.6 48.9 56.4 58.4 57.8 55.3
+winogrande 5 acc 0.5 56.3 65.0 71.1 75.9 81.0 82.0 83.9
+hellaswag 10 acc 0.25 52.1 67.9 74.6 80.2 84.3 85.2 89.2
+gpqa 5 acc 0.25 24.8 24.2 26.3 36.4 32.8 48.0 43.9
+theoremqa 5 acc 0 16.0 22.1 27.4 36.0 43.0 44.1 48.5
+math 4 acc 0 21.6 35.0 42.6 49.8 55.6 57.7 62.1
+mmlu_stem 5 acc 0.25 39.8 54.8 62.5 72.3 76.4 80.9 81.2
+gsm8k 4 acc 0 41.6 68.5 79.1 85.4 90.2 92.9 91.5
+humaneval 0 pass@1 0 30.5 37.2 42.1 57.9 56.7 58.5 59.1
+humaneval_plus 0 pass@1 0 29.9 32.9 36.0 50.6 51.2 52.4 52.4
+mbpp 0 pass@1 0 46.9 60.2 57.1 74.9 76.7 84.5 84.7
+mbpp_plus 0 pass@1 0 33.8 49.6 49.4 62.9 63.2 67.2 66.9
+multipl_e 0 pass@1 0 18.9 33.1 41.2 50.3 53.5 59.4 61.0
+multi_exam mixed acc - 30.8 47.9 54.6 59.4 70.6 75.4 78.5
+multi_understanding mixed acc - 50.7 65.1 76.6 79.3 85.9 88.4 89.2
+multi_mathematics 8 acc 0 13.5 37.5 48.9 57.8 68.5 73.7 82.4
+multi_translation 5 bleu 0 15.3 25.0 29.3 32.4 36.2 37.3 40.4
+"""
+# Guessing accuracy of the lm-evaluation-harness tasks (Pythia, OPT) and Cerebras-GPT's tasks.
+CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "sciq": 0.25, "winogrande": 0.5,
+          "lambada_openai": 0.0, "lambada": 0.0, "logiqa": 0.25, "wsc": 0.5, "hellaswag": 0.25,
+          "openbookqa": 0.25}  # fmt: skip
 # Chinchilla's IsoFLOP budgets (Hoffmann et al. 2022, Figure 3): each point is assigned to the nearest.
 CHINCHILLA_BUDGETS = [6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21]
 
@@ -125,6 +159,24 @@ def cerebras() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def qwen25() -> pd.DataFrame:
+    rows = []
+    for line in QWEN25.strip().splitlines():
+        task, shots, metric, chance, *vals = line.split()
+        mode = "mixed-shot" if shots == "mixed" else f"{shots}-shot"
+        for n, v in zip(QWEN_PARAMS, vals, strict=True):
+            rows.append({"model": f"qwen2.5-{n / 1e9:g}b", "params": n, "task": task, "mode": mode,
+                         "metric": metric, "value": round(float(v) / 100, 4), "higher_is_better": True,
+                         "bounded": True, "chance": None if chance == "-" else float(chance)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def with_chance(df: pd.DataFrame) -> pd.DataFrame:
+    """The `chance` column for accuracies of the tasks in CHANCE (empty for other metrics)."""
+    acc = df["metric"] == "acc"
+    return df.assign(chance=[CHANCE.get(t) if a else None for t, a in zip(df["task"], acc, strict=True)])
+
+
 def chinchilla() -> pd.DataFrame:
     """The compute-optimal frontier (the paper's Approach 2): per IsoFLOP budget, a parabola in
     log N through that budget's points; its vertex is the optimal size and its loss."""
@@ -159,6 +211,8 @@ def main() -> None:
         "opt": opt(a.pythia_git),
         "cerebras-gpt": cerebras(),
     }
+    tables = {name: with_chance(df) for name, df in tables.items()}
+    tables["qwen2.5"] = qwen25()
     for name, df in tables.items():
         df.to_csv(HERE / f"{name}.csv", index=False)
         series = df.groupby(["task", "mode", "metric"]).ngroups
