@@ -79,8 +79,11 @@ def worker_main(config: dict) -> None:
     train_loop(config)
 
 
-def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None) -> RungOutcome:
-    """Train (or resume) one rung to completion with Ray Train. Ray must be initialised."""
+def fit_rung(
+    rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None = None, stop=None
+) -> RungOutcome:
+    """Train (or resume) one rung to completion with Ray Train, or until `stop` (a StopFlag actor,
+    orchestrator.training.stop) is set. Ray must be initialised."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -108,6 +111,7 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
             # One id per fit: a worker group that finds it in resume.json is a restart within this fit.
             "launch": uuid.uuid4().hex,
             "max_failures": rung.max_failures,
+            "stop": stop,
         },
         scaling_config=ScalingConfig(
             num_workers=rung.workers,
@@ -132,7 +136,10 @@ def fit_rung(rung: RungConfig, runs_root: Path, tracker=None, run_id: str | None
     failure = (read_json(paths.failure) or {}).get("reason")
     if failure:
         return RungOutcome(rung.key, False, _last_step(paths), failure)
-    return RungOutcome(rung.key, True, _last_step(paths))
+    step = _last_step(paths)
+    if stop is not None and step < rung.steps:  # left its loop because `stop` was set
+        return RungOutcome(rung.key, False, step, f"stopped at step {step}")
+    return RungOutcome(rung.key, True, step)
 
 
 def _last_step(paths: RungPaths) -> int:

@@ -14,8 +14,8 @@ Re-running skips finished rungs and evals, resumes partial rungs, and reuses run
 Nothing is lost when a process dies: every metric is on disk before it is sent to MLflow,
 and MLflow is reconciled against the disk (orchestrator.reconcile) when the driver starts,
 when the tracker actor was restarted (Ray restarts it; the driver sees a new incarnation)
-and when the driver stops. Ctrl-C and SIGTERM take the same path: cancel evals, flush the
-tracker, reconcile, exit.
+and when the driver stops. Ctrl-C and SIGTERM take one path: cancel evals, stop the fits
+(orchestrator.training.stop), flush the tracker, reconcile, exit.
 """
 
 from __future__ import annotations
@@ -37,17 +37,13 @@ from orchestrator import policy, references
 from orchestrator.policy import EvalKey, RungState, SweepState, check_schedulable, eval_steps, select_rungs  # noqa: F401  (check_schedulable, eval_steps: their old home)
 from orchestrator.pretrain import RungOutcome, fit_rung
 from orchestrator.progress import restart_line
-from orchestrator.raycluster import (
-    alive_node_resources,
-    connect,
-    eval_task,
-    init_local_ray,  # noqa: F401  (its old home; tests import it here)
-)
+from orchestrator.raycluster import alive_node_resources, connect, eval_task, init_local_ray  # noqa: F401  (init_local_ray: its old home; tests import it here)
 from orchestrator.reconcile import reconcile_runs
 from orchestrator.state import SweepLock
 from orchestrator.status import describe_rerun, live_row, restart_count
 from orchestrator.sweep_tracking import log_eval, open_tracking
 from orchestrator.tracking import absolute_tracking_uri, check_tracking
+from orchestrator.training.stop import new_stop_flag, stop_fits
 
 TICK_S = 1.0
 
@@ -105,6 +101,7 @@ class Sweep:
         self.jobs: dict[EvalKey, EvalJob] = {}
         self.started = time.time()
         self.stop_signal: str | None = None  # "SIGTERM" when a kill, not Ctrl-C, stopped the sweep
+        self.stop_flag = None  # set on Ctrl-C or SIGTERM: the fits leave their loops (training.stop)
         self.references = references.ReferenceEvals(spec, self.root, lambda ln: self.say(ln), self.train_only)
 
     # -------------------------------------------------------- before Ray
@@ -139,6 +136,7 @@ class Sweep:
             self.lock.acquire()
             previous = self._on_sigterm()
             try:
+                self.stop_flag = new_stop_flag()
                 self._open_tracking()
                 self.reconcile()  # what a crash of the last driver kept from MLflow
                 return self._loop(display)
@@ -164,7 +162,7 @@ class Sweep:
             for job in self.jobs.values():
                 job.ref = None
             self.references.drop_handles()
-            self.tracker = None
+            self.tracker = self.stop_flag = None
             if started_ray:
                 ray.shutdown()
 
@@ -266,7 +264,8 @@ class Sweep:
                 path = RungPaths.for_rung(job.rung, self.root).eval_record(job.step, job.task, job.mode)
                 write_json(path, {**(read_json(path) or {}), "state": "interrupted"})
         self.references.interrupt(ray)
-        for rr in self.runs.values():
+        stop_fits(ray, self.stop_flag, [rr.thread for rr in self.runs.values() if rr.state == "running"])
+        for rr in self.runs.values():  # their fits stopped: what they wrote is final until the next run
             if rr.state == "running":
                 rr.state, rr.reason = "interrupted", f"interrupted by {by}"
                 self._status(rr)
@@ -281,7 +280,7 @@ class Sweep:
 
         def target():
             try:
-                rr.outcome = fit_rung(rr.rung, self.root, self.tracker, rr.run_id)
+                rr.outcome = fit_rung(rr.rung, self.root, self.tracker, rr.run_id, self.stop_flag)
             except Exception as e:  # never let one rung take the driver down
                 rr.outcome = RungOutcome(rr.rung.key, False, 0, f"{type(e).__name__}: {e}")
 
@@ -493,5 +492,6 @@ def open_sweep(
     spec_path: Path, runs_dir: Path | str | None = None, only: list[str] | None = None, **kw
 ) -> Sweep:
     """runs_dir: --runs-dir; None for the spec's `storage:`, else runs/."""
+    spec_path = Path(spec_path).resolve()  # in a Ray Job the working directory may vanish after ray.init
     spec = load_spec(spec_path)
     return Sweep(spec, spec_path, select_rungs(spec, only), runs_root(runs_dir, spec.storage), **kw)

@@ -4,6 +4,7 @@
 - `training.engine`       the worker's place, the DeepSpeed engine build, and the resume from a checkpoint
 - `training.sinks`        where rank 0's per-step metrics go: metrics.jsonl, MLflow, progress.json, a store
 - `training.checkpoints`  saving a checkpoint: ZeRO shards, the encoder export, the upload to a store
+- `training.stop`         leaving the step loop together when the driver is interrupted (a flag actor)
 
 `train_loop` reads as the run does, top to bottom:
 
@@ -15,6 +16,6 @@
 
 Batches and masks are pure functions of (seed, step, rank), so a resumed run logs the same
 losses as one never stopped. The driver side (the TorchTrainer, outcomes): orchestrator.pretrain.
-The modules import one another one way only: loop -> engine, sinks, checkpoints; checkpoints ->
+The modules import one another one way only: loop -> engine, sinks, checkpoints, stop; checkpoints ->
 engine; engine -> sinks.
 """

@@ -28,6 +28,7 @@ from models.mae import normalize_video, random_masking
 from orchestrator.training.checkpoints import Publish, save_checkpoint
 from orchestrator.training.engine import Worker, build_engine, record_worker, resume, start_worker
 from orchestrator.training.sinks import MetricSinks, RunLog
+from orchestrator.training.stop import stop_requested
 
 # Dense bf16 peaks (FLOP/s) for MFU, by device name fragment.
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -212,6 +213,12 @@ def train_loop(config: dict) -> None:
                 {"step": done, "loss": loss, **held_loss},
                 sinks.flush if sinks else None,
             )
+        if stop_requested(config.get("stop"), worker.rank):  # the driver was interrupted
+            if worker.rank == 0:
+                print(
+                    f"[{rung.key}] stopped after step {done}: the sweep's driver was interrupted", flush=True
+                )
+            break
         t0 = time.perf_counter()
     if publishing is not None:  # the final checkpoint is sealed before the worker returns
         waited = publishing.wait()
