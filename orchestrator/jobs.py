@@ -24,6 +24,7 @@ from contracts.spec import load_spec
 from orchestrator.tracking import absolute_tracking_uri, check_tracking, redacted, sqlite_path
 
 STOP_WAIT_S = 120  # Ray's default is 3 s between SIGTERM and SIGKILL: too short to flush and reconcile
+AGENT_WAIT_S = 60  # a head node's job agent starts seconds after its dashboard answers
 EXCLUDES = ["runs/", ".git/", ".venv/", "*.db", "__pycache__/"]
 
 
@@ -80,18 +81,30 @@ def submit_job(
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise SubmitError(f"no Ray job server at {address or 'the default address'}: {e}") from None
     name = load_spec(spec_path).name
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        submission_id=f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        runtime_env={
+    submission = {
+        "entrypoint": entrypoint,
+        "submission_id": f"sweep-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        "runtime_env": {
             "working_dir": str(spec_path.parent),
             "excludes": EXCLUDES,
             # none of the keys the driver's ray.init sets: Ray refuses to merge a clash
             "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)},
         },
-        metadata={"sweep": name},
-    )
-    return Submitted(job_id, client.get_address(), entrypoint)
+        "metadata": {"sweep": name},
+    }
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return Submitted(client.submit_job(**submission), client.get_address(), entrypoint)
+        except RuntimeError as e:  # a head just started answers before its job agent is up
+            if "No available agent" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise SubmitError(
+                    f"the job server at {client.get_address()} has no agent to run jobs after "
+                    f"{AGENT_WAIT_S} s (is the head node's dashboard agent running?): {e}"
+                ) from None
+            time.sleep(2)
 
 
 def how_to_follow(job: Submitted) -> list[str]:
