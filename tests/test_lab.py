@@ -2,10 +2,12 @@
 the tests (tests/lab_server.py), `sweep ui` kept private, bad credentials refused before anything
 starts, and the driver submitted as a Ray Job. Nothing mocked."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,11 +15,13 @@ import psycopg
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from test_sweep import SPEC, SWEEP, wait_for, write_spec
+from test_sweep import SPEC, SWEEP, eval_records, wait_for, write_spec
+from two_nodes import two_node_cluster
 from typer.testing import CliRunner
 
 from contracts.layout import RungPaths
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG
+from contracts.spec import load_spec
 from orchestrator.cli import app
 from orchestrator.reconcile import differences, disk_points
 from orchestrator.tracking import Tracker
@@ -34,8 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_spec(tmp_path: Path, url: str, text: str = LAB_SPEC) -> Path:
-    return write_spec(tmp_path, text.replace("name: sw\n", f"name: sw\ntracking: {{uri: '{url}'}}\n"))
+def server_spec(tmp_path: Path, url: str, text: str = LAB_SPEC, sweep: str = "sw") -> Path:
+    named = f"name: {sweep}\n"
+    return write_spec(tmp_path, text.replace(named, f"{named}tracking: {{uri: '{url}'}}\n"))
 
 
 def rung_runs(client: MlflowClient, sweep: str = "sw") -> dict[str, str]:
@@ -200,3 +205,122 @@ def test_submit_refuses_what_a_job_would_lose_before_submitting(tmp_path, monkey
     )
     assert result.exit_code == 2 and "is a SQLite file on this machine" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ the driver as a Ray Job, on the server
+
+
+def job_driver_logs(jobs, job_id: str, timeout: float) -> str:
+    wait_for(lambda: jobs.get_job_status(job_id).is_terminal(), timeout, f"Ray job {job_id} to end")
+    return jobs.get_job_logs(job_id)
+
+
+@pytest.mark.slow
+@pytest.mark.minutes
+def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two_nodes(
+    lab_server, tmp_path, tmp_path_factory, monkeypatch
+):
+    """`sweep run --submit` on a two-node cluster sharing a disk, tracked on the lab's server: the job is
+    stopped once rung b sealed a checkpoint (`ray job stop`: the driver's SIGTERM path stops the fits,
+    flushes and reconciles), b's points past step 5 are deleted from the server (what a lost tracker
+    buffer takes), and the job submitted again restores them, resumes b from its checkpoint and
+    finishes: the server equal to the disk (every eval metric at every evaluated checkpoint once), both
+    nodes used, the password in nothing written or said."""
+    from ray.job_submission import JobStatus
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", lab_server.username)  # this test's own reads
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", lab_server.password)
+    # The cluster's own environment holds the credentials (as a lab's secret would) and runs this checkout.
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**lab_server.env(), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    # Evals at steps 16 and 48: a's 16 (its last), b's 16 and 48.
+    text = SPEC.replace("name: sw\n", "name: job\n").replace("checkpoints: all", "checkpoints: [16, 48]")
+    spec = server_spec(tmp_path, lab_server.url, text, sweep="job")
+    runs = tmp_path / "runs"  # absolute, on the disk both nodes share
+    dirs = {r.name: runs / "job" / r.key for r in load_spec(spec).rungs()}
+    submit = [*SWEEP, "run", str(spec), "--submit", "--runs-dir", str(runs)]
+    said: list[str] = []
+    with two_node_cluster(tmp_path_factory.mktemp("job-caches"), env, dashboard=True) as nodes:
+        jobs = wait_for_job_server(nodes.dashboard)
+        first = subprocess.run(
+            [*submit, "--address", nodes.dashboard],
+            env=nodes.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        said += [first.stdout, first.stderr]
+        assert first.returncode == 0, first.stdout + first.stderr
+        job_id = first.stdout.split("Ray job ")[1].split()[0]
+        assert f"ray job logs --address {nodes.dashboard} --follow {job_id}" in first.stdout
+        # Both rungs train at once (2 CPUs each, one per node); b's first checkpoint is at 16 of 48 steps.
+        wait_for(
+            lambda: (
+                (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
+                or jobs.get_job_status(job_id).is_terminal()
+            ),
+            400,
+            "rung b's first checkpoint",
+        )
+        assert jobs.stop_job(job_id), jobs.get_job_logs(job_id)
+        logs = job_driver_logs(jobs, job_id, 180)
+        said.append(logs)
+        assert jobs.get_job_status(job_id) == JobStatus.STOPPED, logs
+        assert "interrupted by SIGTERM" in logs and "reconciled" in logs and "2 node(s)" in logs, logs
+        # The driver stopped b's fit before it exited (at 8 clips a step, b trained to its end in the ~5 s
+        # of flush and reconcile that took before orchestrator.training.stop).
+        stopped_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
+        assert 16 <= stopped_at < 48
+        client = MlflowClient(lab_server.url)
+        b_run = rung_runs(client, "job")[dirs["b"].name]
+        assert forget_on_server(lab_server.database, b_run, after_step=5) > 0  # a lost buffer, made certain
+
+        second = subprocess.run(
+            [*submit, "--address", nodes.dashboard],
+            env=nodes.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        said += [second.stdout, second.stderr]
+        assert second.returncode == 0, second.stdout + second.stderr
+        job2 = second.stdout.split("Ray job ")[1].split()[0]
+        logs2 = job_driver_logs(jobs, job2, 600)
+        said.append(logs2)
+        assert jobs.get_job_status(job2) == JobStatus.SUCCEEDED, logs2
+
+    restored = [ln for ln in logs2.splitlines() if ln.startswith(f"[{dirs['b'].name}] restored ")]
+    assert len(restored) == 1 and f" {stopped_at - 5} training steps" in restored[0], logs2
+    assert json.loads((dirs["b"] / "resume.json").read_text())["step"] >= 16, logs2  # from a checkpoint
+    for d in dirs.values():
+        recs = eval_records(d)
+        assert all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
+    assert sorted(len(eval_records(d)) for d in dirs.values()) == [2, 4]  # 2 tasks x (1 | 2 checkpoints)
+    # Every point on disk once on the server, eval metrics at every evaluated checkpoint with their values.
+    assert_store_equals_disk(client, dirs, "job")
+    train_nodes = {
+        json.loads(p.read_text())["node_id"] for d in dirs.values() for p in d.glob("workers/rank*.json")
+    }
+    eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
+    assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
+    # The password is in nothing the sweep wrote or said, nor in MLflow's params and tags.
+    assert files_holding(tmp_path, lab_server.password) == []
+    assert files_holding(lab_server.artifacts, lab_server.password) == []
+    assert not [s for s in said if lab_server.password in s]
+    for r in client.search_runs([client.get_experiment_by_name("job").experiment_id]):
+        assert lab_server.password not in json.dumps([r.data.params, r.data.tags]), r.info.run_name
+
+
+def wait_for_job_server(url: str):
+    from ray.job_submission import JobSubmissionClient
+
+    deadline = time.time() + 180
+    while True:
+        try:
+            jobs = JobSubmissionClient(url)
+            jobs.list_jobs()
+            return jobs
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)

@@ -4,18 +4,17 @@ resume, a two-node cluster, and `sweep status` along the way."""
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import BUCKET
 from mlflow.tracking import MlflowClient
+from two_nodes import two_node_cluster
 from typer.testing import CliRunner
 
 from contracts.layout import RungPaths, read_json
@@ -329,12 +328,6 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
     assert_mlflow_equals_disk(tmp_path, dirs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check_status_and_report_from_another_machine(tmp_path: Path, spec: Path, sweep: str, store: str) -> None:
     """`sweep status` and `sweep report` from a machine that only reads the store (another working
     directory with no MLflow DB, another cache): the report rebuilds MLflow from the records and is
@@ -366,96 +359,19 @@ def check_status_and_report_from_another_machine(tmp_path: Path, spec: Path, swe
     assert len(rung_runs) == 2 and all("train/loss" in r.data.metrics for r in rung_runs)
 
 
-@dataclass
-class TwoNodes:
-    address: str
-    env: dict  # what a driver on the head node runs with
-
-
 @pytest.fixture(scope="module")
 def two_nodes(s3, tmp_path_factory):
-    """A two-node Ray cluster (`ray start`, head + one worker node, 2 CPUs each) shared by the two-node
-    tests: each node has its own cache, as two machines would. Started after the S3 server, so every
-    node reads its AWS variables; the shared-disk sweep ignores them."""
-    caches = tmp_path_factory.mktemp("two-node-caches")
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "SWEEP4D_CACHE": str(caches / "cache-head")}
-    common = ["--block", "--disable-usage-stats"]
-    head = subprocess.Popen(
-        [
-            ray_bin,
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "2",
-            "--include-dashboard=false",
-            "--ray-client-server-port",
-            str(_free_port()),
-            *common,
-        ],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    nodes = [head]
-    try:
-        address = f"127.0.0.1:{port}"
-        worker = subprocess.Popen(
-            [
-                ray_bin,
-                "start",
-                "--address",
-                address,
-                "--num-cpus",
-                "2",
-                "--resources",
-                '{"second_node": 1}',
-                *common,
-            ],
-            env={**env, "SWEEP4D_CACHE": str(caches / "cache-worker")},
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        nodes.append(worker)
-        count = [
-            sys.executable,
-            "-c",
-            f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
-            "print(sum(n['Alive'] for n in ray.nodes()))",
-        ]
-        wait_for(
-            lambda: (
-                subprocess.run(count, env=env, capture_output=True, text=True).stdout.strip().endswith("2")
-            ),
-            120,
-            "the worker node to join",
-        )
-        yield TwoNodes(address, env)
-    finally:
-        # SIGKILL each node's process group (`ray start` and the GCS, raylet and workers it started):
-        # a SIGTERMed worker node whose head is gone waited out a 30 s timeout here, every run.
-        for p in reversed(nodes):
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(30)
+    """Started after the S3 server, so every node reads its AWS variables."""
+    with two_node_cluster(tmp_path_factory.mktemp("two-node-caches"), dict(os.environ)) as nodes:
+        yield nodes
 
 
 @pytest.mark.minutes
-@pytest.mark.parametrize("storage", ["shared-disk", "s3"])
-def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
-    """On s3 the nodes share no run directory: each has its own cache, and every record, shard and
-    export goes through the store; `sweep status` and `sweep report` then work from a third place.
-    Both storages run on one cluster (the `two_nodes` fixture): a cluster's start is not what is tested."""
-    spec_text = SPEC
-    if storage == "s3":
-        spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
+def test_two_node_cluster_on_s3_both_nodes_do_work(tmp_path, two_nodes):
+    """The nodes share no run directory: each has its own cache, and every record, shard and export goes
+    through the store; `sweep status` and `sweep report` then work from a third place. (Two nodes on a
+    shared disk: tests/test_lab.py's driver submitted as a Ray Job.)"""
+    spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
     spec = write_spec(
         tmp_path,
         spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
@@ -471,8 +387,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 node(s)" in run.stdout
     dirs = rung_dirs(tmp_path, spec)
-    if storage == "s3":  # nothing of the run on local disk
-        assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mlflow.db"]  # nothing of the run here
     for d in dirs.values():
         recs = eval_records(d)
         assert recs and all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
@@ -485,8 +400,7 @@ def test_two_node_cluster_both_nodes_do_work(tmp_path, storage, two_nodes):
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sw").experiment_id])
     assert all("train/loss" in r.data.metrics for r in runs if r.data.tags[ROLE_TAG] == "rung")
-    if storage == "s3":
-        check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
+    check_status_and_report_from_another_machine(tmp_path, spec, "sw", f"s3://{BUCKET}/two-node")
 
 
 def ray_children(pid: int, title: str) -> list:

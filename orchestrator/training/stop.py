@@ -38,7 +38,13 @@ def stop_requested(flag, rank: int) -> bool:
         return False
     import ray
 
-    stop = torch.tensor([1 if rank == 0 and ray.get(flag.is_set.remote()) else 0])
+    asked = False
+    if rank == 0:
+        try:
+            asked = ray.get(flag.is_set.remote())
+        except ray.exceptions.RayError:  # the flag's node lost: train on (the driver's exit still stops us)
+            asked = False
+    stop = torch.tensor([1 if asked else 0])
     dist.broadcast(stop, src=0)
     return bool(stop.item())
 
