@@ -210,6 +210,91 @@ def _boot_log_q(f: Fit, N: float) -> np.ndarray:
     return _FORMS[f.form].model(np.asarray(f.boot), cols)[0][:, 0] + np.asarray(f.noise)
 
 
+@dataclass
+class _Credible:
+    """The credible forms of one series at one target: each form's log-quantity there (`centre`) and
+    its draws (`boot`); `fits` the size laws (with their bootstrap), `closed` the closed-form fits."""
+
+    fits: dict[str, Fit]
+    closed: dict
+    centre: dict[str, float]
+    boot: dict[str, np.ndarray]
+
+    def to_metric(self, log_q) -> np.ndarray:
+        return _to_metric(next(iter(self.fits.values())), np.exp(log_q))
+
+
+def _credible(N, y, target, forms, kw, bootstrap, seed, rng, chance) -> _Credible:
+    fits: dict[str, Fit] = {}
+    for form in (f for f in forms if f in SIZE_LAWS):
+        try:
+            fits[form] = fit_many(form, N, y[None], **kw, bootstrap=bootstrap, seed=seed)[0]
+        except FitError:
+            continue
+    if not fits:
+        raise FitError("no size law can be fitted to this series")
+    centre = {form: float(_log_q(f, [target])[0]) for form, f in fits.items()}
+    boot = {form: _boot_log_q(f, target) for form, f in fits.items()}
+    closed = {}
+    hib, bounded = kw["higher_is_better"], kw["bounded"]
+    for form in (f for f in forms if f in CLOSED_FORMS):
+        if _closed_usable(form, N, hib, bounded, chance):
+            m = closed[form] = _closed_fit(form, N, y, hib, bounded, chance)
+            centre[form], boot[form] = float(m.log_q([target])[0]), m.draws(target, bootstrap, rng)
+    return _Credible(fits, closed, centre, boot)
+
+
+def _scaled_errors(forms, N, y, kw, chance, rho_t: float) -> dict[str, float]:
+    """Each form's far-backtest log error per unit of ln(ratio), weighted toward distances like the
+    target's (a form without a backtest is absent)."""
+    scaled = {}
+    for form in forms:
+        e, rho = far_backtest(form, N, y, **kw, chance=chance)
+        if e.size:
+            w = np.minimum(rho / rho_t, 1.0)
+            scaled[form] = float(np.sqrt(np.sum(w * (e / rho) ** 2) / np.sum(w)))
+    return scaled
+
+
+def _mixture(c: _Credible, weights, kappa: float, rho_t: float, bootstrap: int, rng, tail: float):
+    """The interval's ends in log space: the forms' draws mixed by weight, widened by the
+    extrapolation error kappa * ln(ratio)."""
+    draws = []
+    for form in c.centre:
+        b = c.boot[form] if c.boot[form].size else np.full(bootstrap, c.centre[form])
+        draws.append(rng.choice(b, size=max(1, round(weights[form] * 4 * bootstrap)), replace=True))
+    logq = np.concatenate(draws)
+    logq = logq + kappa * rho_t * rng.standard_normal(logq.size)
+    return np.percentile(logq, [tail, 100 - tail])
+
+
+def _per_form(c: _Credible, weights, scaled, tail: float) -> list[FormForecast]:
+    out = []
+    for form in c.centre:
+        v, a, b = c.to_metric([c.centre[form], *_pct(c.boot[form], tail)])
+        out.append(
+            FormForecast(form, float(v), float(min(a, b)), float(max(a, b)), weights[form], scaled.get(form))
+        )
+    return out
+
+
+def _intervals_at(c: _Credible, bootstrap: int, rng, tail: float):
+    """n -> each form's interval at size n (for how far the forms' intervals keep overlapping)."""
+
+    def intervals(n: float) -> list[FormForecast]:
+        out = [
+            FormForecast(k, math.nan, *(float(a[0]) for a in predict(f, n)[1:]), 0.0, None)
+            for k, f in c.fits.items()
+        ]
+        for k, m in c.closed.items():
+            if m.df > 0:
+                lo_hi = c.to_metric(np.percentile(m.draws(n, bootstrap, rng), [tail, 100 - tail]))
+                out.append(FormForecast(k, math.nan, float(min(lo_hi)), float(max(lo_hi)), 0.0, None))
+        return out
+
+    return intervals
+
+
 def forecast(
     N,
     y,
@@ -231,67 +316,19 @@ def forecast(
     se = None if se is None else np.asarray(se, float).ravel()
     kw = {"higher_is_better": higher_is_better, "bounded": bounded, "se": se}
     rng = np.random.default_rng(seed)
-    fits: dict[str, Fit] = {}
-    for form in (f for f in forms if f in SIZE_LAWS):
-        try:
-            fits[form] = fit_many(form, N, y[None], **kw, bootstrap=bootstrap, seed=seed)[0]
-        except FitError:
-            continue
-    if not fits:
-        raise FitError("no size law can be fitted to this series")
+    c = _credible(N, y, target, forms, kw, bootstrap, seed, rng, chance)
     ratio = float(target / N.max())
     rho_t = math.log(max(ratio, 1.0 + 1e-9))
-    centre = {form: float(_log_q(f, [target])[0]) for form, f in fits.items()}
-    boot = {form: _boot_log_q(f, target) for form, f in fits.items()}
-    closed = {}
-    for form in (f for f in forms if f in CLOSED_FORMS):
-        if _closed_usable(form, N, higher_is_better, bounded, chance):
-            m = closed[form] = _closed_fit(form, N, y, higher_is_better, bounded, chance)
-            centre[form], boot[form] = float(m.log_q([target])[0]), m.draws(target, bootstrap, rng)
-    scaled = {}
-    for form in centre:
-        e, rho = far_backtest(form, N, y, **kw, chance=chance)
-        if e.size:
-            w = np.minimum(rho / rho_t, 1.0)
-            scaled[form] = float(np.sqrt(np.sum(w * (e / rho) ** 2) / np.sum(w)))
-    weights = _weights(list(centre), scaled)
-    mu = sum(weights[k] * centre[k] for k in centre)
-    kappa = max(KAPPA_FLOOR, sum(weights[k] * scaled.get(k, 0.0) for k in centre))
-
-    draws = []
-    for form in centre:
-        b = boot[form] if boot[form].size else np.full(bootstrap, centre[form])
-        draws.append(rng.choice(b, size=max(1, round(weights[form] * 4 * bootstrap)), replace=True))
-    logq = np.concatenate(draws)
-    logq = logq + kappa * rho_t * rng.standard_normal(logq.size)
+    scaled = _scaled_errors(c.centre, N, y, kw, chance, rho_t)
+    weights = _weights(list(c.centre), scaled)
+    mu = sum(weights[k] * c.centre[k] for k in c.centre)
+    kappa = max(KAPPA_FLOOR, sum(weights[k] * scaled.get(k, 0.0) for k in c.centre))
     tail = (1 - LEVEL) / 2 * 100
-    lo_q, hi_q = np.percentile(logq, [tail, 100 - tail])
-    vals = _to_metric(next(iter(fits.values())), np.exp([mu, lo_q, hi_q]))
+    vals = c.to_metric([mu, *_mixture(c, weights, kappa, rho_t, bootstrap, rng, tail)])
     value, lo, hi = float(vals[0]), float(min(vals[1:])), float(max(vals[1:]))
-
-    per_form = []
-    for form in centre:
-        v, a, b = _to_metric(next(iter(fits.values())), np.exp([centre[form], *_pct(boot[form], tail)]))
-        per_form.append(
-            FormForecast(form, float(v), float(min(a, b)), float(max(a, b)), weights[form], scaled.get(form))
-        )
+    per_form = _per_form(c, weights, scaled, tail)
     agree = _overlap(per_form)
-    tail_q = [tail, 100 - tail]
-
-    def intervals(n: float) -> list[FormForecast]:
-        out = [
-            FormForecast(k, math.nan, *(float(a[0]) for a in predict(f, n)[1:]), 0.0, None)
-            for k, f in fits.items()
-        ]
-        for k, m in closed.items():
-            if m.df > 0:
-                lo_hi = _to_metric(
-                    next(iter(fits.values())), np.exp(np.percentile(m.draws(n, bootstrap, rng), tail_q))
-                )
-                out.append(FormForecast(k, math.nan, float(min(lo_hi)), float(max(lo_hi)), 0.0, None))
-        return out
-
-    trusted = ratio if agree else _trusted_ratio(intervals, N.max(), target)
+    trusted = ratio if agree else _trusted_ratio(_intervals_at(c, bootstrap, rng, tail), N.max(), target)
     best = max(weights, key=weights.get)
     why = (
         "forms averaged by far-looking backtest"
