@@ -242,17 +242,23 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
     said: list[str] = []
     with two_node_cluster(tmp_path_factory.mktemp("job-caches"), env, dashboard=True) as nodes:
         jobs = wait_for_job_server(nodes.dashboard)
-        first = subprocess.run(
-            [*submit, "--address", nodes.dashboard],
-            env=nodes.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        said += [first.stdout, first.stderr]
-        assert first.returncode == 0, first.stdout + first.stderr
-        job_id = first.stdout.split("Ray job ")[1].split()[0]
-        assert f"ray job logs --address {nodes.dashboard} --follow {job_id}" in first.stdout
+
+        def submit_job() -> str:
+            """`sweep run --submit`; -> the job id it printed, with how to follow the job."""
+            done = subprocess.run(
+                [*submit, "--address", nodes.dashboard],
+                env=nodes.env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            said.extend([done.stdout, done.stderr])
+            assert done.returncode == 0, done.stdout + done.stderr
+            job_id = done.stdout.split("Ray job ")[1].split()[0]
+            assert f"ray job logs --address {nodes.dashboard} --follow {job_id}" in done.stdout
+            return job_id
+
+        job_id = submit_job()
         # Both rungs train at once (2 CPUs each, one per node); b's first checkpoint is at 16 of 48 steps.
         wait_for(
             lambda: (
@@ -275,16 +281,7 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
         b_run = rung_runs(client, "job")[dirs["b"].name]
         assert forget_on_server(lab_server.database, b_run, after_step=5) > 0  # a lost buffer, made certain
 
-        second = subprocess.run(
-            [*submit, "--address", nodes.dashboard],
-            env=nodes.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        said += [second.stdout, second.stderr]
-        assert second.returncode == 0, second.stdout + second.stderr
-        job2 = second.stdout.split("Ray job ")[1].split()[0]
+        job2 = submit_job()
         logs2 = job_driver_logs(jobs, job2, 600)
         said.append(logs2)
         assert jobs.get_job_status(job2) == JobStatus.SUCCEEDED, logs2
