@@ -136,7 +136,12 @@ def run(
         str | None, typer.Option(help="Ray cluster address (default: the spec's, else a local cluster)")
     ] = None,
     max_concurrent: Annotated[
-        int | None, typer.Option(min=1, help="at most this many rungs training at once")
+        int | None,
+        typer.Option(
+            min=1,
+            help="at most this many rungs training at once (default: as many as the cluster can place "
+            "at once; every rung when it autoscales)",
+        ),
     ] = None,
     only: Annotated[str | None, typer.Option(help="comma-separated rung names to run")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would run, start nothing")] = False,

@@ -93,6 +93,23 @@ def fits(nodes: list[dict], bundle: dict[str, float], count: int) -> bool:
     return placed >= count
 
 
+def rungs_at_once(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict]) -> int:
+    """The most rungs a fixed cluster could ever train at once: its slots for the smallest rung's worker
+    over that rung's workers (at least 1, at most the ladder). Rungs beyond it wait in the driver rather
+    than in Ray: a Ray Train fit waiting for its placement group is a controller and helper actors, each
+    a process polling (the 2-core local ladder, its rungs submitted together: 933 s; one at a time: 766 s).
+    An upper bound, so it never keeps a rung from a place it could have. An autoscaling cluster grows for
+    pending work, so there every rung is submitted at once."""
+    if spec.cluster.autoscaling or not rungs:
+        return max(1, len(rungs))
+    smallest = min(rungs, key=lambda r: (r.workers * sum(bundle(r).values()), r.workers))
+    slots = sum(
+        int(min((res.get(k, 0) // v) if v else float("inf") for k, v in bundle(smallest).items()))
+        for res in nodes
+    )
+    return max(1, min(len(rungs), slots // smallest.workers))
+
+
 def check_schedulable(spec: SweepSpec, rungs: list[RungConfig], nodes: list[dict]) -> list[str]:
     """Problems that no amount of waiting will solve, unless the cluster autoscales."""
     if spec.cluster.autoscaling:

@@ -94,7 +94,7 @@ class Sweep:
         self.root = runs_root(root)  # a directory, or a store (contracts.storage)
         self.paths = SweepPaths.of(self.root, spec.name)
         self.train_only = train_only or not spec.evals.tasks
-        self.max_concurrent = max_concurrent or len(rungs)
+        self.max_concurrent = max_concurrent  # None: as many as the cluster can place (run)
         self.say = report
         self.lock = SweepLock(self.paths.lock)
         self.runs: dict[str, RungRun] = {}
@@ -128,11 +128,14 @@ class Sweep:
         if started_ray:
             connect(self.spec, address, num_cpus, self.say)
         try:
-            problems = check_schedulable(self.spec, self.rungs, alive_node_resources())
+            nodes = alive_node_resources()
+            problems = check_schedulable(self.spec, self.rungs, nodes)
             if problems:
                 raise SpecError(
                     "this sweep can never be scheduled on this cluster:\n  " + "\n  ".join(problems)
                 )
+            if self.max_concurrent is None:
+                self.max_concurrent = policy.rungs_at_once(self.spec, self.rungs, nodes)
             self.lock.acquire()
             previous = self._on_sigterm()
             try:

@@ -140,6 +140,26 @@ def test_gpu_rungs_need_a_gpu_per_worker_and_evals_one_node():
     assert [p.split(" needs")[0] for p in check_schedulable(spec, spec.rungs(), small)] == ["an eval"]
 
 
+def test_a_fixed_cluster_starts_only_the_rungs_it_can_place_at_once():
+    """The rest wait in the driver, not as Ray Train controllers polling for a placement group."""
+    from orchestrator.policy import rungs_at_once
+
+    ladder = [{"name": n, "width": 16, "depth": 1, "mlp": 32, "heads": 2} for n in "abcde"]
+    spec = spec_with({"cpu_workers": 2}, ladder=ladder)
+    assert rungs_at_once(spec, spec.rungs(), [{"CPU": 2}]) == 1  # the local ladder: 2 cores, 2 workers
+    assert rungs_at_once(spec, spec.rungs(), [{"CPU": 2}, {"CPU": 2}]) == 2  # a worker per node each
+    assert rungs_at_once(spec, spec.rungs(), [{"CPU": 3}]) == 1  # a second rung's 2 workers do not fit
+    assert rungs_at_once(spec, spec.rungs(), [{"CPU": 64}]) == 5  # never more than the ladder
+    gpus = spec_with({"gpus": 2}, ladder=ladder)
+    assert rungs_at_once(gpus, gpus.rungs(), [{"CPU": 64, "GPU": 8}]) == 4  # GPUs, not CPUs, bound it
+    # Rungs of different sizes: bounded by the smallest, so no rung ever waits for a place it could have.
+    mixed = spec_with({"gpus": 1}, ladder=[{**ladder[0], "gpus": 4}, *ladder[1:3]])
+    assert rungs_at_once(mixed, mixed.rungs(), [{"CPU": 64, "GPU": 8}]) == 3
+    assert rungs_at_once(mixed, mixed.rungs(), [{"CPU": 64, "GPU": 2}]) == 2
+    scaling = spec_with({"cpu_workers": 2}, ladder=ladder, cluster={"autoscaling": True})
+    assert rungs_at_once(scaling, scaling.rungs(), [{"CPU": 2}]) == 5  # demand is what makes it grow
+
+
 def test_autoscaling_cluster_accepts_what_does_not_fit_yet():
     spec = spec_with({"gpus": 8}, cluster={"autoscaling": True})
     assert check_schedulable(spec, spec.rungs(), [{"CPU": 1}]) == []

@@ -63,6 +63,13 @@ class Cluster:
     def cores_per_gpu(self) -> float:
         return self.cores_per_node / self.gpus_per_node if self.gpus_per_node else float(self.cores_per_node)
 
+    def ray_nodes(self) -> list[dict]:
+        """The nodes rungs can train on, as Ray would report their resources (eval-only nodes left out)."""
+        if self.cpu_only:
+            return [{"CPU": self.cores_per_node}] * self.nodes
+        eval_nodes = -(-self.eval_gpus // self.gpus_per_node)
+        return [{"CPU": self.cores_per_node, "GPU": self.gpus_per_node}] * (self.nodes - eval_nodes)
+
     def with_(self, **changes) -> Cluster:
         return replace(self, **changes)
 

@@ -115,7 +115,9 @@ class Engine:
             k: _Rung(k, r, durations.rungs[k], self._units(r)) for k, r in zip(keys, rungs, strict=True)
         }
         rung_states = [RungState(r, key=k) for k, r in zip(keys, rungs, strict=True)]
-        self.state = SweepState(spec, rung_states, max_concurrent or len(rungs), train_only)
+        # As the driver: by default as many rungs at once as the cluster can place (policy.rungs_at_once).
+        at_once = max_concurrent or policy.rungs_at_once(spec, rungs, cluster.ray_nodes() or [{}])
+        self.state = SweepState(spec, rung_states, at_once, train_only)
         self.by_key = {rs.key: rs for rs in self.state.rungs}
         self.eval_units = spec.evals.gpus if not cluster.cpu_only else spec.evals.cpus
         self._eval_cpus = (

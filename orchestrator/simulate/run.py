@@ -127,15 +127,10 @@ def prepare(
 
 def check_fits(spec: SweepSpec, rungs: list[RungConfig], cluster: Cluster) -> None:
     """The cluster's nodes, as Ray would see them; one line for what can never be placed."""
-    if cluster.cpu_only:
-        nodes = [{"CPU": cluster.cores_per_node}] * cluster.nodes
-    else:
-        eval_nodes = -(-cluster.eval_gpus // cluster.gpus_per_node)
-        nodes = [{"CPU": cluster.cores_per_node, "GPU": cluster.gpus_per_node}] * (cluster.nodes - eval_nodes)
     problems = check_schedulable(
         spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"autoscaling": False})}),
         rungs,
-        nodes or [{}],
+        cluster.ray_nodes() or [{}],
     )
     if problems:
         raise UserError(f"cluster {cluster.name} is too small: {problems[0].split('; lower')[0]}")
