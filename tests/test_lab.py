@@ -19,7 +19,7 @@ from test_sweep import SPEC, SWEEP, eval_records, wait_for, write_spec
 from two_nodes import two_node_cluster
 from typer.testing import CliRunner
 
-from contracts.layout import RungPaths
+from contracts.layout import RungPaths, read_json
 from contracts.names import ROLE_TAG, RUNG_KEY_TAG
 from contracts.spec import load_spec
 from orchestrator.cli import app
@@ -223,9 +223,12 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
     """`sweep run --submit` on a two-node cluster sharing a disk, tracked on the lab's server: the job is
     stopped once rung b sealed a checkpoint (`ray job stop`: the driver's SIGTERM path stops the fits,
     flushes and reconciles), b's points past step 5 are deleted from the server (what a lost tracker
-    buffer takes), and the job submitted again restores them, resumes b from its checkpoint and
-    finishes: the server equal to the disk (every eval metric at every evaluated checkpoint once), both
-    nodes used, the password in nothing written or said."""
+    buffer takes), and the job submitted again restores them and resumes b from its checkpoint; its driver
+    is then SIGKILLed mid rung b. The rerun from the user's machine (`--address`) finishes the sweep,
+    b resumed from a checkpoint sealed before the kill, and a second rerun does nothing. The server ends
+    equal to the disk (every eval metric at every evaluated checkpoint once), both nodes used; `sweep
+    status` and `sweep report` work from another directory without Ray; the password is in nothing
+    written or said."""
     from ray.job_submission import JobStatus
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", lab_server.username)  # this test's own reads
@@ -281,14 +284,58 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
         b_run = rung_runs(client, "job")[dirs["b"].name]
         assert forget_on_server(lab_server.database, b_run, after_step=5) > 0  # a lost buffer, made certain
 
+        # The job submitted again restores the forgotten points and resumes b; its driver is SIGKILLed
+        # once b has trained a step past the checkpoint it resumed from (a crashed head, an OOM kill).
+        started = time.time()
         job2 = submit_job()
-        logs2 = job_driver_logs(jobs, job2, 600)
+
+        def b_resumed_mid_rung():
+            prog = read_json(dirs["b"] / "progress.json") or {}
+            resumed = read_json(dirs["b"] / "resume.json") or {}
+            return jobs.get_job_status(job2).is_terminal() or (
+                resumed.get("time", 0) > started and prog.get("time", 0) > started and prog["step"] < 48
+            )
+
+        wait_for(b_resumed_mid_rung, 400, "rung b resumed by the second job")
+        driver = read_json(runs / "job" / ".lock")
+        os.kill(driver["pid"], signal.SIGKILL)
+        logs2 = job_driver_logs(jobs, job2, 180)
         said.append(logs2)
-        assert jobs.get_job_status(job2) == JobStatus.SUCCEEDED, logs2
+        assert jobs.get_job_status(job2) == JobStatus.FAILED, logs2
+        # Its workers notice the driver is gone only after a moment: wait until b's progress stands still.
+        wait_for(
+            lambda: time.time() - (dirs["b"] / "progress.json").stat().st_mtime > 10,
+            120,
+            "rung b's workers to stop",
+        )
+        killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
+        assert killed_at < 48
+        resumed_from = json.loads((dirs["b"] / "resume.json").read_text())["step"]
+
+        # The rerun, from the user's machine against the cluster (`--address`), finishes the sweep; a second
+        # rerun finds nothing to do.
+        rerun = [*SWEEP, "run", str(spec), "--address", nodes.address, "--runs-dir", str(runs)]
+
+        def run_here() -> str:
+            done = subprocess.run(
+                rerun, cwd=tmp_path, env=nodes.env, capture_output=True, text=True, timeout=600
+            )
+            said.extend([done.stdout, done.stderr])
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        rerun_started = time.time()
+        run_here()
+        again = run_here()
 
     restored = [ln for ln in logs2.splitlines() if ln.startswith(f"[{dirs['b'].name}] restored ")]
     assert len(restored) == 1 and f" {stopped_at - 5} training steps" in restored[0], logs2
-    assert json.loads((dirs["b"] / "resume.json").read_text())["step"] >= 16, logs2  # from a checkpoint
+    # The rerun resumed b from a checkpoint sealed before the kill, not from zero.
+    final = json.loads((dirs["b"] / "resume.json").read_text())
+    assert final["time"] > rerun_started and 16 <= resumed_from <= final["step"] <= killed_at, final
+    # Idempotent: the second rerun trains, evaluates and restores nothing.
+    assert "nothing missing" in again and "submitted (" not in again and "restored" not in again, again
+
     for d in dirs.values():
         recs = eval_records(d)
         assert all(r["state"] == "done" and r["logged"] for r in recs.values()), recs
@@ -300,12 +347,52 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
     }
     eval_nodes = {r["node_id"] for d in dirs.values() for r in eval_records(d).values()}
     assert len(train_nodes | eval_nodes) == 2, (train_nodes, eval_nodes)
+    check_status_and_report_from_elsewhere(tmp_path, spec, runs, lab_server.url, said)
     # The password is in nothing the sweep wrote or said, nor in MLflow's params and tags.
     assert files_holding(tmp_path, lab_server.password) == []
     assert files_holding(lab_server.artifacts, lab_server.password) == []
     assert not [s for s in said if lab_server.password in s]
     for r in client.search_runs([client.get_experiment_by_name("job").experiment_id]):
         assert lab_server.password not in json.dumps([r.data.params, r.data.tags]), r.info.run_name
+
+
+def check_status_and_report_from_elsewhere(
+    tmp_path: Path, spec: Path, runs: Path, url: str, said: list[str]
+) -> None:
+    """`sweep status` and `sweep report` from another working directory, with no Ray: the disk's records
+    and the lab's server are all they read; the report lands in the sweep's run directory and on the
+    server's parent run."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = subprocess.run(
+        [*SWEEP, "status", str(spec), "--runs-dir", str(runs), "--json"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    said.extend([status.stdout, status.stderr])
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = json.loads(status.stdout)
+    assert sorted((r["state"], r["evals_done"], r["evals_total"]) for r in rows) == [
+        ("done", 2, 2),
+        ("done", 4, 4),
+    ], rows
+    report = subprocess.run(
+        [*SWEEP, "report", str(spec), "--runs-dir", str(runs), "--bootstrap", "20"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    said.extend([report.stdout, report.stderr])
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (runs / "job" / "report" / "report.html").exists(), report.stdout
+    assert list(elsewhere.iterdir()) == [], list(elsewhere.iterdir())  # nothing written where it ran
+    client = MlflowClient(url)  # credentials from the environment
+    exp = client.get_experiment_by_name("job")
+    [parent] = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags[ROLE_TAG] == "sweep"]
+    published = [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+    assert "report/report.html" in published, published
 
 
 def wait_for_job_server(url: str):
