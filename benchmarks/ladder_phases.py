@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts.cost import encoder_inference_flops, flops_per_clip  # noqa: E402
-from contracts.layout import RungPaths, read_json, read_jsonl  # noqa: E402
+from contracts.layout import ReferencePaths, RungPaths, read_json, read_jsonl  # noqa: E402
 from contracts.names import RUNG_KEY_TAG  # noqa: E402
 from contracts.spec import RungConfig, SweepSpec, load_spec  # noqa: E402
 
@@ -308,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
         for rec in paths.evals.glob("*/*.json"):  # `ended` where the driver wrote it, else the file's time
             ended = (read_json(rec) or {}).get("ended") or rec.stat().st_mtime
             ends[f"{rung.key}/{rec.parent.name}/{rec.stem}"] = ended
+    for ref in spec.reference_configs():  # evaluated, never trained: their evals hold CPUs too
+        for task in spec.evals.tasks:
+            rec_path = ReferencePaths.for_reference(ref, args.runs).eval_record(task, "frozen")
+            rec = read_json(rec_path) or {}
+            if "seconds" in rec:
+                ends[f"{ref.key}/{task}"] = rec.get("ended") or rec_path.stat().st_mtime
+                rows.append(Phase(ref.name, f"reference eval {task} (Ray task)", rec["seconds"]))
     for rung in spec.rungs():
         rows += rung_phases(rung, args.runs, tracking, rate, ends)
         rows += eval_phases(spec, rung, args.runs, rate)
