@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
-from test_sweep import SPEC, SWEEP, eval_records, wait_for, write_spec
+from test_sweep import B_EVERY, B_LINE, B_STEPS, SPEC, SWEEP, eval_records, wait_for, write_spec
 from two_nodes import two_node_cluster
 from typer.testing import CliRunner
 
@@ -29,7 +29,7 @@ from orchestrator.tracking import Tracker
 runner = CliRunner()
 # Two rungs, b with four checkpoints, every checkpoint evaluated: small enough for CI, big enough to kill
 # the driver between a finished rung and a half-trained one.
-LAB_SPEC = SPEC.replace("steps: 48", "steps: 32")
+LAB_SPEC = SPEC.replace(B_LINE, "steps: 32, checkpoint_interval: 16")
 
 
 def free_port() -> int:
@@ -236,8 +236,9 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
     # The cluster's own environment holds the credentials (as a lab's secret would) and runs this checkout.
     venv_bin = str(Path(sys.executable).parent)
     env = {**lab_server.env(), "PATH": f"{venv_bin}:{os.environ['PATH']}"}
-    # Evals at steps 16 and 48: a's 16 (its last), b's 16 and 48.
-    text = SPEC.replace("name: sw\n", "name: job\n").replace("checkpoints: all", "checkpoints: [16, 48]")
+    # Evals at a's last checkpoint (16) and b's first and last.
+    evaluated = f"checkpoints: [16, {B_EVERY}, {B_STEPS}]"
+    text = SPEC.replace("name: sw\n", "name: job\n").replace("checkpoints: all", evaluated)
     spec = server_spec(tmp_path, lab_server.url, text, sweep="job")
     runs = tmp_path / "runs"  # absolute, on the disk both nodes share
     dirs = {r.name: runs / "job" / r.key for r in load_spec(spec).rungs()}
@@ -262,10 +263,10 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
             return job_id
 
         job_id = submit_job()
-        # Both rungs train at once (2 CPUs each, one per node); b's first checkpoint is at 16 of 48 steps.
+        # Both rungs train at once (2 CPUs each, one per node); b's first checkpoint is B_EVERY steps in.
         wait_for(
             lambda: (
-                (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
+                (dirs["b"] / "checkpoints" / f"step_{B_EVERY:08d}" / "manifest.json").exists()
                 or jobs.get_job_status(job_id).is_terminal()
             ),
             400,
@@ -279,7 +280,7 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
         # The driver stopped b's fit before it exited (at 8 clips a step, b trained to its end in the ~5 s
         # of flush and reconcile that took before orchestrator.training.stop).
         stopped_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
-        assert 16 <= stopped_at < 48
+        assert B_EVERY <= stopped_at < B_STEPS
         client = MlflowClient(lab_server.url)
         b_run = rung_runs(client, "job")[dirs["b"].name]
         assert forget_on_server(lab_server.database, b_run, after_step=5) > 0  # a lost buffer, made certain
@@ -293,7 +294,7 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
             prog = read_json(dirs["b"] / "progress.json") or {}
             resumed = read_json(dirs["b"] / "resume.json") or {}
             return jobs.get_job_status(job2).is_terminal() or (
-                resumed.get("time", 0) > started and prog.get("time", 0) > started and prog["step"] < 48
+                resumed.get("time", 0) > started and prog.get("time", 0) > started and prog["step"] < B_STEPS
             )
 
         wait_for(b_resumed_mid_rung, 400, "rung b resumed by the second job")
@@ -309,7 +310,7 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
             "rung b's workers to stop",
         )
         killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
-        assert killed_at < 48
+        assert killed_at < B_STEPS
         resumed_from = json.loads((dirs["b"] / "resume.json").read_text())["step"]
 
         # The rerun, from the user's machine against the cluster (`--address`), finishes the sweep; a second
@@ -332,7 +333,7 @@ def test_submitted_sweep_on_the_lab_server_stops_loses_points_and_resumes_on_two
     assert len(restored) == 1 and f" {stopped_at - 5} training steps" in restored[0], logs2
     # The rerun resumed b from a checkpoint sealed before the kill, not from zero.
     final = json.loads((dirs["b"] / "resume.json").read_text())
-    assert final["time"] > rerun_started and 16 <= resumed_from <= final["step"] <= killed_at, final
+    assert final["time"] > rerun_started and B_EVERY <= resumed_from <= final["step"] <= killed_at, final
     # Idempotent: the second rerun trains, evaluates and restores nothing.
     assert "nothing missing" in again and "submitted (" not in again and "restored" not in again, again
 

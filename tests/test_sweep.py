@@ -29,6 +29,12 @@ pytestmark = pytest.mark.slow
 runner = CliRunner()
 SWEEP = [sys.executable, "-m", "orchestrator"]
 
+# Rung b is the one killed mid-training. Its workers train on for 2-3 s after their driver is SIGKILLed
+# (Ray tells them late), at ~15 steps/s here: b must keep training well past its first checkpoint plus
+# that, or a kill meant for mid-rung finds it trained (at 48 steps, every 16, it once did).
+B_STEPS, B_EVERY = 192, 64
+B_LINE = "steps: 192, checkpoint_interval: 64"
+
 SPEC = """\
 name: sw
 data: {frames: 4, resolution: 16, tubelet: [2, 8, 8], world: {objects: 2, points: 8}}
@@ -42,8 +48,8 @@ pretraining:
   cpu_workers: 2
 ladder:
   - {name: a, width: 16, depth: 1, mlp: 32, heads: 2}
-  # b checkpoints every 16 steps: 3 checkpoints x 2 tasks = 6 evals (every 8 made 12, for no property more)
-  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 48, checkpoint_interval: 16}
+  # b: 3 checkpoints x 2 tasks = 6 evals (more checkpoints made more evals, for no property more)
+  - {name: b, width: 32, depth: 2, mlp: 64, heads: 2, steps: 192, checkpoint_interval: 64}
 evals:
   tasks: [depth, action]
   checkpoints: all
@@ -205,7 +211,7 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
             return (
                 len(recs) == 4
                 and all(r["state"] == "done" and r.get("logged") for r in recs.values())
-                and (dirs["b"] / "checkpoints" / "step_00000016" / "manifest.json").exists()
+                and (dirs["b"] / "checkpoints" / f"step_{B_EVERY:08d}" / "manifest.json").exists()
             )
 
         wait_for(
@@ -230,7 +236,7 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
     assert after_kill[dirs["b"].name]["state"] == "interrupted"
     a_evals = eval_records(dirs["a"])
     killed_at = json.loads((dirs["b"] / "progress.json").read_text())["step"]
-    assert killed_at < 48
+    assert killed_at < B_STEPS
     sealed_before_rerun = [
         int(m.parent.name.split("_")[1]) for m in dirs["b"].glob("checkpoints/step_*/manifest.json")
     ]
@@ -249,7 +255,7 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
             return (
                 resumed.get("time", 0) > started  # b resumed in this run
                 and prog.get("time", 0) > started  # and trained a step past its checkpoint
-                and resumed["step"] < prog["step"] < 48
+                and resumed["step"] < prog["step"] < B_STEPS
                 and ray_children(proc.pid, "ray::Tracker")
             )
 
@@ -298,25 +304,25 @@ def test_sigterm_driver_sigkill_and_tracker_kill_lose_nothing_and_the_rerun_resu
     recs = eval_records(dirs["a"])
     assert len(recs) == 4 and all(r["state"] == "done" and r["logged"] for r in recs.values())
     resume = json.loads((dirs["b"] / "resume.json").read_text())
-    assert 16 <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
+    assert B_EVERY <= resume["step"] <= killed_at  # resumed from its checkpoint, not from zero
     assert resume["step"] in sealed_before_rerun  # from a checkpoint sealed before the kill
     b_evals = eval_records(dirs["b"])
-    assert len(b_evals) == 2 * (48 // 16) and all(r["state"] == "done" for r in b_evals.values())
+    assert len(b_evals) == 2 * (B_STEPS // B_EVERY) and all(r["state"] == "done" for r in b_evals.values())
     assert all(r["attempts"] == 1 for r in b_evals.values())
     after = {r["rung"]: r for r in status_rows(s, tmp_path / "runs")}
     assert all(r["state"] == "done" and r["evals_done"] == r["evals_total"] for r in after.values())
     # Every step once on disk through the driver kill, the resume and the tracker kill.
     steps = [json.loads(line)["step"] for line in (dirs["b"] / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 49))
+    assert steps == list(range(1, B_STEPS + 1))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sw")
     runs = client.search_runs([exp.experiment_id])
     roles = sorted(r.data.tags[ROLE_TAG] for r in runs)
     assert roles == ["rung", "rung", "sweep"]  # exactly one MLflow run per rung, ever
-    assert train_loss_steps(tmp_path, b_run) == list(range(1, 49))  # every step once in MLflow too
+    assert train_loss_steps(tmp_path, b_run) == list(range(1, B_STEPS + 1))  # every step once in MLflow too
     depth = client.get_metric_history(b_run, "eval/depth/abs_rel")
-    assert sorted({m.step for m in depth}) == list(range(16, 49, 16))
+    assert sorted({m.step for m in depth}) == list(range(B_EVERY, B_STEPS + 1, B_EVERY))
     for name, d in dirs.items():  # every eval metric at every checkpoint step, once, as on disk
         run_id = next(r.info.run_id for r in runs if r.info.run_name.startswith(f"{name}-"))
         for rec_path, rec in eval_records(d).items():
@@ -374,7 +380,9 @@ def test_two_node_cluster_on_s3_both_nodes_do_work(tmp_path, two_nodes):
     spec_text = SPEC.replace("name: sw\n", f"name: sw\nstorage: s3://{BUCKET}/two-node\n")
     spec = write_spec(
         tmp_path,
-        spec_text.replace("steps: 48", "steps: 16").replace("checkpoints: all", "checkpoints: final"),
+        spec_text.replace(B_LINE, "steps: 16, checkpoint_interval: 16").replace(
+            "checkpoints: all", "checkpoints: final"
+        ),
     )
     run = subprocess.run(
         [*SWEEP, "run", str(spec), "--address", two_nodes.address],
