@@ -27,7 +27,7 @@ from orchestrator.reconcile import differences, disk_points
 from orchestrator.tracking import Tracker
 
 runner = CliRunner()
-# Two rungs, b with four checkpoints, every checkpoint evaluated: small enough for CI, big enough to kill
+# Two rungs, b with two checkpoints, every checkpoint evaluated: small enough for CI, big enough to kill
 # the driver between a finished rung and a half-trained one.
 LAB_SPEC = SPEC.replace(B_LINE, "steps: 32, checkpoint_interval: 16")
 

@@ -33,7 +33,7 @@ SWEEP = [sys.executable, "-m", "orchestrator"]
 # (Ray tells them late), at ~15 steps/s here: b must keep training well past its first checkpoint plus
 # that, or a kill meant for mid-rung finds it trained (at 48 steps, every 16, it once did).
 B_STEPS, B_EVERY = 192, 64
-B_LINE = "steps: 192, checkpoint_interval: 64"
+B_LINE = f"steps: {B_STEPS}, checkpoint_interval: {B_EVERY}"  # b's line in SPEC, for specs derived from it
 
 SPEC = """\
 name: sw
@@ -55,6 +55,7 @@ evals:
   checkpoints: all
   readout: {width: 16, heads: 2, epochs: 2, batch_size: 8, train_clips: 16, val_clips: 8, test_clips: 8}
 """
+assert B_LINE in SPEC
 
 
 def write_spec(tmp_path: Path, text: str = SPEC) -> Path:
