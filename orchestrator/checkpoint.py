@@ -139,6 +139,28 @@ def is_trained(rung: RungConfig, runs_root: Path) -> bool:
     return bool(steps) and steps[-1].step >= rung.steps and verify(steps[-1].path, checksums=False) is None
 
 
+def resumed_with_other_workers(rung: RungConfig, runs_root: Path) -> str | None:
+    """Why this untrained rung cannot resume as specified, or None. A checkpoint holds one ZeRO shard
+    set per rank, and batches and masks are functions of (seed, step, rank): a rung resumes only with
+    the worker count it was trained with (the count is not part of its key)."""
+    root = RungPaths.for_rung(rung, runs_root).root
+    steps = list_steps(root)
+    if not steps or is_trained(rung, runs_root):
+        return None
+    try:
+        world = read_manifest(steps[-1].path).get("world_size")
+    except (OSError, ValueError):
+        return None  # a corrupt manifest: the workers skip that checkpoint with a warning
+    if world is None or world == rung.workers:
+        return None
+    workers = f"{world} worker" + ("s" if world > 1 else "")
+    return (
+        f"rung {rung.key} was trained to step {steps[-1].step} by {workers} ({where(steps[-1].path)}); "
+        f"this spec gives it {rung.workers}: set its cpu_workers/gpus back to {world} to resume, "
+        f"or move {where(root)} aside to train it again"
+    )
+
+
 # ------------------------------------------------------------------ on a store
 
 

@@ -109,6 +109,8 @@ class Sweep:
         references.preflight(self.spec, self.say)  # first: a model not at hand touches nothing
         check_reachable(self.root, write=True)
         check_tracking(absolute_tracking_uri(self.spec.tracking.uri))  # a server answers, takes our login
+        if mismatched := [m for r in self.rungs if (m := ckpt.resumed_with_other_workers(r, self.root))]:
+            raise SpecError("\n".join(mismatched))
         holder = self.lock.holder()
         if holder:
             raise SpecError(

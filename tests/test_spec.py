@@ -191,3 +191,36 @@ def test_spec_error_lists_every_problem(tmp_path):
     with pytest.raises(SpecError) as e:
         load_spec(write(tmp_path, text))
     assert "data.tubelet" in e.value.message and "ladder[1].name" in e.value.message
+
+
+@pytest.mark.parametrize("trained_by", [1, 2])
+def test_a_rung_resumes_only_with_the_worker_count_its_checkpoints_were_trained_with(
+    tmp_path, monkeypatch, trained_by
+):
+    """Batches, masks and ZeRO shards are per rank and the worker count is not in a rung's key: a
+    checkpoint of rung a (2 workers in GOOD) sealed by 1 worker is refused before Ray starts, naming
+    both counts and the way out; one sealed by 2 workers resumes (the dry run lists it)."""
+    from contracts.layout import RungPaths
+    from orchestrator.checkpoint import seal
+
+    spec = write(tmp_path, GOOD)
+    monkeypatch.chdir(tmp_path)
+    a = load_spec(spec).rungs()[0]
+    assert a.workers == 2
+    paths = RungPaths.for_rung(a, tmp_path / "runs")
+    staging = paths.root / "staging"
+    (staging / "rank0").mkdir(parents=True)
+    (staging / "rank0" / "shard.pt").write_bytes(b"x")
+    final = paths.checkpoints / "step_00000005"
+    final.parent.mkdir(parents=True)
+    seal(staging, final, 5, a.key, {"world_size": trained_by})
+    result = runner.invoke(app, ["run", str(spec), "--dry-run"])
+    if trained_by == a.workers:
+        assert result.exit_code == 0, result.output
+        return
+    assert result.exit_code == 2, result.output
+    msg = " ".join(result.output.split())  # the console wraps long lines
+    assert f"rung {a.key} was trained to step 5 by 1 worker (" in msg, msg
+    assert "this spec gives it 2" in msg and str(paths.root) in msg, msg
+    assert "Traceback" not in msg
+    assert (final / "manifest.json").exists()  # nothing lost
