@@ -93,6 +93,35 @@ def test_depth_ignores_invalid_pixels():
     assert m["abs_rel"] == 0
 
 
+def test_depth_pools_the_valid_pixels_of_every_clip():
+    """Pooled and per-clip values against the definitions written out here over the valid pixels
+    alone (gt 0 or inf, and pixels outside `valid`, are not scored)."""
+    rng = np.random.default_rng(5)
+    gt = rng.uniform(0.5, 10, (3, 4, 8, 8))
+    gt[0, 0, :2] = 0.0
+    gt[1, 2, 3] = np.inf
+    pred = gt * rng.uniform(0.6, 1.6, gt.shape)
+    pred[2, 1, 1, 1] = -3.0  # clamped to a tiny positive depth
+    valid = np.isfinite(gt) & (gt > 0) & (rng.random(gt.shape) < 0.9)
+    g, p = gt[valid], np.maximum(pred[valid], 1e-6)
+    ratio = np.maximum(g / p, p / g)
+    want = {
+        "abs_rel": np.mean(np.abs(g - p) / g),
+        "sq_rel": np.mean((g - p) ** 2 / g),
+        "rmse": np.sqrt(np.mean((g - p) ** 2)),
+        "rmse_log": np.sqrt(np.mean((np.log(g) - np.log(p)) ** 2)),
+        **{f"delta{k}": np.mean(ratio < 1.25**k) for k in (1, 2, 3)},
+    }
+    got = depth_metrics(gt, pred, valid)
+    assert got == pytest.approx(want, rel=1e-12)
+    parts = depth_metrics(gt, pred, valid, per_clip=True)
+    for i in range(3):
+        gi, pi = gt[i][valid[i]], np.maximum(pred[i][valid[i]], 1e-6)
+        assert parts["delta1"].num[i] == np.sum(np.maximum(gi / pi, pi / gi) < 1.25)
+        assert parts["delta1"].den[i] == valid[i].sum()
+        assert parts["abs_rel"].num[i] == pytest.approx(np.sum(np.abs(gi - pi) / gi), rel=1e-12)
+
+
 def random_extrinsics(seed=0, T=5):
     rng = np.random.default_rng(seed)
     E = np.tile(np.eye(4), (T, 1, 1))
