@@ -145,7 +145,7 @@ def resumed_with_other_workers(rung: RungConfig, runs_root: Path) -> str | None:
     the worker count it was trained with (the count is not part of its key)."""
     root = RungPaths.for_rung(rung, runs_root).root
     steps = list_steps(root)
-    if not steps or is_trained(rung, runs_root):
+    if not steps or steps[-1].step >= rung.steps:  # nothing to resume: its evals read the export
         return None
     try:
         world = read_manifest(steps[-1].path).get("world_size")
