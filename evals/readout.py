@@ -82,11 +82,7 @@ class AttentionReadout(nn.Module):
         x = self.norm(feats)
         q = self.query.expand(B, -1, -1) if self.cond is None else self.cond(cond)  # (B, Q, W)
         if self.sample is not None:
-            grid = x.view(B, t, h, w, D).permute(0, 4, 1, 2, 3)  # (B, D, t, h, w)
-            s = F.grid_sample(
-                grid, where[:, :, :, None], align_corners=False, padding_mode="border"
-            )  # (B, D, Q, K, 1)
-            q = q + self.sample(s[..., 0].permute(0, 2, 3, 1).flatten(2))  # (B, Q, W)
+            q = q + self.sampled(x, where)  # (B, Q, W)
         x = (x.view(B, t, N // t, D) + self.time_embed).view(B, N, D)
         Q, W = q.shape[1], q.shape[2]
 
@@ -99,6 +95,30 @@ class AttentionReadout(nn.Module):
         q = q + self.proj(y.transpose(1, 2).reshape(B, Q, W))
         q = self.out_norm(q + self.mlp(self.mlp_norm(q)))
         return self.out(q.reshape(B, 1, -1)) if self.joint else self.out(q)
+
+    def sampled(self, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """`self.sample` of the features x (B, N, D) at `where` (B, Q, K, 3) -> (B, Q, W). Sampling is
+        linear, so when the first projection is narrower than D it goes first and the sampling moves
+        fewer channels: the same sum (up to rounding), and for a wide encoder or pixels several times
+        less of grid_sample, the dearest op of a point-tracking readout on a CPU."""
+        D, K = x.shape[-1], where.shape[2]
+        if isinstance(self.sample, nn.Sequential):  # each point to sample_width (one shared matrix), then all
+            point, rest = self.sample[1], self.sample[2:]
+            if point.out_features < D:
+                return rest(self._at(point(x), where))
+            return self.sample(self._at(x, where).flatten(2))
+        lin = self.sample
+        if lin.out_features >= D:
+            return lin(self._at(x, where).flatten(2))
+        blocks = lin.weight.view(lin.out_features, K, D)  # the columns that read point k's features
+        return lin.bias + sum(self._at(x @ blocks[:, k].T, where[:, :, k : k + 1])[:, :, 0] for k in range(K))
+
+    def _at(self, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Trilinear samples of x (B, N, C) on the token grid at `where` (B, Q, K, 3) -> (B, Q, K, C)."""
+        B, _, C = x.shape
+        grid = x.view(B, *self.grid, C).permute(0, 4, 1, 2, 3)  # (B, C, t, h, w)
+        s = F.grid_sample(grid, where[:, :, :, None], align_corners=False, padding_mode="border")
+        return s[..., 0].permute(0, 2, 3, 1)  # (B, C, Q, K, 1) -> (B, Q, K, C)
 
 
 def fourier_features(x: torch.Tensor, bands: int = 8) -> torch.Tensor:

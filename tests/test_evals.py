@@ -90,6 +90,33 @@ def test_sampled_queries_read_their_place_and_joint_heads_read_every_query():
     assert head.out.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("feat_dim", [8, 96])  # narrower than the readout (sample first), and wider
+@pytest.mark.parametrize("sample_width", [0, 4])  # one matrix over all points, or one per point first
+def test_sampled_features_are_projected_as_if_sampled_first(feat_dim, sample_width):
+    """Whichever order the readout takes (the first projection before or after grid_sample), its
+    input from the samples is the projection of the features sampled at `where`, written out here."""
+    B, Q, K, W = 2, 5, 3, 16
+    feats, where = torch.randn(B, 64, feat_dim), torch.rand(B, Q, K, 3) * 2.2 - 1.1  # some off the grid
+    head = AttentionReadout(
+        feat_dim, (4, 4, 4), out_dim=5, num_queries=Q, width=W, heads=2, samples=K, sample_width=sample_width
+    )
+    grid = feats.view(B, 4, 4, 4, feat_dim).permute(0, 4, 1, 2, 3)
+    at = torch.nn.functional.grid_sample(
+        grid, where[:, :, :, None], align_corners=False, padding_mode="border"
+    )
+    at = at[..., 0].permute(0, 2, 3, 1)  # (B, Q, K, D)
+    if sample_width:
+        point, last = head.sample[1], head.sample[3]
+        expected = last(point(at).flatten(2))
+    else:
+        expected = head.sample(at.flatten(2))
+    got = head.sampled(feats, where)
+    assert got.shape == (B, Q, W)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (got - expected).abs().max()
+    got.square().sum().backward()
+    assert (head.sample[-1] if sample_width else head.sample).weight.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_trains_and_reports_its_metrics_and_baselines(export, task):
     seen = []
