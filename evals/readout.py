@@ -78,7 +78,7 @@ class AttentionReadout(nn.Module):
         in [-1, 1] (grid_sample's convention: -1 / 1 are the outer edges of the first / last token), needed
         when built with samples=K -> (B, Q, O), or (B, 1, O) when joint."""
         B, N, D = feats.shape
-        t, h, w = self.grid
+        t = self.grid[0]
         x = self.norm(feats)
         q = self.query.expand(B, -1, -1) if self.cond is None else self.cond(cond)  # (B, Q, W)
         if self.sample is not None:
@@ -102,16 +102,16 @@ class AttentionReadout(nn.Module):
         fewer channels: the same sum (up to rounding), and for a wide encoder or pixels several times
         less of grid_sample, the dearest op of a point-tracking readout on a CPU."""
         D, K = x.shape[-1], where.shape[2]
-        if isinstance(self.sample, nn.Sequential):  # each point to sample_width (one shared matrix), then all
-            point, rest = self.sample[1], self.sample[2:]
-            if point.out_features < D:
-                return rest(self._at(point(x), where))
+        shared = isinstance(self.sample, nn.Sequential)  # each point to sample_width first, then all points
+        first = self.sample[1] if shared else self.sample
+        if first.out_features >= D:  # nothing narrower to sample: sample, then project
             return self.sample(self._at(x, where).flatten(2))
-        lin = self.sample
-        if lin.out_features >= D:
-            return lin(self._at(x, where).flatten(2))
-        blocks = lin.weight.view(lin.out_features, K, D)  # the columns that read point k's features
-        return lin.bias + sum(self._at(x @ blocks[:, k].T, where[:, :, k : k + 1])[:, :, 0] for k in range(K))
+        if shared:
+            return self.sample[2:](self._at(first(x), where))
+        blocks = first.weight.view(first.out_features, K, D)  # the columns that read point k's features
+        return first.bias + sum(
+            self._at(x @ blocks[:, k].T, where[:, :, k : k + 1])[:, :, 0] for k in range(K)
+        )
 
     def _at(self, x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
         """Trilinear samples of x (B, N, C) on the token grid at `where` (B, Q, K, 3) -> (B, Q, K, C)."""
