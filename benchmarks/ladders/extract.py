@@ -1,10 +1,11 @@
 """Rebuild the public ladder tables in this folder from their sources (README.md says which).
 
-    python benchmarks/ladders/extract.py --pythia-git PATH
+    python benchmarks/ladders/extract.py --pythia-git PATH --obsscaling-git PATH2
 
-PATH is a git directory of github.com/EleutherAI/pythia (any clone; the commit used is in the
-README). Chinchilla comes from tests/data; Cerebras-GPT's rows are transcribed below from its
-model card, Qwen2.5's from its technical report's base-model tables. Every table is written as a
+PATH is a git directory of github.com/EleutherAI/pythia, PATH2 one of github.com/ryoungj/ObsScaling
+(any clones; the commits used are in the README). Chinchilla comes from tests/data; Cerebras-GPT's
+rows are transcribed below from its model card, Qwen2.5's from its technical report's base-model
+tables; Qwen1.5, Qwen2 and BLOOM are read from ObsScaling's result files. Every table is written as a
 results table `sweep report --from FILE` reads, with a `chance` column: the accuracy of guessing
 (1 / options for multiple choice, 0 for generated answers), empty where unknown or mixed.
 """
@@ -12,7 +13,9 @@ results table `sweep report --from FILE` reads, with a `chance` column: the accu
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import subprocess
 from pathlib import Path
 
@@ -90,18 +93,67 @@ multi_understanding mixed acc - 50.7 65.1 76.6 79.3 85.9 88.4 89.2
 multi_mathematics 8 acc 0 13.5 37.5 48.9 57.8 68.5 73.7 82.4
 multi_translation 5 bleu 0 15.3 25.0 29.3 32.4 36.2 37.3 40.4
 """
+# Base-model ladders in ObsScaling's result files (github.com/ryoungj/ObsScaling, eval_results/): per
+# ladder, each model's id in those files and its params = the nominal size, which is also the files'
+# "Model Size (B)" (checked). Families kept: a ladder where 1/10 of the largest size leaves at least
+# 3 sizes and the rule below at least 6 series; no mixture-of-experts model (Qwen2-57B-A14B left out).
+OBSSCALING = {
+    "qwen1.5": {f"Qwen/Qwen1.5-{s}": n for s, n in [("0.5B", 0.5e9), ("1.8B", 1.8e9), ("4B", 4e9),
+                ("7B", 7e9), ("14B", 14e9), ("32B", 32e9), ("72B", 72e9), ("110B", 110e9)]},
+    "qwen2": {f"Qwen/Qwen2-{s}": n for s, n in [("0.5B", 0.5e9), ("1.5B", 1.5e9), ("7B", 7e9),
+              ("72B", 72e9)]},
+    "bloom": {"bigscience/bloom-560m": 0.56e9, "bigscience/bloom-1b1": 1.1e9, "bigscience/bloom-3b": 3e9,
+              "bigscience/bloom-7b1": 7.1e9, "bigscience/bloom": 176e9},
+}  # fmt: skip
+# The rule: every score column of these three files with a value for all of a ladder's sizes is a series.
+# Per column: task, mode, metric, chance (None: unknown or mixed). Shots of the Open LLM Leaderboard
+# columns are its documented protocol (v1 and v2); `_2` in the emergent-task names is read as 2-shot.
+OBSSCALING_FILES = {
+    "base_llm_benchmark_eval": {
+        "MMLU": ("mmlu", "5-shot", "acc", 0.25),
+        "ARC-C": ("arc_challenge", "25-shot", "acc_norm", 0.25),
+        "HellaSwag": ("hellaswag", "10-shot", "acc_norm", 0.25),
+        "Winograd": ("winogrande", "5-shot", "acc", 0.5),
+        "TruthfulQA": ("truthfulqa", "0-shot", "mc2", None),
+        "GSM8K": ("gsm8k", "5-shot", "acc", 0.0),
+        "XWinograd": ("xwinograd", "harness-default", "acc", 0.5),
+        "HumanEval": ("humaneval", "0-shot", "pass@1", 0.0),
+    },
+    "base_llm_leaderboard_v2_eval": {
+        "leaderboard_bbh": ("bbh", "3-shot", "acc_norm", None),
+        "leaderboard_gpqa": ("gpqa", "0-shot", "acc_norm", 0.25),
+        "leaderboard_ifeval": ("ifeval", "0-shot", "strict_acc", 0.0),
+        "leaderboard_math_hard": ("math_hard", "4-shot", "exact_match", 0.0),
+        "leaderboard_mmlu_pro": ("mmlu_pro", "5-shot", "acc", 0.1),
+        "leaderboard_musr": ("musr", "0-shot", "acc_norm", None),
+    },
+    "base_llm_emergent_capability_eval": {
+        "parsinlu_qa_2_acc": ("parsinlu_qa", "2-shot", "acc", None),
+        "word_unscrambling_2_exact_match": ("word_unscrambling", "2-shot", "exact_match", 0.0),
+        "ipa_transliterate_2_exact_match": ("ipa_transliterate", "2-shot", "exact_match", 0.0),
+        "ipa_transliterate_2_bleu": ("ipa_transliterate", "2-shot", "bleu", 0.0),
+        "arithmetic_3ds_2_acc": ("arithmetic_3ds", "2-shot", "acc", 0.0),
+        "arithmetic_3da_2_acc": ("arithmetic_3da", "2-shot", "acc", 0.0),
+        "arithmetic_2dm_2_acc": ("arithmetic_2dm", "2-shot", "acc", 0.0),
+        "arithmetic_2da_2_acc": ("arithmetic_2da", "2-shot", "acc", 0.0),
+    },
+}
 # Guessing accuracy of the lm-evaluation-harness tasks (Pythia, OPT) and Cerebras-GPT's tasks.
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "sciq": 0.25, "winogrande": 0.5,
           "lambada_openai": 0.0, "lambada": 0.0, "logiqa": 0.25, "wsc": 0.5, "hellaswag": 0.25,
-          "openbookqa": 0.25}  # fmt: skip
+          "openbookqa": 0.25, "mmlu": 0.25}  # fmt: skip
 # Chinchilla's IsoFLOP budgets (Hoffmann et al. 2022, Figure 3): each point is assigned to the nearest.
 CHINCHILLA_BUDGETS = [6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21]
 
 
-def _show(git_dir: Path, path: str) -> dict:
+def _git(git_dir: Path, path: str) -> bytes:
     out = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"HEAD:{path}"], capture_output=True)
     out.check_returncode()
-    return json.loads(out.stdout)["results"]
+    return out.stdout
+
+
+def _show(git_dir: Path, path: str) -> dict:
+    return json.loads(_git(git_dir, path))["results"]
 
 
 def _lm_eval_rows(results: dict, model: str, params: float, mode: str) -> list[dict]:
@@ -132,6 +184,27 @@ def pythia(git_dir: Path, deduped: bool) -> pd.DataFrame:
         name = f"{size}-deduped" if deduped else ("1b-bf16" if size == "1b" else size)
         path = f"evals/pythia-v1/pythia-{name}/zero-shot/{name}_step143000.json"
         rows += _lm_eval_rows(_show(git_dir, path), f"pythia-{name}", n, "zero-shot")
+    return pd.DataFrame(rows)
+
+
+def pythia_5shot(git_dir: Path) -> pd.DataFrame:
+    """The standard suite's five-shot results at the final checkpoint: the zero-shot table's tasks,
+    and MMLU as the unweighted mean of the 57 hendrycksTest subjects' `acc` (se: the root of their
+    summed squared standard errors over 57, the subjects taken as independent)."""
+    rows = []
+    for size, n in PYTHIA.items():
+        name = "1b-bf16" if size == "1b" else size  # the 1B's file is named `1b-5shot_...`
+        path = f"evals/pythia-v1/pythia-{name}/five-shot/{size}-5shot_step143000.json"
+        doc = json.loads(_git(git_dir, path))
+        assert doc["config"]["num_fewshot"] == 5, name
+        results = doc["results"]
+        rows += _lm_eval_rows(results, f"pythia-{name}", n, "five-shot")
+        subjects = [r for task, r in results.items() if task.startswith("hendrycksTest-")]
+        assert len(subjects) == 57, (name, len(subjects))
+        se = math.sqrt(sum(r["acc_stderr"] ** 2 for r in subjects)) / len(subjects)
+        rows.append({"model": f"pythia-{name}", "params": n, "task": "mmlu", "mode": "five-shot",
+                     "metric": "acc", "value": sum(r["acc"] for r in subjects) / len(subjects), "se": se,
+                     "higher_is_better": True, "bounded": True})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -171,6 +244,29 @@ def qwen25() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def obsscaling(git_dir: Path, ladder: str) -> pd.DataFrame:
+    """One family's base models from ObsScaling's result files: every column with all its sizes."""
+    models = OBSSCALING[ladder]
+    rows = []
+    for file, columns in OBSSCALING_FILES.items():
+        df = pd.read_csv(io.BytesIO(_git(git_dir, f"eval_results/{file}.csv"))).set_index("Model")
+        df = df.reindex(list(models))  # a size absent: all NaN
+        if "Model Size (B)" in df:
+            assert np.allclose(df["Model Size (B)"].to_numpy() * 1e9, list(models.values())), ladder
+        meta = ("Model Family", "Model Size (B)", "Pretraining Data Size (T)", "FLOPs (1E21)")
+        scores = [c for c in df.columns if c not in meta]
+        assert set(scores) == set(columns), (file, set(scores) ^ set(columns))
+        for col in scores:
+            if df[col].isna().any():
+                continue  # not measured for every size: not a series
+            task, mode, metric, chance = columns[col]
+            for n, v in zip(models.values(), df[col], strict=True):
+                rows.append({"model": f"{ladder}-{n / 1e9:g}b", "params": n, "task": task, "mode": mode,
+                             "metric": metric, "value": float(v), "higher_is_better": True, "bounded": True,
+                             "chance": chance})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def with_chance(df: pd.DataFrame) -> pd.DataFrame:
     """The `chance` column for accuracies of the tasks in CHANCE (empty for other metrics)."""
     acc = df["metric"] == "acc"
@@ -203,16 +299,20 @@ def chinchilla() -> pd.DataFrame:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pythia-git", type=Path, required=True, help="git directory of EleutherAI/pythia")
+    ap.add_argument("--obsscaling-git", type=Path, required=True, help="git directory of ryoungj/ObsScaling")
     a = ap.parse_args()
     tables = {
         "chinchilla": chinchilla(),
         "pythia": pythia(a.pythia_git, deduped=False),
         "pythia-deduped": pythia(a.pythia_git, deduped=True),
+        "pythia-5shot": pythia_5shot(a.pythia_git),
         "opt": opt(a.pythia_git),
         "cerebras-gpt": cerebras(),
     }
     tables = {name: with_chance(df) for name, df in tables.items()}
     tables["qwen2.5"] = qwen25()
+    for name in OBSSCALING:
+        tables[name] = obsscaling(a.obsscaling_git, name)
     for name, df in tables.items():
         df.to_csv(HERE / f"{name}.csv", index=False)
         series = df.groupby(["task", "mode", "metric"]).ngroups
