@@ -154,3 +154,19 @@ def test_every_ladder_names_its_source_and_the_held_out_ladders_are_in_the_bench
     qwen = read_table(bench.LADDERS / "qwen2.5.csv")
     assert qwen.groupby(["task", "mode", "metric"]).ngroups == 22
     assert (qwen["params"] <= qwen["params"].max() / 10).groupby(qwen["task"]).sum().eq(4).all()
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_no_forecast_or_interval_end_is_worse_than_the_worst_fitted_rung(higher_is_better):
+    # Noisy, barely improving rungs and a forecast 10x out: left alone, the forms' spread and the
+    # extrapolation term reach well below the worst rung (0.30 for the accuracy, 0.70 up for
+    # the error-like metric). A larger model is not worse than every smaller one.
+    y = np.array([0.30, 0.41, 0.33, 0.44, 0.36, 0.45])
+    if not higher_is_better:
+        y = 1.0 - y
+    f = forecast(SIZES, y, 2e10, higher_is_better=higher_is_better, bounded=True)
+    worst = y.min() if higher_is_better else y.max()
+    if higher_is_better:
+        assert f.lo == pytest.approx(worst) and f.value >= worst and f.hi > worst
+    else:
+        assert f.hi == pytest.approx(worst) and f.value <= worst and f.lo < worst
