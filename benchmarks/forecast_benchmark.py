@@ -104,7 +104,9 @@ def per_form(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float,
     return v, lo, hi, {x.form: x.value for x in f.forms}
 
 
-def run(ladder: str, method) -> list[Outcome]:
+def run(ladder: str, method, rungs: int | None = None) -> list[Outcome]:
+    """Each series' forecasts of the largest rung; `rungs`: fit only that many of the largest
+    rungs at or below 1/R (a short ladder, as a user with few sizes has)."""
     df = read_table(LADDERS / f"{ladder}.csv")
     out = []
     for (task, mode, metric), s in df.groupby(["task", "mode", "metric"]):
@@ -116,6 +118,8 @@ def run(ladder: str, method) -> list[Outcome]:
         target = N.max()
         for R in RS:
             keep = N <= target / R
+            if rungs is not None:
+                keep &= N >= np.unique(N[keep])[-rungs:].min(initial=np.inf)
             if np.unique(N[keep]).size < 3:
                 continue
             se_k = None if se is None else se[keep]
@@ -219,6 +223,7 @@ def main() -> None:
     ap.add_argument("--write-calibration", action="store_true")
     ap.add_argument("--detail", action="store_true", help="print every series' forecast")
     ap.add_argument("--per-form", action="store_true", help="each form's median error, not before/after")
+    ap.add_argument("--rungs", type=int, help="fit only this many of the largest rungs below each cutoff")
     ap.add_argument("--cache", type=Path, help="reuse (or store) BEFORE's outcomes in this JSON file")
     ap.add_argument("--kappa", type=float, help="override the extrapolation floor (tuning only)")
     ap.add_argument("--forms", help="override the averaged forms, comma-separated (tuning only)")
@@ -226,6 +231,8 @@ def main() -> None:
         "--set", action="append", default=[], help="NAME=VALUE of reports.uncertainty (tuning only)"
     )
     a = ap.parse_args()
+    if a.rungs is not None and a.cache:
+        ap.error("--cache keeps full-ladder outcomes: leave it out with --rungs")
     if a.kappa is not None:
         uncertainty.KAPPA_FLOOR = a.kappa
     if a.forms:
@@ -235,7 +242,7 @@ def main() -> None:
         setattr(uncertainty, name, type(getattr(uncertainty, name))(ast.literal_eval(value)))
     ladders = a.ladders.split(",")
     if a.per_form:
-        rows = [r for ladder in ladders for r in run(ladder, per_form)]
+        rows = [r for ladder in ladders for r in run(ladder, per_form, a.rungs)]
         print(form_table(rows, ladders))
         return
     results: dict[str, list[Outcome]] = {}
@@ -246,7 +253,7 @@ def main() -> None:
         done = {r.ladder for r in cached} if name == "before" else set()
         for ladder in (x for x in ladders if x not in done):
             t = time.perf_counter()
-            results[name] += run(ladder, method)
+            results[name] += run(ladder, method, a.rungs)
             print(f"{name} {ladder}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
     if "before" not in results or "after" not in results:
         only = results.get("after") or results["before"]
