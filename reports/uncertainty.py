@@ -46,6 +46,7 @@ from reports.law import _cols
 CALIBRATION_FILE = Path(__file__).with_name("forecast_calibration.json")
 RATIO_BINS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e12)  # extrapolation ratio bins of the calibration
 KAPPA_FLOOR = 0.03  # least log-space error per unit of ln(ratio): tuned on the tuning ladders only
+KAPPA_NO_BACKTEST = 0.06  # the same, where too few rungs allow a backtest: tuned with --rungs 3
 BOOTSTRAP = 200
 LOGLINEAR = "loglinear"
 EMERGENCE = "emergence"  # logistic in log N from the chance level (reports.forms.Emergence)
@@ -323,7 +324,9 @@ def forecast(
     scaled = _scaled_errors(c.centre, N, y, kw, chance, rho_t)
     weights = _weights(list(c.centre), scaled)
     mu = sum(weights[k] * c.centre[k] for k in c.centre)
-    kappa = max(KAPPA_FLOOR, sum(weights[k] * scaled.get(k, 0.0) for k in c.centre))
+    kappa = KAPPA_NO_BACKTEST
+    if scaled:
+        kappa = max(KAPPA_FLOOR, sum(weights[k] * scaled.get(k, 0.0) for k in c.centre))
     tail = (1 - LEVEL) / 2 * 100
     vals = c.to_metric([mu, *_mixture(c, weights, kappa, rho_t, bootstrap, rng, tail)])
     value, lo, hi = float(vals[0]), float(min(vals[1:])), float(max(vals[1:]))

@@ -170,3 +170,19 @@ def test_no_forecast_or_interval_end_is_worse_than_the_worst_fitted_rung(higher_
         assert f.lo == pytest.approx(worst) and f.value >= worst and f.hi > worst
     else:
         assert f.hi == pytest.approx(worst) and f.value <= worst and f.lo < worst
+
+
+def test_without_a_backtest_the_extrapolation_error_is_the_no_backtest_one(monkeypatch):
+    # Three rungs allow no backtest: the interval's extrapolation term is KAPPA_NO_BACKTEST
+    # (learned from three-rung forecasts of public ladders), and with six rungs it plays no part.
+    from reports import uncertainty
+
+    y = 0.8 * (SIZES / 2e7) ** -0.15
+
+    def width(sizes, values, kappa):
+        monkeypatch.setattr(uncertainty, "KAPPA_NO_BACKTEST", kappa)
+        f = forecast(sizes, values, 2e10)
+        return np.log(f.hi / f.lo)
+
+    assert width(SIZES[:3], y[:3], 0.3) > 2 * width(SIZES[:3], y[:3], 0.03)
+    assert width(SIZES, y, 0.3) == pytest.approx(width(SIZES, y, 0.03))
