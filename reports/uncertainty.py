@@ -11,7 +11,8 @@ fitted with its parametric bootstrap (reports.fit), then:
 - the interval is the weighted mixture of the forms' bootstrap draws (so it spans the credible
   forms), widened by an extrapolation term that grows with the log ratio: the larger of the
   series' own scaled backtest error and a floor learned from public ladders (conformal-style
-  calibration, docs/forecasting.md);
+  calibration, docs/forecasting.md), or, with too few rungs for a backtest, the error learned
+  from three-rung forecasts of those ladders;
 - the forecast is form-limited when the forms' own intervals do not overlap at the target; then
   `trusted_ratio` says how far beyond the largest rung they still do.
 
@@ -342,7 +343,7 @@ def forecast(
     why = (
         "forms averaged by far-looking backtest"
         if scaled
-        else "no backtest (needs at least 4 rungs): forms weighted equally"
+        else "no backtest (needs at least 4 rungs): forms weighted equally, three-rung width"
     )
     return Forecast(value, lo, hi, best, why, ratio, agree, trusted, calibrated_coverage(ratio), per_form)
 
