@@ -254,6 +254,8 @@ def _leave_largest_out(form, N, y, hib, bounded, se, delta) -> dict:
         return base | {"error": f"not computed: without the largest rung, {e}"}
     pred = float(predict(f, largest)[0][0])
     actual = float(np.mean(y[~keep]))
+    if actual == 0:  # an accuracy of 0 at the largest rung: no relative error to give
+        return base | {"error": f"not computed: the largest rung measured 0 (predicted {pred:.3g})"}
     mean_abs = abs(pred - actual) / abs(actual)
     return base | {
         "predicted": pred,

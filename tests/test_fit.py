@@ -89,6 +89,16 @@ def test_leave_largest_out_sees_a_wrong_law():
     )
 
 
+def test_an_accuracy_of_zero_at_the_largest_rung_is_said_not_divided_by():
+    # Generated-answer tasks score 0 at small rungs; the leave-largest-out check has no relative
+    # error to give then, and must say so rather than fail the whole fit.
+    N = np.geomspace(1e7, 1e9, 5)
+    for form in ("powerlaw", "saturating"):
+        f = fit(form, N, np.array([0.0, 0.02, 0.0, 0.03, 0.0]), higher_is_better=True, bounded=True)
+        assert "largest rung measured 0" in f.extrapolation["error"]
+        assert "rel_error" not in f.extrapolation
+
+
 def test_saturating_fits_error_of_bounded_scores():
     N = np.geomspace(2e7, 2e10, 6)
     acc = 1 - (0.2 + 3.0 * N**-0.3)
