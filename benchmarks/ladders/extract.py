@@ -1,11 +1,12 @@
 """Rebuild the public ladder tables in this folder from their sources (README.md says which).
 
-    python benchmarks/ladders/extract.py --pythia-git PATH --obsscaling-git PATH2
+    python benchmarks/ladders/extract.py --pythia-git PATH --obsscaling-git PATH2 --scaling-git PATH3
 
-PATH is a git directory of github.com/EleutherAI/pythia, PATH2 one of github.com/ryoungj/ObsScaling
-(any clones; the commits used are in the README). Chinchilla comes from tests/data; Cerebras-GPT's
-rows are transcribed below from its model card, Qwen2.5's from its technical report's base-model
-tables; Qwen1.5, Qwen2 and BLOOM are read from ObsScaling's result files. Every table is written as a
+PATH is a git directory of github.com/EleutherAI/pythia, PATH2 one of github.com/ryoungj/ObsScaling,
+PATH3 one of github.com/mlfoundations/scaling (any clones; the commits used are in the README).
+Chinchilla comes from tests/data; Cerebras-GPT's rows are transcribed below from its model card,
+Qwen2.5's from its technical report's base-model tables; Qwen1.5, Qwen2 and BLOOM are read from
+ObsScaling's result files, OpenLM-RPJ from mlfoundations/scaling's. Every table is written as a
 results table `sweep report --from FILE` reads, with a `chance` column: the accuracy of guessing
 (1 / options for multiple choice, 0 for generated answers), empty where unknown or mixed.
 """
@@ -138,6 +139,11 @@ OBSSCALING_FILES = {
         "arithmetic_2da_2_acc": ("arithmetic_2da", "2-shot", "acc", 0.0),
     },
 }
+# OpenLM models trained on RedPajama at 20 tokens per parameter (`chinchilla_multiplier` 1.0) in
+# github.com/mlfoundations/scaling (Gadre et al. 2024, arXiv 2403.08540): per rung, the config in the file
+# names exp_data/models/rpj-<config>-1.0.json and exp_data/evals/evaluation_rpj-<config>-1.0_heavy.json.
+OPENLM_RPJ = ["d=96_l=8_h=4", "d=512_l=8_h=4", "d=576_l=24_h=8", "d=1024_l=24_h=8", "open_lm_1b",
+              "open_lm_7b"]  # fmt: skip
 # Guessing accuracy of the lm-evaluation-harness tasks (Pythia, OPT) and Cerebras-GPT's tasks.
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "sciq": 0.25, "winogrande": 0.5,
           "lambada_openai": 0.0, "lambada": 0.0, "logiqa": 0.25, "wsc": 0.5, "hellaswag": 0.25,
@@ -267,6 +273,30 @@ def obsscaling(git_dir: Path, ladder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def openlm_rpj(git_dir: Path) -> pd.DataFrame:
+    """The RedPajama ladder at 20 tokens per parameter: every task of the evaluation files' `icl` metrics
+    (the same 46 on every rung), values unchanged; shots and guessing accuracy from eval_metadata.csv."""
+    meta = pd.read_csv(io.BytesIO(_git(git_dir, "exp_data/eval_metadata.csv"))).set_index("Eval Task")
+    rows, tasks = [], None
+    for config in OPENLM_RPJ:
+        model = json.loads(_git(git_dir, f"exp_data/models/rpj-{config}-1.0.json"))
+        hp = model["hyperparameters"]
+        n = float(hp["params"])  # the files' exact count (the paper's nominal 0.011B ... 6.9B)
+        assert model["dataset_name"] == "rpj" and hp["chinchilla_multiplier"] == 1.0, config
+        assert hp["tokens"] == 20 * hp["params"], config
+        evals = json.loads(_git(git_dir, f"exp_data/evals/evaluation_rpj-{config}-1.0_heavy.json"))
+        assert evals["model"] == config, config
+        icl = evals["eval_metrics"]["icl"]
+        tasks = tasks or sorted(icl)
+        assert sorted(icl) == tasks and all(0 <= icl[t] <= 1 for t in tasks), config
+        for task in tasks:
+            shots, chance = meta.loc[task, "#shots"], meta.loc[task, "Random baseline"] / 100
+            rows.append({"model": f"openlm-rpj-{n / 1e9:.3g}b", "params": n, "task": task,
+                         "mode": f"{shots}-shot", "metric": "acc", "value": float(icl[task]),
+                         "higher_is_better": True, "bounded": True, "chance": float(chance)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def with_chance(df: pd.DataFrame) -> pd.DataFrame:
     """The `chance` column for accuracies of the tasks in CHANCE (empty for other metrics)."""
     acc = df["metric"] == "acc"
@@ -300,6 +330,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pythia-git", type=Path, required=True, help="git directory of EleutherAI/pythia")
     ap.add_argument("--obsscaling-git", type=Path, required=True, help="git directory of ryoungj/ObsScaling")
+    ap.add_argument("--scaling-git", type=Path, required=True, help="git directory of mlfoundations/scaling")
     a = ap.parse_args()
     tables = {
         "chinchilla": chinchilla(),
@@ -313,6 +344,7 @@ def main() -> None:
     tables["qwen2.5"] = qwen25()
     for name in OBSSCALING:
         tables[name] = obsscaling(a.obsscaling_git, name)
+    tables["openlm-rpj"] = openlm_rpj(a.scaling_git)
     for name, df in tables.items():
         df.to_csv(HERE / f"{name}.csv", index=False)
         series = df.groupby(["task", "mode", "metric"]).ngroups
