@@ -27,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -331,11 +332,7 @@ def forecast(
     tail = (1 - LEVEL) / 2 * 100
     vals = c.to_metric([mu, *_mixture(c, weights, kappa, rho_t, bootstrap, rng, tail)])
     value, lo, hi = float(vals[0]), float(min(vals[1:])), float(max(vals[1:]))
-    # A prior from size ladders: a model larger than every fitted rung does not score worse than
-    # the worst of them (true of every series and cutoff of the tuning ladders, 182 of 182, while
-    # 9 landed below the largest fitted rung and 13 below chance: docs/forecasting.md, session 14).
-    worst = float(y.min() if higher_is_better else y.max())
-    value, lo, hi = (max(v, worst) if higher_is_better else min(v, worst) for v in (value, lo, hi))
+    value, lo, hi = _no_worse_than_the_worst_rung(N, y, se, higher_is_better, value, lo, hi)
     per_form = _per_form(c, weights, scaled, tail)
     agree = _overlap(per_form)
     trusted = ratio if agree else _trusted_ratio(_intervals_at(c, bootstrap, rng, tail), N.max(), target)
@@ -366,6 +363,23 @@ def forecast_points(
         seed=seed,
         chance=chance,
     )
+
+
+def _no_worse_than_the_worst_rung(N, y, se, higher_is_better: bool, value, lo, hi):
+    """A prior from size ladders: a model larger than every fitted rung is not, in expectation,
+    worse than the worst of them; its measurement may be, by its noise. So the value is bounded by
+    the worst fitted value and the interval's worse end by that value less z measurement errors
+    (the eval's standard error where known, else the scatter about a line in log N).
+    docs/forecasting.md, session 14: without the noise term, near-chance series of a fresh ladder
+    landed below the bound."""
+    worst = float(y.min() if higher_is_better else y.max())
+    noise = float(np.max(se)) if se is not None else 0.0
+    if se is None and np.unique(N).size > 2:
+        noise = math.sqrt(LogLinear.fit(N, y, higher_is_better, False).s2)
+    z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+    if higher_is_better:
+        return max(value, worst), max(lo, worst - z * noise), max(hi, worst)
+    return min(value, worst), min(lo, worst), min(hi, worst + z * noise)
 
 
 def _pct(b: np.ndarray, tail: float) -> list[float]:
