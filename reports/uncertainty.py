@@ -17,8 +17,9 @@ fitted with its parametric bootstrap (reports.fit), then:
   `trusted_ratio` says how far beyond the largest rung they still do.
 
 Priors come with the log-space fits: an error metric (or 1 − an accuracy) stays above 0, so an
-accuracy stays below 1, and the saturating form carries a floor. No forecast or interval end is
-worse than the worst fitted rung: a larger model does not fall below every smaller one.
+accuracy stays below 1, and the saturating form carries a floor. No forecast is worse than the
+worst fitted rung, nor its interval by more than a measurement's noise: a larger model does not,
+in expectation, fall below every smaller one.
 """
 
 from __future__ import annotations
