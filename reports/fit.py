@@ -314,7 +314,9 @@ def backtest(form: str, N, y, **kw) -> dict:
         se=None if kw.get("se") is None else np.asarray(kw["se"], float)[None],
     )
     pred, lo, hi, actual = (b[k][0] for k in ("predicted", "lo", "hi", "actual"))
-    rel = (pred - actual) / np.abs(actual)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a rung that measured 0 has no relative error
+        rel = np.where(actual != 0, (pred - actual) / np.abs(actual), np.nan)
+    scored = np.isfinite(rel)
     has = np.isfinite(lo)
     inside = (lo <= actual) & (actual <= hi)
     windows = [
@@ -325,7 +327,7 @@ def backtest(form: str, N, y, **kw) -> dict:
             "lo": float(a),
             "hi": float(z),
             "actual": float(v),
-            "rel_error": float(r),
+            "rel_error": float(r) if np.isfinite(r) else None,
             "inside": bool(ins) if h else None,
         }
         for i, (n, p, a, z, v, r, ins, h) in enumerate(
@@ -334,7 +336,7 @@ def backtest(form: str, N, y, **kw) -> dict:
     ]
     return {
         "windows": windows,
-        "error": float(np.mean(np.abs(rel))) if rel.size else None,
+        "error": float(np.mean(np.abs(rel[scored]))) if scored.any() else None,
         "coverage": float(inside[has].mean()) if has.any() else None,
         "scored_windows": int(has.sum()),
     }

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.fit import FitError, chinchilla_grid, fit, predict
+from reports.fit import FitError, backtest, chinchilla_grid, fit, predict
 from reports.lbfgs import minimize_batch
 
 DATA = Path(__file__).parent / "data" / "chinchilla_svg_extracted_data.csv"
@@ -97,6 +97,10 @@ def test_an_accuracy_of_zero_at_the_largest_rung_is_said_not_divided_by():
         f = fit(form, N, np.array([0.0, 0.02, 0.0, 0.03, 0.0]), higher_is_better=True, bounded=True)
         assert "largest rung measured 0" in f.extrapolation["error"]
         assert "rel_error" not in f.extrapolation
+        # the backtest scores only the windows whose held-out rung measured more than 0
+        bt = backtest(form, N, np.array([0.01, 0.02, 0.03, 0.0, 0.05]), higher_is_better=True, bounded=True)
+        assert [w["rel_error"] is None for w in bt["windows"]] == [True, False]
+        assert bt["error"] == pytest.approx(abs(bt["windows"][1]["rel_error"]))
 
 
 def test_saturating_fits_error_of_bounded_scores():
