@@ -42,7 +42,7 @@ NEW_HELD_OUT = ("openlm-rpj",)  # declared after session 14's changes, before an
 RS = (5, 10, 30)
 BOOTSTRAP = 200  # `sweep report` defaults to 1000; 200 keeps the benchmark minutes long
 BACKTEST_BOOTSTRAP = 100  # the report uses 200 per backtest window
-EVERY_FORM = (*uncertainty.FORMS_AVERAGED, uncertainty.LOGLINEAR, uncertainty.EMERGENCE)
+EVERY_FORM = tuple(dict.fromkeys((*uncertainty.FORMS_AVERAGED, uncertainty.LOGLINEAR, uncertainty.EMERGENCE)))
 
 
 @dataclass
@@ -116,6 +116,8 @@ def run(ladder: str, method, rungs: int | None = None) -> list[Outcome]:
         hib, bounded = bool(s["higher_is_better"].iloc[0]), bool(s["bounded"].iloc[0])
         chance = float(s["chance"].iloc[0]) if "chance" in s and s["chance"].notna().all() else None
         target = N.max()
+        if not np.all(y[N == target]):  # a relative error needs a target that measured more than 0
+            continue
         for R in RS:
             keep = N <= target / R
             if rungs is not None:
@@ -185,9 +187,9 @@ def table(results: dict[str, list[Outcome]], ladders: list[str]) -> str:
 
 
 def form_table(rows: list[Outcome], ladders: list[str]) -> str:
-    """Median |relative error| of each form's own forecast, of the default average, and of the
-    best single form per series in hindsight (a bound on choosing one of these forms)."""
-    head = [*EVERY_FORM, "default average", "best form in hindsight"]
+    """Median |relative error| of each form's own forecast (unbounded), of the default forecast,
+    and of the best single form per series in hindsight (a bound on choosing one of these forms)."""
+    head = [*EVERY_FORM, "default forecast", "best form in hindsight"]
     lines = ["| ladders | R | series | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 3)]
     for name, members in _groups(ladders):
         for R in RS:
@@ -231,8 +233,13 @@ def main() -> None:
         "--set", action="append", default=[], help="NAME=VALUE of reports.uncertainty (tuning only)"
     )
     a = ap.parse_args()
+    if a.rungs is not None and a.rungs < 3:
+        ap.error("--rungs must be at least 3: fewer rungs leave no fit")
     if a.rungs is not None and a.cache:
         ap.error("--cache keeps full-ladder outcomes: leave it out with --rungs")
+    tuning = a.rungs is not None or a.kappa is not None or a.forms or a.set
+    if a.write_calibration and (tuning or a.per_form):
+        ap.error("--write-calibration stores the default method's coverage on full ladders only")
     if a.kappa is not None:
         uncertainty.KAPPA_FLOOR = a.kappa
     if a.forms:

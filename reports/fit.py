@@ -316,7 +316,7 @@ def backtest(form: str, N, y, **kw) -> dict:
     pred, lo, hi, actual = (b[k][0] for k in ("predicted", "lo", "hi", "actual"))
     with np.errstate(divide="ignore", invalid="ignore"):  # a rung that measured 0 has no relative error
         rel = np.where(actual != 0, (pred - actual) / np.abs(actual), np.nan)
-    scored = np.isfinite(rel)
+    has_rel_error = np.isfinite(rel)
     has = np.isfinite(lo)
     inside = (lo <= actual) & (actual <= hi)
     windows = [
@@ -336,7 +336,7 @@ def backtest(form: str, N, y, **kw) -> dict:
     ]
     return {
         "windows": windows,
-        "error": float(np.mean(np.abs(rel[scored]))) if scored.any() else None,
+        "error": float(np.mean(np.abs(rel[has_rel_error]))) if has_rel_error.any() else None,
         "coverage": float(inside[has].mean()) if has.any() else None,
         "scored_windows": int(has.sum()),
     }

@@ -28,9 +28,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from reports.fit import (
     LEVEL,
@@ -49,7 +49,7 @@ from reports.law import _cols
 CALIBRATION_FILE = Path(__file__).with_name("forecast_calibration.json")
 RATIO_BINS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e12)  # extrapolation ratio bins of the calibration
 KAPPA_FLOOR = 0.03  # least log-space error per unit of ln(ratio): tuned on the tuning ladders only
-KAPPA_NO_BACKTEST = 0.06  # the same, where too few rungs allow a backtest: tuned with --rungs 3
+KAPPA_NO_BACKTEST = 0.06  # the same for series too short for a backtest (3 rungs): tuned with --rungs 3
 BOOTSTRAP = 200
 LOGLINEAR = "loglinear"
 EMERGENCE = "emergence"  # logistic in log N from the chance level (reports.forms.Emergence)
@@ -366,21 +366,33 @@ def forecast_points(
     )
 
 
-def _no_worse_than_the_worst_rung(N, y, se, higher_is_better: bool, value, lo, hi):
+def _no_worse_than_the_worst_rung(
+    N: np.ndarray,
+    y: np.ndarray,
+    se: np.ndarray | None,
+    higher_is_better: bool,
+    value: float,
+    lo: float,
+    hi: float,
+) -> tuple[float, float, float]:
     """A prior from size ladders: a model larger than every fitted rung is not, in expectation,
-    worse than the worst of them; its measurement may be, by its noise. So the value is bounded by
-    the worst fitted value and the interval's worse end by that value less z measurement errors
-    (the eval's standard error where known, else the scatter about a line in log N).
+    worse than the worst of them (by its mean over repeats); its measurement may be, by its noise.
+    So the value is bounded by the worst rung and the interval's worse end by that less the noise:
+    the rungs' scatter about a line in log N at its Student-t quantile (few rungs say little about
+    the noise), and at least the eval's own standard error at the normal quantile.
     docs/forecasting.md, session 14: without the noise term, near-chance series of a fresh ladder
     landed below the bound."""
-    worst = float(y.min() if higher_is_better else y.max())
-    noise = float(np.max(se)) if se is not None else 0.0
-    if se is None and np.unique(N).size > 2:
-        noise = math.sqrt(LogLinear.fit(N, y, higher_is_better, False).s2)
-    z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
+    _, rung = np.unique(N, return_inverse=True)
+    means = np.bincount(rung, weights=y) / np.bincount(rung)
+    worst = float(means.min() if higher_is_better else means.max())
+    x, df = np.log(N), N.size - 2
+    residuals = y - np.polyval(np.polyfit(x, y, 1), x)
+    noise = math.sqrt(residuals @ residuals / df) * student_t.ppf(0.5 + LEVEL / 2, df) if df > 0 else 0.0
+    if se is not None:
+        noise = max(noise, float(np.max(se)) * student_t.ppf(0.5 + LEVEL / 2, np.inf))
     if higher_is_better:
-        return max(value, worst), max(lo, worst - z * noise), max(hi, worst)
-    return min(value, worst), min(lo, worst), min(hi, worst + z * noise)
+        return max(value, worst), max(lo, worst - noise), max(hi, worst)
+    return min(value, worst), min(lo, worst), min(hi, worst + noise)
 
 
 def _pct(b: np.ndarray, tail: float) -> list[float]:
