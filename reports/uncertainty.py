@@ -385,9 +385,8 @@ def _no_worse_than_the_worst_rung(
     _, rung = np.unique(N, return_inverse=True)
     means = np.bincount(rung, weights=y) / np.bincount(rung)
     worst = float(means.min() if higher_is_better else means.max())
-    x, df = np.log(N), N.size - 2
-    residuals = y - np.polyval(np.polyfit(x, y, 1), x)
-    noise = math.sqrt(residuals @ residuals / df) * student_t.ppf(0.5 + LEVEL / 2, df) if df > 0 else 0.0
+    line = LogLinear.fit(N, y, higher_is_better, False)  # its residual variance is the scatter
+    noise = math.sqrt(line.s2) * student_t.ppf(0.5 + LEVEL / 2, line.df) if line.df > 0 else 0.0
     if se is not None:
         noise = max(noise, float(np.max(se)) * student_t.ppf(0.5 + LEVEL / 2, np.inf))
     if higher_is_better:
