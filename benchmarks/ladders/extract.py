@@ -139,11 +139,13 @@ OBSSCALING_FILES = {
         "arithmetic_2da_2_acc": ("arithmetic_2da", "2-shot", "acc", 0.0),
     },
 }
-# OpenLM models trained on RedPajama at 20 tokens per parameter (`chinchilla_multiplier` 1.0) in
+# OpenLM models trained at 20 tokens per parameter (`chinchilla_multiplier` 1.0) in
 # github.com/mlfoundations/scaling (Gadre et al. 2024, arXiv 2403.08540): per rung, the config in the file
-# names exp_data/models/rpj-<config>-1.0.json and exp_data/evals/evaluation_rpj-<config>-1.0_heavy.json.
-OPENLM_RPJ = ["d=96_l=8_h=4", "d=512_l=8_h=4", "d=576_l=24_h=8", "d=1024_l=24_h=8", "open_lm_1b",
+# names exp_data/models/<data>-<config>-1.0.json and exp_data/evals/evaluation_<data>-<config>-1.0_heavy.json.
+OPENLM_CONFIGS = ["d=96_l=8_h=4", "d=512_l=8_h=4", "d=576_l=24_h=8", "d=1024_l=24_h=8", "open_lm_1b",
               "open_lm_7b"]  # fmt: skip
+# The three training sets of that repository, each a ladder of the six configs: ladder name -> <data>.
+OPENLM_DATA = {"openlm-rpj": "rpj", "openlm-c4": "c4_original", "openlm-rw": "rw_original"}
 # Guessing accuracy of the lm-evaluation-harness tasks (Pythia, OPT) and Cerebras-GPT's tasks.
 CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "sciq": 0.25, "winogrande": 0.5,
           "lambada_openai": 0.0, "lambada": 0.0, "logiqa": 0.25, "wsc": 0.5, "hellaswag": 0.25,
@@ -273,25 +275,27 @@ def obsscaling(git_dir: Path, ladder: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def openlm_rpj(git_dir: Path) -> pd.DataFrame:
-    """The RedPajama ladder at 20 tokens per parameter: every task of the evaluation files' `icl` metrics
-    (the same 46 on every rung), values unchanged; shots and guessing accuracy from eval_metadata.csv."""
+def openlm(git_dir: Path, ladder: str) -> pd.DataFrame:
+    """One training set's ladder at 20 tokens per parameter: every task of the evaluation files' `icl`
+    metrics (the same 46 on every rung), values unchanged; shots and guessing accuracy from
+    eval_metadata.csv."""
+    data = OPENLM_DATA[ladder]
     meta = pd.read_csv(io.BytesIO(_git(git_dir, "exp_data/eval_metadata.csv"))).set_index("Eval Task")
     rows, tasks = [], None
-    for config in OPENLM_RPJ:
-        model = json.loads(_git(git_dir, f"exp_data/models/rpj-{config}-1.0.json"))
+    for config in OPENLM_CONFIGS:
+        model = json.loads(_git(git_dir, f"exp_data/models/{data}-{config}-1.0.json"))
         hp = model["hyperparameters"]
         n = float(hp["params"])  # the files' exact count (the paper's nominal 0.011B ... 6.9B)
-        assert model["dataset_name"] == "rpj" and hp["chinchilla_multiplier"] == 1.0, config
+        assert model["dataset_name"] == data and hp["chinchilla_multiplier"] == 1.0, config
         assert hp["tokens"] == 20 * hp["params"], config
-        evals = json.loads(_git(git_dir, f"exp_data/evals/evaluation_rpj-{config}-1.0_heavy.json"))
+        evals = json.loads(_git(git_dir, f"exp_data/evals/evaluation_{data}-{config}-1.0_heavy.json"))
         assert evals["model"] == config, config
         icl = evals["eval_metrics"]["icl"]
         tasks = tasks or sorted(icl)
         assert sorted(icl) == tasks and all(0 <= icl[t] <= 1 for t in tasks), config
         for task in tasks:
             shots, chance = meta.loc[task, "#shots"], meta.loc[task, "Random baseline"] / 100
-            rows.append({"model": f"openlm-rpj-{n / 1e9:.3g}b", "params": n, "task": task,
+            rows.append({"model": f"{ladder}-{n / 1e9:.3g}b", "params": n, "task": task,
                          "mode": f"{shots}-shot", "metric": "acc", "value": float(icl[task]),
                          "higher_is_better": True, "bounded": True, "chance": float(chance)})  # fmt: skip
     return pd.DataFrame(rows)
@@ -344,7 +348,8 @@ def main() -> None:
     tables["qwen2.5"] = qwen25()
     for name in OBSSCALING:
         tables[name] = obsscaling(a.obsscaling_git, name)
-    tables["openlm-rpj"] = openlm_rpj(a.scaling_git)
+    for name in OPENLM_DATA:
+        tables[name] = openlm(a.scaling_git, name)
     for name, df in tables.items():
         df.to_csv(HERE / f"{name}.csv", index=False)
         series = df.groupby(["task", "mode", "metric"]).ngroups
