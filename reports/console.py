@@ -11,7 +11,7 @@ from reports import lr_search
 from reports.report import predict_from_fits
 from reports.results import Report
 from reports.tables import coverage_text
-from reports.uncertainty import LOW_COVERAGE
+from reports.uncertainty import LOW_COVERAGE, MISSES_LARGEST
 
 
 def summary(report: Report, report_at: Path, predict: str | None, size: str | float | None) -> list:
@@ -27,6 +27,7 @@ def summary(report: Report, report_at: Path, predict: str | None, size: str | fl
     if predict:
         out.append(_predictions_table(report, predict, size))
         out += _low_coverage_warning(report)
+        out += _misses_largest_rung_warning(report)
         reg = report.registration
         if reg:
             out.append(f"registered: {reg.path} sha256 {reg.sha256} ({reg.created})")
@@ -50,6 +51,23 @@ def _low_coverage_warning(report: Report) -> list[str]:
     return [
         f"warning: {f.size} is {f.extrapolation_ratio:.0f}x beyond the largest rung; at that distance "
         f"the benchmark's 95% intervals covered only {f.calibrated_coverage:.0%} (docs/forecasting.md)"
+    ]
+
+
+def _misses_largest_rung_warning(report: Report) -> list[str]:
+    """One line naming the series whose averaged law passes far from their largest fitted rung: on
+    the public ladders such forecasts erred several times more than the others."""
+    missed = [
+        s.label
+        for s in report.series
+        if s.forecast and (s.forecast.largest_rung_miss or 0.0) >= MISSES_LARGEST
+    ]  # fmt: skip
+    if not missed:
+        return []
+    named = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")
+    return [
+        f"warning: the fitted law misses the largest rung by {MISSES_LARGEST:.0%} or more of the rungs' "
+        f"range for {named}: the forecast may miss a bend there (docs/forecasting.md)"
     ]
 
 

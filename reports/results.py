@@ -148,7 +148,9 @@ class Forecast:
     calibrated_coverage: float | None = None  # the benchmark's coverage at this ratio
     forms_agree: bool | None = None
     trusted_ratio: float | None = None  # the forms' intervals overlap up to this ratio
-    caveat: str | None = None  # the three above in one phrase, shown beside the forecast
+    # |averaged law − measured| at the largest fitted rung, a share of the rungs' range
+    largest_rung_miss: float | None = None
+    caveat: str | None = None  # the fields above in one phrase, shown beside the forecast
 
     def to_json(self) -> dict:
         """Its fields; the later, optional ones only where known, so an older file reads back as it was."""

@@ -49,7 +49,7 @@ def forecast(s: Series, target: Target, errors: dict[str, float | None]) -> Fore
     return Forecast(
         u.form, target.N, target.size, target.rung, u.value, u.lo, u.hi, errors.get(u.form),
         extrapolation_ratio=u.ratio, calibrated_coverage=u.coverage, forms_agree=u.forms_agree,
-        trusted_ratio=u.trusted_ratio, caveat=u.caveat(),
+        trusted_ratio=u.trusted_ratio, largest_rung_miss=u.largest_rung_miss, caveat=u.caveat(),
     )  # fmt: skip
 
 

@@ -60,6 +60,10 @@ CLOSED_FORMS = (LOGLINEAR, EMERGENCE)  # fitted in closed form, with Student-t d
 # from 4.7% to 7.8%, and widened the intervals (session 9, docs/forecasting.md).
 FORMS_AVERAGED = SIZE_LAWS
 LOW_COVERAGE = 0.80  # below this benchmark coverage at its ratio, a forecast is flagged
+# A forecast whose averaged law passes this far (a share of the rungs' range) from its own largest
+# fitted rung is said to miss it: on the public ladders such forecasts erred several times more
+# (docs/forecasting.md, session 15).
+MISSES_LARGEST = 0.30
 
 
 @dataclass
@@ -86,10 +90,16 @@ class Forecast:
     trusted_ratio: float  # up to this ratio the forms' own intervals overlap
     coverage: float | None  # the benchmark's coverage of these intervals at this ratio
     forms: list[FormForecast] = field(default_factory=list)
+    # |averaged law − measured| at the largest fitted rung, as a share of the rungs' range
+    largest_rung_miss: float = 0.0
 
     @property
     def form_limited(self) -> bool:
         return not self.forms_agree
+
+    @property
+    def misses_largest_rung(self) -> bool:
+        return self.largest_rung_miss >= MISSES_LARGEST
 
     @property
     def low_coverage(self) -> bool:
@@ -103,6 +113,7 @@ class Forecast:
             "forms_agree": self.forms_agree,
             "form_limited": self.form_limited,
             "trusted_ratio": self.trusted_ratio,
+            "largest_rung_miss": self.largest_rung_miss,
             "weights": {f.form: f.weight for f in self.forms},
             "why": self.why,
         }
@@ -112,8 +123,12 @@ class Forecast:
         cov = "uncalibrated" if self.coverage is None else f"benchmark coverage {self.coverage:.0%}"
         text = f"{self.ratio:.1f}x beyond the largest rung, {cov}"
         if self.form_limited:
-            return f"{text}; form-limited: the forms agree only up to {self.trusted_ratio:.1f}x"
-        return f"{text}; forms agree"
+            text = f"{text}; form-limited: the forms agree only up to {self.trusted_ratio:.1f}x"
+        else:
+            text = f"{text}; forms agree"
+        if self.misses_largest_rung:
+            text += f"; the law misses the largest rung by {self.largest_rung_miss:.0%} of the rungs' range"
+        return text
 
     def warning(self, label: str) -> str | None:
         """One line when the benchmark's coverage at this ratio is below LOW_COVERAGE."""
@@ -338,12 +353,31 @@ def forecast(
     agree = _overlap(per_form)
     trusted = ratio if agree else _trusted_ratio(_intervals_at(c, bootstrap, rng, tail), N.max(), target)
     best = max(weights, key=weights.get)
+    miss = _largest_rung_miss(c, weights, N, y)
     why = (
         "forms averaged by far-looking backtest"
         if scaled
         else "no backtest (needs at least 4 rungs): forms weighted equally, three-rung width"
     )
-    return Forecast(value, lo, hi, best, why, ratio, agree, trusted, calibrated_coverage(ratio), per_form)
+    return Forecast(
+        value, lo, hi, best, why, ratio, agree, trusted, calibrated_coverage(ratio), per_form, miss
+    )  # fmt: skip
+
+
+def _largest_rung_miss(c: _Credible, weights, N: np.ndarray, y: np.ndarray) -> float:
+    """How far the averaged law passes from the largest fitted rung (its mean), as a share of the
+    range of the rungs' means: a rung the robust fits treated as an outlier is often the first
+    sign of a bend the forecast then misses."""
+    _, rung = np.unique(N, return_inverse=True)
+    means = np.bincount(rung, weights=y) / np.bincount(rung)
+    spread = float(np.ptp(means))
+    if spread == 0:
+        return 0.0
+    largest = [float(N.max())]
+    log_q = {k: float(_log_q(f, largest)[0]) for k, f in c.fits.items()}
+    log_q |= {k: float(m.log_q(largest)[0]) for k, m in c.closed.items()}
+    law = float(c.to_metric([sum(weights[k] * log_q[k] for k in c.centre)])[0])
+    return abs(law - float(means[-1])) / spread
 
 
 def forecast_points(

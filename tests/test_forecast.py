@@ -292,3 +292,29 @@ def test_console_warns_once_when_the_benchmark_coverage_at_the_ratio_is_below_80
     warned = [line for line in lines if line.startswith("warning:")]
     expected = "warning: 22B is 40x beyond the largest rung; at that distance the benchmark's 95% intervals"
     assert warned == ([f"{expected} covered only 62% (docs/forecasting.md)"] if warns else [])
+
+
+@pytest.mark.parametrize("misses", [[0.9, 0.1], [0.1, 0.0], [None, None]])
+def test_console_names_the_series_whose_law_misses_its_largest_rung_in_one_line(tmp_path, misses):
+    from reports.console import summary
+    from reports.results import Forecast, Report, Series
+
+    def series(metric, miss):
+        s = Series("depth", "frozen", metric, "synthetic", f"depth/{metric}", False, False, [], {})
+        s.forecast = Forecast(
+            "powerlaw", 22e9, "22B", None, 0.3, 0.2, 0.4, 0.01, 10.0, 0.95, True, 10.0, largest_rung_miss=miss
+        )
+        return s
+
+    report = Report(
+        "s", "params", 1e-3, 0, 0, "final", series=[series("abs_rel", misses[0]), series("rmse", misses[1])]
+    )
+    lines = [line for line in summary(report, tmp_path, "22B", "22B") if isinstance(line, str)]
+    warned = [line for line in lines if line.startswith("warning:")]
+    if misses[0] and misses[0] >= 0.3:  # only abs_rel's law misses (by 90% of the range)
+        assert warned == [
+            "warning: the fitted law misses the largest rung by 30% or more of the rungs' range for "
+            "depth/abs_rel: the forecast may miss a bend there (docs/forecasting.md)"
+        ]
+    else:
+        assert warned == []

@@ -52,12 +52,13 @@ def test_the_pipeline_reproduces_every_number_of_the_old_report_and_registers_th
     _, diffs = differences(before, new)
     # A registration is named by the hash of its document, which holds the date it was made; and
     # since issue 24 a forecast's value and interval are the forms averaged (reports.uncertainty),
-    # with how far it reaches, whether the forms agree and the benchmark's coverage beside it.
+    # with how far it reaches, whether the forms agree and the benchmark's coverage beside it; since
+    # session 15 also how far its law passes from the largest fitted rung (a sixth added field).
     dated = [d for d in diffs if _field(d) in ("sha256", "created")]
     averaged = [d for d in diffs if _field(d) in ("value", "lo", "hi") and "forecast" in d]
     added = [d for d in diffs if d.endswith("only in new") and "/forecast/" in d]
     assert sorted(diffs) == sorted(dated + averaged + added)
-    assert len(dated) == 1 + 2 * 3 and len(added) == 5 * 3  # registration/sha256; each row's two
+    assert len(dated) == 1 + 2 * 3 and len(added) == 6 * 3  # registration/sha256; each row's two
     for s_old, s_new in zip(before["series"], new["series"], strict=True):
         f_old, f_new = s_old["forecast"], s_new["forecast"]
         assert f_new["form"] == f_old["form"] and f_new["backtest_error"] == f_old["backtest_error"]

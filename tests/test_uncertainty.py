@@ -201,3 +201,17 @@ def test_without_a_backtest_the_extrapolation_error_is_the_no_backtest_one(monke
 
     assert width(SIZES[:3], y[:3], 0.3) > 2 * width(SIZES[:3], y[:3], 0.03)
     assert width(SIZES, y, 0.3) == pytest.approx(width(SIZES, y, 0.03))
+
+
+def test_a_law_that_misses_its_largest_fitted_rung_says_so():
+    # SQuAD on OpenLM's RefinedWeb ladder (session 15): near 0 on three rungs, then the largest starts
+    # to rise. The robust fits treat that rung as an outlier and forecast no rise (6.9B measured 0.49).
+    N = np.array([1.06e7, 7.89e7, 1.54e8, 4.12e8])
+    rising = np.array([0.0, 0.0012, 0.0026, 0.0495])
+    f = forecast(N, rising, 6.89e9, higher_is_better=True, bounded=True, chance=0.0, bootstrap=100)
+    assert f.misses_largest_rung and f.largest_rung_miss > 0.5
+    assert "misses the largest rung" in f.caveat() and f.record()["largest_rung_miss"] == f.largest_rung_miss
+    # A law that holds passes through its largest rung, and nothing is said.
+    law = 0.8 * (N / 1e7) ** -0.1
+    g = forecast(N, law, 6.89e9, bootstrap=100)
+    assert g.largest_rung_miss < 0.05 and not g.misses_largest_rung and "misses" not in g.caveat()
