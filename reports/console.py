@@ -57,11 +57,7 @@ def _low_coverage_warning(report: Report) -> list[str]:
 def _misses_largest_rung_warning(report: Report) -> list[str]:
     """One line naming the series whose averaged law passes far from their largest fitted rung: on
     the public ladders such forecasts erred several times more than the others."""
-    missed = [
-        s.label
-        for s in report.series
-        if s.forecast and (s.forecast.largest_rung_miss or 0.0) >= MISSES_LARGEST
-    ]  # fmt: skip
+    missed = [s.label for s in report.series if s.forecast and s.forecast.misses_largest_rung]
     if not missed:
         return []
     named = ", ".join(missed[:3]) + (f" and {len(missed) - 3} more" if len(missed) > 3 else "")

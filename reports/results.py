@@ -25,6 +25,7 @@ import numpy as np
 from contracts.names import VAL_LOSS_ROW
 from contracts.tasks import headline
 from reports.fit import Fit
+from reports.uncertainty import MISSES_LARGEST
 
 SCHEMA = 2  # 1: fits.json before it carried a version (the same keys); 2: `schema` written
 
@@ -148,9 +149,14 @@ class Forecast:
     calibrated_coverage: float | None = None  # the benchmark's coverage at this ratio
     forms_agree: bool | None = None
     trusted_ratio: float | None = None  # the forms' intervals overlap up to this ratio
-    # |averaged law − measured| at the largest fitted rung, a share of the rungs' range
+    # |averaged law − measured| at the largest fitted rung, a share of the rungs' range (or noise)
     largest_rung_miss: float | None = None
     caveat: str | None = None  # the fields above in one phrase, shown beside the forecast
+
+    @property
+    def misses_largest_rung(self) -> bool:
+        """Its law passes far from the largest fitted rung (reports.uncertainty.MISSES_LARGEST)."""
+        return (self.largest_rung_miss or 0.0) >= MISSES_LARGEST
 
     def to_json(self) -> dict:
         """Its fields; the later, optional ones only where known, so an older file reads back as it was."""

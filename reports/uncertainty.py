@@ -90,7 +90,7 @@ class Forecast:
     trusted_ratio: float  # up to this ratio the forms' own intervals overlap
     coverage: float | None  # the benchmark's coverage of these intervals at this ratio
     forms: list[FormForecast] = field(default_factory=list)
-    # |averaged law − measured| at the largest fitted rung, as a share of the rungs' range
+    # |averaged law − measured| at the largest fitted rung, a share of the rungs' range (or noise)
     largest_rung_miss: float = 0.0
 
     @property
@@ -353,7 +353,7 @@ def forecast(
     agree = _overlap(per_form)
     trusted = ratio if agree else _trusted_ratio(_intervals_at(c, bootstrap, rng, tail), N.max(), target)
     best = max(weights, key=weights.get)
-    miss = _largest_rung_miss(c, weights, N, y)
+    miss = _largest_rung_miss(c, weights, N, y, se)
     why = (
         "forms averaged by far-looking backtest"
         if scaled
@@ -364,20 +364,23 @@ def forecast(
     )  # fmt: skip
 
 
-def _largest_rung_miss(c: _Credible, weights, N: np.ndarray, y: np.ndarray) -> float:
+def _largest_rung_miss(
+    c: _Credible, weights: dict[str, float], N: np.ndarray, y: np.ndarray, se: np.ndarray | None
+) -> float:
     """How far the averaged law passes from the largest fitted rung (its mean), as a share of the
-    range of the rungs' means: a rung the robust fits treated as an outlier is often the first
-    sign of a bend the forecast then misses."""
-    _, rung = np.unique(N, return_inverse=True)
-    means = np.bincount(rung, weights=y) / np.bincount(rung)
-    spread = float(np.ptp(means))
-    if spread == 0:
+    range of the rungs' means, or of their noise where that is larger (a flat, noisy series has no
+    range to speak of; nor has one flat to a millionth): a rung the robust fits treated as an
+    outlier is often the first sign of a bend the forecast then misses."""
+    means = _rung_means(N, y)
+    resolution = 1e-6 * float(np.abs(means).mean())  # below any eval's resolution: rounding
+    scale = max(float(np.ptp(means)), _measurement_noise(N, y, se), resolution)
+    if not scale > 0:
         return 0.0
     largest = [float(N.max())]
     log_q = {k: float(_log_q(f, largest)[0]) for k, f in c.fits.items()}
     log_q |= {k: float(m.log_q(largest)[0]) for k, m in c.closed.items()}
     law = float(c.to_metric([sum(weights[k] * log_q[k] for k in c.centre)])[0])
-    return abs(law - float(means[-1])) / spread
+    return float(abs(law - float(means[-1])) / scale)
 
 
 def forecast_points(
@@ -416,16 +419,29 @@ def _no_worse_than_the_worst_rung(
     the noise), and at least the eval's own standard error at the normal quantile.
     docs/forecasting.md, session 14: without the noise term, near-chance series of a fresh ladder
     landed below the bound."""
-    _, rung = np.unique(N, return_inverse=True)
-    means = np.bincount(rung, weights=y) / np.bincount(rung)
+    means = _rung_means(N, y)
     worst = float(means.min() if higher_is_better else means.max())
-    line = LogLinear.fit(N, y, higher_is_better, False)  # its residual variance is the scatter
-    noise = math.sqrt(line.s2) * student_t.ppf(0.5 + LEVEL / 2, line.df) if line.df > 0 else 0.0
-    if se is not None:
-        noise = max(noise, float(np.max(se)) * student_t.ppf(0.5 + LEVEL / 2, np.inf))
+    noise = _measurement_noise(N, y, se)
     if higher_is_better:
         return max(value, worst), max(lo, worst - noise), max(hi, worst)
     return min(value, worst), min(lo, worst), min(hi, worst + noise)
+
+
+def _rung_means(N: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each size's mean over its repeats, smallest size first."""
+    _, rung = np.unique(N, return_inverse=True)
+    return np.bincount(rung, weights=y) / np.bincount(rung)
+
+
+def _measurement_noise(N: np.ndarray, y: np.ndarray, se: np.ndarray | None) -> float:
+    """How far one measurement may stray: the rungs' scatter about a line in log N at its Student-t
+    quantile (few rungs say little about the noise), and at least the eval's own standard error at
+    the normal quantile."""
+    line = LogLinear.fit(N, y, False, False)  # its residual variance is the scatter
+    noise = math.sqrt(line.s2) * student_t.ppf(0.5 + LEVEL / 2, line.df) if line.df > 0 else 0.0
+    if se is not None:
+        noise = max(noise, float(np.max(se)) * student_t.ppf(0.5 + LEVEL / 2, np.inf))
+    return noise
 
 
 def _pct(b: np.ndarray, tail: float) -> list[float]:

@@ -294,8 +294,17 @@ def test_console_warns_once_when_the_benchmark_coverage_at_the_ratio_is_below_80
     assert warned == ([f"{expected} covered only 62% (docs/forecasting.md)"] if warns else [])
 
 
-@pytest.mark.parametrize("misses", [[0.9, 0.1], [0.1, 0.0], [None, None]])
-def test_console_names_the_series_whose_law_misses_its_largest_rung_in_one_line(tmp_path, misses):
+@pytest.mark.parametrize(
+    "misses, named",
+    [
+        ([0.9, 0.1], "depth/m0"),
+        ([0.30, 0.29], "depth/m0"),  # the threshold itself counts
+        ([0.5, 0.4, 0.35, 0.3, 0.31], "depth/m0, depth/m1, depth/m2 and 2 more"),
+        ([0.1, 0.0], None),
+        ([None, None], None),
+    ],
+)
+def test_console_names_the_series_whose_law_misses_its_largest_rung_in_one_line(tmp_path, misses, named):
     from reports.console import summary
     from reports.results import Forecast, Report, Series
 
@@ -307,14 +316,12 @@ def test_console_names_the_series_whose_law_misses_its_largest_rung_in_one_line(
         return s
 
     report = Report(
-        "s", "params", 1e-3, 0, 0, "final", series=[series("abs_rel", misses[0]), series("rmse", misses[1])]
+        "s", "params", 1e-3, 0, 0, "final", series=[series(f"m{i}", m) for i, m in enumerate(misses)]
     )
     lines = [line for line in summary(report, tmp_path, "22B", "22B") if isinstance(line, str)]
     warned = [line for line in lines if line.startswith("warning:")]
-    if misses[0] and misses[0] >= 0.3:  # only abs_rel's law misses (by 90% of the range)
-        assert warned == [
-            "warning: the fitted law misses the largest rung by 30% or more of the rungs' range for "
-            "depth/abs_rel: the forecast may miss a bend there (docs/forecasting.md)"
-        ]
-    else:
-        assert warned == []
+    expected = (
+        "warning: the fitted law misses the largest rung by 30% or more of the rungs' range for "
+        f"{named}: the forecast may miss a bend there (docs/forecasting.md)"
+    )
+    assert warned == ([expected] if named else [])

@@ -209,9 +209,15 @@ def test_a_law_that_misses_its_largest_fitted_rung_says_so():
     N = np.array([1.06e7, 7.89e7, 1.54e8, 4.12e8])
     rising = np.array([0.0, 0.0012, 0.0026, 0.0495])
     f = forecast(N, rising, 6.89e9, higher_is_better=True, bounded=True, chance=0.0, bootstrap=100)
-    assert f.misses_largest_rung and f.largest_rung_miss > 0.5
+    assert f.misses_largest_rung and f.largest_rung_miss > 0.4
     assert "misses the largest rung" in f.caveat() and f.record()["largest_rung_miss"] == f.largest_rung_miss
     # A law that holds passes through its largest rung, and nothing is said.
     law = 0.8 * (N / 1e7) ** -0.1
     g = forecast(N, law, 6.89e9, bootstrap=100)
     assert g.largest_rung_miss < 0.05 and not g.misses_largest_rung and "misses" not in g.caveat()
+    # Nor of a flat series, noisy or not: its range is its noise, not a bend.
+    for flat in ([0.25, 0.2501, 0.2499, 0.2502], [0.3, 0.3, 0.3, 0.3 + 1e-12]):
+        h = forecast(
+            N, np.array(flat), 6.89e9, higher_is_better=True, bounded=True, chance=0.25, bootstrap=100
+        )
+        assert not h.misses_largest_rung, (flat, h.largest_rung_miss)

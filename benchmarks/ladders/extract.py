@@ -6,7 +6,8 @@ PATH is a git directory of github.com/EleutherAI/pythia, PATH2 one of github.com
 PATH3 one of github.com/mlfoundations/scaling (any clones; the commits used are in the README).
 Chinchilla comes from tests/data; Cerebras-GPT's rows are transcribed below from its model card,
 Qwen2.5's from its technical report's base-model tables; Qwen1.5, Qwen2 and BLOOM are read from
-ObsScaling's result files, OpenLM-RPJ from mlfoundations/scaling's. Every table is written as a
+ObsScaling's result files, the three OpenLM ladders (RedPajama, C4, RefinedWeb) from
+mlfoundations/scaling's. Every table is written as a
 results table `sweep report --from FILE` reads, with a `chance` column: the accuracy of guessing
 (1 / options for multiple choice, 0 for generated answers), empty where unknown or mixed.
 """
@@ -143,7 +144,7 @@ OBSSCALING_FILES = {
 # github.com/mlfoundations/scaling (Gadre et al. 2024, arXiv 2403.08540): per rung, the config in the file
 # names exp_data/models/<data>-<config>-1.0.json and exp_data/evals/evaluation_<data>-<config>-1.0_heavy.json.
 OPENLM_CONFIGS = ["d=96_l=8_h=4", "d=512_l=8_h=4", "d=576_l=24_h=8", "d=1024_l=24_h=8", "open_lm_1b",
-              "open_lm_7b"]  # fmt: skip
+                  "open_lm_7b"]  # fmt: skip
 # The three training sets of that repository, each a ladder of the six configs: ladder name -> <data>.
 OPENLM_DATA = {"openlm-rpj": "rpj", "openlm-c4": "c4_original", "openlm-rw": "rw_original"}
 # Guessing accuracy of the lm-evaluation-harness tasks (Pythia, OPT) and Cerebras-GPT's tasks.
