@@ -25,6 +25,8 @@ too few for a 3-parameter law, and covered badly in simulation (tests/test_forec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from reports.forms import (
@@ -120,85 +122,108 @@ def fit_many(
     says which points each fit uses (backtest windows). se (T, n) as in `fit`."""
     spec = _FORMS[form]
     N = np.asarray(N, float).ravel()
-    Y = np.atleast_2d(np.asarray(Y, float))
-    T, n = Y.shape
-    use = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
-    q, target = fitted_quantity(form, np.where(use, Y, 0.5), higher_is_better, bounded)
-    bad = _check(q, N) & use
-    if bad.any():
-        raise FitError(
-            f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) "
-            "cannot be fitted in log space"
-        )
-    counts = [np.unique(N[u]).size for u in use]
-    if min(counts) < MIN_RUNGS:
-        raise FitError(f"needs at least {MIN_RUNGS} rungs, got {min(counts)}")
-    logq = np.log(np.where(use, q, 1.0))
-    w = use.astype(float)
-    # Eval noise in log space: se / q. Its relative size weights the points; its level is the noise.
-    sig = (
-        None
-        if se is None
-        else np.where(use, np.broadcast_to(np.asarray(se, float), (T, n)) / np.where(use, q, 1.0), 1.0)
-    )
-    if sig is not None and not (np.isfinite(sig) & (sig > 0))[use].all():
-        raise FitError("every standard error must be a positive number")
-    s = np.ones((T, n)) if sig is None else sig / np.array([sig[t][use[t]].mean() for t in range(T)])[:, None]
+    d = _LogData.of(form, N, Y, mask, higher_is_better, bounded, se)
+    w = d.use.astype(float)
     x0 = float(np.log(np.unique(N)).mean())
     cols = (np.log(N) - x0,)
-    starts = np.stack([_size_grid(form, logq[t][use[t]]) for t in range(T)])
-    theta = _fit_theta(spec, cols, logq, w, s, huber_delta, starts, polish)
+    starts = np.stack([_size_grid(form, q[u]) for q, u in zip(d.logq, d.use, strict=True)])
+    theta = _fit_theta(spec, cols, d.logq, w, d.s, huber_delta, starts, polish)
     p, _ = spec.model(theta, cols)
-
-    k = len(spec.theta)
-    npts = use.sum(1)
-    df = npts - k
-    resid = np.where(use, p - logq, 0.0)
-    sigma_hat = np.sqrt((resid**2 / s**2).sum(1) / np.maximum(df, 1))  # per fit, in units of s
+    df = d.use.sum(1) - len(spec.theta)
+    resid = np.where(d.use, p - d.logq, 0.0)
+    sigma_hat = np.sqrt((resid**2 / d.s**2).sum(1) / np.maximum(df, 1))  # per fit, in units of s
     boot = noise = None
     if bootstrap:
         boot, noise = _parametric_bootstrap(
-            spec, cols, p, w, s, sig, sigma_hat, df, theta, huber_delta, bootstrap, seed
+            spec, cols, p, w, d.s, d.sig, sigma_hat, df, theta, huber_delta, bootstrap, seed
         )
     fits = []
-    for t in range(T):
-        u = use[t]
-        r = resid[t][u]
-        lq = logq[t][u]
-        r2 = 1.0 - float((r**2).sum() / max(((lq - lq.mean()) ** 2).sum(), 1e-300))
-        f = Fit(
-            form,
-            {k_: float(v) for k_, v in _natural(form, theta[t], x0).items()},
-            {},
-            huber_loss(r, huber_delta),
-            huber_delta,
-            int(npts[t]),
-            int(counts[t]),
-            target,
-            x0,
-            [float(v) for v in theta[t]],
-            r2,
-            [float(v) for v in r],
-            bounded=bounded,
-        )
-        if sig is not None:
-            f.sigma, f.sigma_from = float(np.median(sig[t][u])), "se"
+    for t in range(len(d.logq)):
+        f = _one_fit(form, d, t, theta[t], resid[t], huber_delta, x0, bounded)
+        if d.sig is not None:
+            f.sigma, f.sigma_from = float(np.median(d.sig[t][d.use[t]])), "se"
         elif df[t] > 0:
             f.sigma, f.sigma_from = float(sigma_hat[t]), "residuals"
         if boot is not None and np.isfinite(boot[t]).all():
             f.boot, f.noise = boot[t].tolist(), noise[t].tolist()
             lo, hi = (1 - LEVEL) / 2 * 100, (1 + LEVEL) / 2 * 100
             f.ci = {
-                k_: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
-                for k_, v in _natural(form, boot[t], x0).items()
+                k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))]
+                for k, v in _natural(form, boot[t], x0).items()
             }
         elif bootstrap:
             f.notes.append(
-                f"no interval: {int(npts[t])} points leave no degree of freedom to estimate the noise "
-                f"of a {k}-parameter law (give eval standard errors, or more rungs)"
+                f"no interval: {f.n_points} points leave no degree of freedom to estimate the noise "
+                f"of a {len(spec.theta)}-parameter law (give eval standard errors, or more rungs)"
             )
         fits.append(f)
     return fits
+
+
+@dataclass
+class _LogData:
+    """T data sets made ready for a batched fit in log space: which points each fit uses, log q
+    there (0 elsewhere), the eval noise in log space (se / q, or None), each point's relative
+    noise scale s (1 without se), the rungs each fit spans, and what q is."""
+
+    use: np.ndarray  # (T, n) bool
+    logq: np.ndarray  # (T, n)
+    sig: np.ndarray | None  # (T, n)
+    s: np.ndarray  # (T, n)
+    rungs: list[int]
+    target: str
+
+    @classmethod
+    def of(cls, form: str, N: np.ndarray, Y, mask, higher_is_better: bool, bounded: bool, se) -> _LogData:
+        """Raises FitError for values the log cannot take, too few rungs, or unusable SEs."""
+        Y = np.atleast_2d(np.asarray(Y, float))
+        T, n = Y.shape
+        use = np.ones((T, n), bool) if mask is None else np.asarray(mask, bool)
+        q, target = fitted_quantity(form, np.where(use, Y, 0.5), higher_is_better, bounded)
+        bad = _check(q, N) & use
+        if bad.any():
+            raise FitError(
+                f"{int(bad.sum())} non-positive or non-finite value(s) of the fitted quantity ({target}) "
+                "cannot be fitted in log space"
+            )
+        rungs = [np.unique(N[u]).size for u in use]
+        if min(rungs) < MIN_RUNGS:
+            raise FitError(f"needs at least {MIN_RUNGS} rungs, got {min(rungs)}")
+        qu = np.where(use, q, 1.0)
+        # Eval noise in log space: se / q. Its relative size weights the points; its level is the noise.
+        sig = None if se is None else np.where(use, np.broadcast_to(np.asarray(se, float), (T, n)) / qu, 1.0)
+        if sig is not None and not (np.isfinite(sig) & (sig > 0))[use].all():
+            raise FitError("every standard error must be a positive number")
+        s = (
+            np.ones((T, n))
+            if sig is None
+            else sig / np.array([sig[t][use[t]].mean() for t in range(T)])[:, None]
+        )
+        return cls(use, np.log(qu), sig, s, rungs, target)
+
+
+def _one_fit(
+    form: str, d: _LogData, t: int, theta, resid, huber_delta: float, x0: float, bounded: bool
+) -> Fit:
+    """Fit t of a batch: its parameters, loss and R² over the points it used (intervals added after)."""
+    u = d.use[t]
+    r, lq = resid[u], d.logq[t][u]
+    r2 = 1.0 - float((r**2).sum() / max(((lq - lq.mean()) ** 2).sum(), 1e-300))
+    return Fit(
+        form,
+        {k: float(v) for k, v in _natural(form, theta, x0).items()},
+        {},
+        huber_loss(r, huber_delta),
+        huber_delta,
+        int(u.sum()),
+        int(d.rungs[t]),
+        d.target,
+        x0,
+        [float(v) for v in theta],
+        r2,
+        [float(v) for v in r],
+        bounded=bounded,
+    )
 
 
 def _parametric_bootstrap(spec: Form, cols, p, w, s, sig, sigma_hat, df, theta, delta, n, seed):
