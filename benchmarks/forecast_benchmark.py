@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ class Outcome:
     error_like: bool
     best_observed: float
     forms: dict[str, float] = field(default_factory=dict)  # each form's own point forecast (--per-form)
+    largest_rung_miss: float | None = None  # how far AFTER's law passes from its largest fitted rung
 
     @property
     def rel_error(self) -> float:
@@ -78,7 +80,7 @@ class Outcome:
         return self.error_like and self.actual > self.hi
 
 
-def before(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict]:
+def before(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict, float | None]:
     """The report's method before issue 24: each size law with its bootstrap, selected by backtest."""
     fits, errors = {}, {}
     for form in SIZE_LAWS:
@@ -91,19 +93,19 @@ def before(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, f
         )["error"]
     form, _ = select_form(errors)
     v, lo, hi = predict(fits[form], target)
-    return float(v[0]), float(lo[0]), float(hi[0]), {}
+    return float(v[0]), float(lo[0]), float(hi[0]), {}, None
 
 
-def after(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict]:
+def after(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict, float | None]:
     f = forecast(N, y, target, higher_is_better=hib, bounded=bounded, se=se, chance=chance)
-    return f.value, f.lo, f.hi, {}
+    return f.value, f.lo, f.hi, {}, f.largest_rung_miss
 
 
-def per_form(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict]:
+def per_form(N, y, se, hib, bounded, target, chance=None) -> tuple[float, float, float, dict, float | None]:
     """The default forecast, and every credible form's own point forecast beside it."""
-    v, lo, hi, _ = after(N, y, se, hib, bounded, target, chance)
+    v, lo, hi, _, miss = after(N, y, se, hib, bounded, target, chance)
     f = forecast(N, y, target, higher_is_better=hib, bounded=bounded, se=se, chance=chance, forms=EVERY_FORM)
-    return v, lo, hi, {x.form: x.value for x in f.forms}
+    return v, lo, hi, {x.form: x.value for x in f.forms}, miss
 
 
 def run(ladder: str, method, rungs: int | None = None) -> list[Outcome]:
@@ -127,7 +129,7 @@ def run(ladder: str, method, rungs: int | None = None) -> list[Outcome]:
             if np.unique(N[keep]).size < 3:
                 continue
             se_k = None if se is None else se[keep]
-            v, lo, hi, forms = method(N[keep], y[keep], se_k, hib, bounded, target, chance)
+            v, lo, hi, forms, miss = method(N[keep], y[keep], se_k, hib, bounded, target, chance)
             best = y[keep].max() if hib else y[keep].min()
             out.append(
                 Outcome(
@@ -142,6 +144,7 @@ def run(ladder: str, method, rungs: int | None = None) -> list[Outcome]:
                     not hib,
                     float(best),
                     forms,
+                    miss,
                 )  # fmt: skip
             )
     return out
@@ -185,6 +188,29 @@ def table(results: dict[str, list[Outcome]], ladders: list[str]) -> str:
                 f"| {sb['median']:.1%} → {sa['median']:.1%} | {sb['worst']:.1%} → {sa['worst']:.1%} "
                 f"| {sb['width']:.1%} → {sa['width']:.1%} | {sb['optimistic']} → {sa['optimistic']} |"
             )
+    return "\n".join(lines)
+
+
+MISS_BINS = ((0.0, 0.1), (0.1, uncertainty.MISSES_LARGEST), (uncertainty.MISSES_LARGEST, math.inf))
+
+
+def miss_table(rows: list[Outcome], ladders: list[str]) -> str:
+    """AFTER's coverage and median error by how far its law passes from the largest fitted rung
+    (`Forecast.largest_rung_miss`; the report flags the last bin)."""
+    lines = [
+        "| ladders | R | law misses its largest rung by | series | coverage | median error |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, members in [*_groups(ladders), ("**all**", ladders)]:
+        for R in RS:
+            for lo, hi in MISS_BINS:
+                sel = [r for r in rows if r.ladder in members and r.R == R and lo <= r.largest_rung_miss < hi]
+                if sel:
+                    s = summary(sel)
+                    bin_ = f"{lo:.0%} or more" if math.isinf(hi) else f"{lo:.0%}-{hi:.0%}"
+                    lines.append(
+                        f"| {name} | {R} | {bin_} | {s['n']} | {s['coverage']:.0%} | {s['median']:.1%} |"
+                    )
     return "\n".join(lines)
 
 
@@ -277,6 +303,8 @@ def main() -> None:
                 f"{r.value:8.4g} [{r.lo:8.4g}, {r.hi:8.4g}] err {r.rel_error:6.1%} {r.inside}"
             )
     print(table(results, ladders))
+    if "after" in a.methods.split(","):
+        print(miss_table(results["after"], ladders))
     if a.write_calibration:
         CALIBRATION_FILE.write_text(json.dumps(calibration(results["after"]), indent=1) + "\n")
         print(f"wrote {CALIBRATION_FILE}")

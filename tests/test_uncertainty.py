@@ -115,6 +115,15 @@ def test_benchmark_runs_on_the_chinchilla_ladder():
     (r,) = rows
     assert r.ratio > 5 and r.error_like and r.actual == pytest.approx(2.2044, abs=1e-3)
     assert r.rel_error < 0.05 and r.inside
+    # Its law passes through its largest fitted rung: the by-miss table bins it under 10%, and a
+    # forecast that misses by more lands in the flagged bin.
+    assert r.largest_rung_miss < 0.1
+    far = bench.Outcome(**{**r.__dict__, "largest_rung_miss": 0.45, "value": 0.0, "lo": 0.0, "hi": 0.0})
+    table = bench.miss_table([r, far], ["chinchilla"])
+    assert (
+        "| **all** | 5 | 0%-10% | 1 | 100% |" in table
+        and "| **all** | 5 | 30% or more | 1 | 0% | 100.0% |" in table
+    )
 
 
 def test_emergence_form_recovers_a_logistic_from_chance_and_forecasts_its_rise():
