@@ -348,12 +348,13 @@ def forecast(
     tail = (1 - LEVEL) / 2 * 100
     vals = c.to_metric([mu, *_mixture(c, weights, kappa, rho_t, bootstrap, rng, tail)])
     value, lo, hi = float(vals[0]), float(min(vals[1:])), float(max(vals[1:]))
-    value, lo, hi = _no_worse_than_the_worst_rung(N, y, se, higher_is_better, value, lo, hi)
+    means, noise = _rung_means(N, y), _measurement_noise(N, y, se)  # for the bound and the miss
+    value, lo, hi = _no_worse_than_the_worst_rung(means, noise, higher_is_better, value, lo, hi)
     per_form = _per_form(c, weights, scaled, tail)
     agree = _overlap(per_form)
     trusted = ratio if agree else _trusted_ratio(_intervals_at(c, bootstrap, rng, tail), N.max(), target)
     best = max(weights, key=weights.get)
-    miss = _largest_rung_miss(c, weights, N, y, se)
+    miss = _largest_rung_miss(c, weights, float(N.max()), means, noise)
     why = (
         "forms averaged by far-looking backtest"
         if scaled
@@ -365,20 +366,18 @@ def forecast(
 
 
 def _largest_rung_miss(
-    c: _Credible, weights: dict[str, float], N: np.ndarray, y: np.ndarray, se: np.ndarray | None
+    c: _Credible, weights: dict[str, float], largest: float, means: np.ndarray, noise: float
 ) -> float:
     """How far the averaged law passes from the largest fitted rung (its mean), as a share of the
     range of the rungs' means, or of their noise where that is larger (a flat, noisy series has no
     range to speak of; nor has one flat to a millionth): a rung the robust fits treated as an
     outlier is often the first sign of a bend the forecast then misses."""
-    means = _rung_means(N, y)
     resolution = 1e-6 * float(np.abs(means).mean())  # below any eval's resolution: rounding
-    scale = max(float(np.ptp(means)), _measurement_noise(N, y, se), resolution)
+    scale = max(float(np.ptp(means)), noise, resolution)
     if not scale > 0:
         return 0.0
-    largest = [float(N.max())]
-    log_q = {k: float(_log_q(f, largest)[0]) for k, f in c.fits.items()}
-    log_q |= {k: float(m.log_q(largest)[0]) for k, m in c.closed.items()}
+    log_q = {k: float(_log_q(f, [largest])[0]) for k, f in c.fits.items()}
+    log_q |= {k: float(m.log_q([largest])[0]) for k, m in c.closed.items()}
     law = float(c.to_metric([sum(weights[k] * log_q[k] for k in c.centre)])[0])
     return float(abs(law - float(means[-1])) / scale)
 
@@ -404,9 +403,8 @@ def forecast_points(
 
 
 def _no_worse_than_the_worst_rung(
-    N: np.ndarray,
-    y: np.ndarray,
-    se: np.ndarray | None,
+    means: np.ndarray,
+    noise: float,
     higher_is_better: bool,
     value: float,
     lo: float,
@@ -419,9 +417,7 @@ def _no_worse_than_the_worst_rung(
     the noise), and at least the eval's own standard error at the normal quantile.
     docs/forecasting.md, session 14: without the noise term, near-chance series of a fresh ladder
     landed below the bound."""
-    means = _rung_means(N, y)
     worst = float(means.min() if higher_is_better else means.max())
-    noise = _measurement_noise(N, y, se)
     if higher_is_better:
         return max(value, worst), max(lo, worst - noise), max(hi, worst)
     return min(value, worst), min(lo, worst), min(hi, worst + noise)
