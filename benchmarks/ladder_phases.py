@@ -20,7 +20,10 @@ Then measures, in this process, with one thread (what each Ray worker gets on th
 
 Floors: a phase's matmul FLOPs (contracts.cost for the MAE; the readout's counted) / (workers x the
 one-thread rate). Phases with no arithmetic (start-up, checkpoint writes, scoring) have none ("-").
-Plain lines on stdout; --json writes the same rows.
+Plain lines on stdout; --json writes the same rows. The last line is the work the phases held, in
+CPU-seconds (a fit all its workers' CPUs from the moment they were free to its end, an eval its own for
+its Ray task), and that work over --cpus: no schedule of these phases is shorter, so a faster run needs
+shorter phases, not better packing.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -94,10 +98,8 @@ def rung_phases(
         return []
     cores = rung.workers * rung.cpus_per_worker
     step_s = {s: rung.batch_size / r["train/clips_per_s"] for s, r in steps.items()}
-    # Every rung is submitted at once and waits for its CPUs: its start-up counts from the moment they
-    # were free (its submission, or the end of the last fit or eval before it).
     looped = rank0.get("time", 0)
-    ready = max([status["submitted"], *(e for k, e in ends.items() if k != rung.key and e <= looped)])
+    ready = cpus_freed(rung.key, status, looped, ends)
     out = [
         Phase(rung.name, "queued (CPUs held by other fits / evals)", ready - status["submitted"]),
         Phase(rung.name, "start-up (CPUs freed -> training loop)", looped - ready),
@@ -136,6 +138,71 @@ def rung_phases(
     ]
     out.append(Phase(rung.name, "between steps (records, logging)", sum(max(0.0, g) for g in gaps)))
     return out
+
+
+def release_times(spec: SweepSpec, runs_root: Path) -> dict[str, float]:
+    """When each fit, rung eval and reference eval let go of its CPUs (seconds since the epoch)."""
+    ends = {}
+    for rung in spec.rungs():
+        paths = RungPaths.for_rung(rung, runs_root)
+        st = read_json(paths.status) or {}
+        if "train_s" in st:
+            ends[rung.key] = st["submitted"] + st["train_s"]
+        for rec in paths.evals.glob("*/*.json"):  # `ended` where the driver wrote it, else the file's time
+            ended = (read_json(rec) or {}).get("ended") or rec.stat().st_mtime
+            ends[f"{rung.key}/{rec.parent.name}/{rec.stem}"] = ended
+    for ref in spec.reference_configs():
+        for task in spec.evals.tasks:
+            rec_path = ReferencePaths.for_reference(ref, runs_root).eval_record(task, "frozen")
+            rec = read_json(rec_path) or {}
+            if "seconds" in rec:
+                ends[f"{ref.key}/{task}"] = rec.get("ended") or rec_path.stat().st_mtime
+    return ends
+
+
+def cpus_freed(key: str, status: dict, looped: float, ends: dict[str, float]) -> float:
+    """When a rung's CPUs were free: rungs wait for them (in the driver or in Ray's queue), so its
+    start-up counts from its submission or the end of the last fit or eval before it reached its loop."""
+    return max([status["submitted"], *(e for k, e in ends.items() if k != key and e <= looped)])
+
+
+@dataclass
+class Work:
+    """CPU-seconds a run's phases held: a fit all its workers' CPUs from the moment they were free to its
+    end (start-up, steps, val loss, checkpoints), an eval its own CPUs for its Ray task's seconds."""
+
+    fits: float
+    evals: float
+    references: float
+    wall_s: float  # the run's own: first submission to the last fit's or eval's end
+
+    def floor_s(self, cpus: int) -> float:
+        """No schedule of these phases on `cpus` CPUs ends sooner: the work over the machine."""
+        return (self.fits + self.evals + self.references) / cpus
+
+
+def held_work(spec: SweepSpec, runs_root: Path) -> Work:
+    """The CPU-seconds a finished (or stopped) run's fits and evals held, from its records."""
+    ends = release_times(spec, runs_root)
+    fits = evals = references = 0.0
+    started = []
+    for rung in spec.rungs():
+        paths = RungPaths.for_rung(rung, runs_root)
+        status, rank0 = read_json(paths.status) or {}, read_json(paths.worker(0)) or {}
+        if "train_s" in status and "time" in rank0:
+            started.append(status["submitted"])
+            span = status["submitted"] + status["train_s"] - cpus_freed(rung.key, status, rank0["time"], ends)
+            fits += span * rung.workers * rung.cpus_per_worker
+        for rec in paths.evals.glob("*/*.json"):
+            evals += (read_json(rec) or {}).get("seconds", 0.0) * spec.evals.cpus
+    for ref in spec.reference_configs():
+        for task in spec.evals.tasks:
+            rec = read_json(ReferencePaths.for_reference(ref, runs_root).eval_record(task, "frozen")) or {}
+            references += rec.get("seconds", 0.0) * spec.evals.cpus
+            if "started" in rec:
+                started.append(rec["started"])
+    wall = max(ends.values()) - min(started) if ends and started else 0.0
+    return Work(fits, evals, references, wall)
 
 
 def eval_phases(spec: SweepSpec, rung: RungConfig, runs_root: Path, rate: float) -> list[Phase]:
@@ -293,27 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking", help="MLflow URI (default: sqlite:///<runs>/mlflow.db)")
     ap.add_argument("--probe", help="a rung to probe in this process (train step + its evals)")
     ap.add_argument("--json", type=Path, help="write the rows here too")
+    ap.add_argument(
+        "--cpus", type=int, default=os.cpu_count(), help="the CPUs the run had (default: this machine's)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     spec = load_spec(args.spec)
     tracking = args.tracking or f"sqlite:///{(args.runs / 'mlflow.db').resolve()}"
     rate = matmul_rate()
     rows = [Phase("machine", "fp32 matmul 512^3, one thread (GFLOP/s in the wall column)", rate / 1e9)]
-    ends = {}  # when each fit and each eval let go of its CPUs
-    for rung in spec.rungs():
-        paths = RungPaths.for_rung(rung, args.runs)
-        st = read_json(paths.status) or {}
-        if "train_s" in st:
-            ends[rung.key] = st["submitted"] + st["train_s"]
-        for rec in paths.evals.glob("*/*.json"):  # `ended` where the driver wrote it, else the file's time
-            ended = (read_json(rec) or {}).get("ended") or rec.stat().st_mtime
-            ends[f"{rung.key}/{rec.parent.name}/{rec.stem}"] = ended
+    ends = release_times(spec, args.runs)
     for ref in spec.reference_configs():  # evaluated, never trained: their evals hold CPUs too
         for task in spec.evals.tasks:
-            rec_path = ReferencePaths.for_reference(ref, args.runs).eval_record(task, "frozen")
-            rec = read_json(rec_path) or {}
+            rec = read_json(ReferencePaths.for_reference(ref, args.runs).eval_record(task, "frozen")) or {}
             if "seconds" in rec:
-                ends[f"{ref.key}/{task}"] = rec.get("ended") or rec_path.stat().st_mtime
                 rows.append(Phase(ref.name, f"reference eval {task} (Ray task)", rec["seconds"]))
     for rung in spec.rungs():
         rows += rung_phases(rung, args.runs, tracking, rate, ends)
@@ -323,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += train_probe(rung, rate)
         rows += eval_probe(spec, rung, args.runs, rate)
     print_table(rows)
+    work = held_work(spec, args.runs)
+    print(
+        f"CPU-seconds held: fits {work.fits:.0f}, evals {work.evals:.0f}, references {work.references:.0f}; "
+        f"on {args.cpus} CPUs no schedule of these phases takes under {work.floor_s(args.cpus):.0f} s "
+        f"(the run: {work.wall_s:.0f} s from its first submission to its last end)"
+    )
     if args.json:
         args.json.write_text(json.dumps([asdict(r) | {"ratio": r.ratio} for r in rows], indent=1))
     return 0
