@@ -1,6 +1,7 @@
 """Where a local-ladder run's time goes, phase by phase, beside what the arithmetic alone would take.
 
     python benchmarks/ladder_phases.py sweeps/local_ladder.yaml --runs runs [--probe micro3] [--json out.json]
+        [--cpus 2]
 
 Reads a finished run (nothing is trained again):
   - per rung, from status.json, workers/rank0.json and the rung's MLflow run (the tracker stamps every
