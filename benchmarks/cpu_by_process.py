@@ -65,15 +65,14 @@ def main(argv: list[str] | None = None) -> int:
             if name is None:
                 continue
             cpu = t.user + t.system
-            if (
-                proc.pid not in first
-            ):  # a process started since the command counts from 0, an older one from now
+            if proc.pid not in first:  # started since the command: counted from 0; older: from now
                 try:
                     first[proc.pid] = 0.0 if proc.create_time() >= began else cpu
                 except psutil.Error:
                     continue
-            title = name if name.startswith("ray::") or proc.pid not in last else last[proc.pid][0]
-            last[proc.pid] = (title, cpu)
+            # A Ray worker's title replaces its first kind, then follows it; other kinds stay as first seen.
+            keep = proc.pid in last and not name.startswith("ray::")
+            last[proc.pid] = (last[proc.pid][0] if keep else name, cpu)
         time.sleep(args.every)
     wall = time.perf_counter() - start
     spent, count = Counter(), Counter()

@@ -182,9 +182,9 @@ class Work:
         return (self.fits + self.evals + self.references) / cpus
 
 
-def held_work(spec: SweepSpec, runs_root: Path) -> Work:
-    """The CPU-seconds a finished (or stopped) run's fits and evals held, from its records."""
-    ends = release_times(spec, runs_root)
+def held_work(spec: SweepSpec, runs_root: Path, ends: dict[str, float]) -> Work:
+    """The CPU-seconds a finished (or stopped) run's fits and evals held, from its records and
+    `release_times`."""
     fits = evals = references = 0.0
     started = []
     for rung in spec.rungs():
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += train_probe(rung, rate)
         rows += eval_probe(spec, rung, args.runs, rate)
     print_table(rows)
-    work = held_work(spec, args.runs)
+    work = held_work(spec, args.runs, ends)
     print(
         f"CPU-seconds held: fits {work.fits:.0f}, evals {work.evals:.0f}, references {work.references:.0f}; "
         f"on {args.cpus} CPUs no schedule of these phases takes under {work.floor_s(args.cpus):.0f} s "

@@ -46,7 +46,7 @@ def test_work_counts_each_fit_from_when_its_cpus_were_free_and_each_eval_for_its
     write_json(b.status, {"submitted": 1000.0, "train_s": 180.0})
     write_json(b.worker(0), {"time": 1120.0})
 
-    work = ladder_phases.held_work(spec, runs)
+    work = ladder_phases.held_work(spec, runs, ladder_phases.release_times(spec, runs))
     # a holds 2 CPUs 1030-1090 (120 CPU-s), not from its submission; b 1110-1180 (140), from the last
     # release before its loop (a's eval), not from a's end.
     assert work.fits == pytest.approx(120 + 140)
